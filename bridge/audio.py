@@ -1,0 +1,212 @@
+"""Audio for app-side legs: paced aiortc tracks (tone, WAV), a gate, a WAV recorder, tone analysis.
+
+Frames are 20 ms of 16-bit mono PCM at 48 kHz unless said otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import time
+import wave
+from typing import Callable
+
+import av
+import numpy as np
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+RATE = 48000
+PTIME = 0.020
+FRAME = int(RATE * PTIME)
+TIME_BASE = fractions.Fraction(1, RATE)
+
+Sink = Callable[[np.ndarray], None]
+
+
+def make_frame(samples: np.ndarray, pts: int, rate: int = RATE) -> av.AudioFrame:
+    """An av.AudioFrame of int16 mono `samples`."""
+    frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+    frame.sample_rate = rate
+    frame.pts = pts
+    frame.time_base = fractions.Fraction(1, rate)
+    return frame
+
+
+def frame_to_mono(frame: av.AudioFrame) -> np.ndarray:
+    """int16 mono samples of a decoded frame (first channel of packed s16)."""
+    data = frame.to_ndarray()
+    channels = len(frame.layout.channels)
+    if frame.format.name != "s16":
+        raise ValueError(f"unexpected sample format {frame.format.name}")
+    return data.reshape(-1, channels)[:, 0].copy() if channels > 1 else data.reshape(-1).copy()
+
+
+def tone(freq: float, seconds: float, rate: int = RATE, dbfs: float = -10.0) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    amplitude = 32767 * 10 ** (dbfs / 20)
+    return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.int16)
+
+
+def read_wav(path: str, rate: int = RATE) -> np.ndarray:
+    """A 16-bit PCM WAV file as int16 mono at `rate` (mixed down and resampled)."""
+    with wave.open(path, "rb") as w:
+        if w.getsampwidth() != 2:
+            raise ValueError(f"{path}: only 16-bit PCM WAV files are supported")
+        channels, source_rate = w.getnchannels(), w.getframerate()
+        data = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+    if channels > 1:
+        data = data.reshape(-1, channels).mean(axis=1).astype(np.int16)
+    if source_rate == rate or len(data) == 0:
+        return data.astype(np.int16)
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
+    out = [f.to_ndarray().reshape(-1) for f in resampler.resample(make_frame(data, 0, source_rate))]
+    out += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
+    return np.concatenate(out).astype(np.int16) if out else np.zeros(0, np.int16)
+
+
+def write_wav(path: str, samples: np.ndarray, rate: int = RATE) -> None:
+    with wave.open(path, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(samples.astype("<i2").tobytes())
+
+
+class Clock:
+    """An absolute 20 ms clock: tick n is due at start + n * period, so it never drifts."""
+
+    def __init__(self, period: float = PTIME) -> None:
+        self.period = period
+        self.start: float | None = None
+        self.ticks = 0
+
+    async def wait(self) -> None:
+        now = time.monotonic()
+        if self.start is None:
+            self.start = now
+        due = self.start + self.ticks * self.period
+        self.ticks += 1
+        if due > now:
+            await asyncio.sleep(due - now)
+
+
+class SamplesTrack(MediaStreamTrack):
+    """Plays int16 mono samples at 48 kHz, paced in real time, then silence (or loops)."""
+
+    kind = "audio"
+
+    def __init__(self, samples: np.ndarray, loop: bool = False) -> None:
+        super().__init__()
+        self._samples = samples.astype(np.int16)
+        self._loop = loop and len(samples) > 0
+        self._pos = 0
+        self._clock = Clock()
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        await self._clock.wait()
+        chunk = self._samples[self._pos:self._pos + FRAME]
+        self._pos += FRAME
+        if len(chunk) < FRAME:
+            if self._loop:
+                self._pos = FRAME - len(chunk)
+                chunk = np.concatenate([chunk, self._samples[:self._pos]])
+            else:
+                chunk = np.concatenate([chunk, np.zeros(FRAME - len(chunk), np.int16)])
+        return make_frame(chunk, (self._clock.ticks - 1) * FRAME)
+
+
+class ToneTrack(SamplesTrack):
+    """A continuous sine tone."""
+
+    def __init__(self, freq: float, dbfs: float = -10.0) -> None:
+        # a whole number of periods in one second, so looping is seamless
+        super().__init__(tone(freq, 1.0, dbfs=dbfs), loop=True)
+
+
+class WavTrack(SamplesTrack):
+    """A WAV file, played once (or looped)."""
+
+    def __init__(self, path: str, loop: bool = False) -> None:
+        super().__init__(read_wav(path), loop=loop)
+
+
+class GatedTrack(MediaStreamTrack):
+    """Sends silence until opened (the call is connected) and while muted.
+
+    The source is not read before the gate opens, so a WAV starts at its beginning on answer.
+    """
+
+    kind = "audio"
+
+    def __init__(self, source: MediaStreamTrack | None) -> None:
+        super().__init__()
+        self.source = source
+        self.open = False
+        self.muted = False
+        self._clock = Clock()
+        self._pts = 0
+        self._silence = np.zeros(FRAME, np.int16)
+
+    async def recv(self) -> av.AudioFrame:
+        if self.open and self.source is not None:
+            try:
+                frame = await self.source.recv()
+            except Exception:
+                self.source = None
+                return await self.recv()
+            if self.muted:
+                frame = make_frame(np.zeros(frame.samples, np.int16), 0, frame.sample_rate)
+            frame.pts = self._pts * frame.sample_rate // RATE
+            self._pts += frame.samples * RATE // frame.sample_rate
+            return frame
+        await self._clock.wait()
+        frame = make_frame(self._silence, self._pts)
+        self._pts += FRAME
+        return frame
+
+    def stop(self) -> None:
+        super().stop()
+        if self.source is not None:
+            self.source.stop()
+
+
+class WavRecorder:
+    """A sink that collects received samples and writes them to a WAV file on close()."""
+
+    def __init__(self, path: str | None = None, rate: int = RATE) -> None:
+        self.path = path
+        self.rate = rate
+        self._chunks: list[np.ndarray] = []
+
+    def __call__(self, samples: np.ndarray) -> None:
+        self._chunks.append(samples)
+
+    @property
+    def samples(self) -> np.ndarray:
+        return np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
+
+    def close(self) -> None:
+        if self.path:
+            write_wav(self.path, self.samples, self.rate)
+
+
+def tone_analysis(samples: np.ndarray, rate: int = RATE) -> tuple[float, float]:
+    """(dominant frequency in Hz, SNR in dB of that tone against everything else).
+
+    Uses a Hann window; the tone's energy is the peak bin +-3 bins.
+    """
+    x = samples.astype(np.float64)
+    if len(x) < rate // 10:
+        raise ValueError("need at least 100 ms of audio")
+    x -= x.mean()
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x)))) ** 2
+    spectrum[:int(50 * len(x) / rate)] = 0.0  # ignore DC and hum below 50 Hz
+    peak = int(np.argmax(spectrum))
+    band = spectrum[max(peak - 3, 0):peak + 4].sum()
+    rest = spectrum.sum() - band
+    snr = 10 * np.log10(band / rest) if rest > 0 else 200.0
+    if band == 0:
+        return 0.0, -200.0
+    return peak * rate / len(x), float(snr)

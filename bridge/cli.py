@@ -1,0 +1,119 @@
+"""The `bridge` command: run the daemon, check config, and be an app user from a terminal."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import time
+
+from . import __version__, config, ice, protocol, token
+
+DEFAULT_CONFIG = os.environ.get("BRIDGE_CONFIG", "config.yaml")
+
+
+class UsageError(Exception):
+    """Bad command-line input: printed as one line, exit status 2."""
+
+
+def _user_at_service(text: str) -> tuple[str, str]:
+    user, sep, service = text.partition("@")
+    if not sep or not protocol.USER_ID.fullmatch(user) or not protocol.SERVICE_ID.fullmatch(service):
+        raise argparse.ArgumentTypeError(f"{text!r} is not USER@SERVICE")
+    return user, service
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bridge", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"bridge {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument("-c", "--config", default=DEFAULT_CONFIG,
+                       help=f"config file (default: {DEFAULT_CONFIG}; env BRIDGE_CONFIG)")
+        return p
+
+    command("run", "run the daemon (embedded platform and bridge) in the foreground")
+    command("platform", "run only the call platform")
+    command("check-config", "validate the config file and print every error with file, line and key")
+
+    p = command("token", "print a development access token from the config's API secret")
+    p.add_argument("--service", required=True)
+    p.add_argument("--user", required=True)
+
+    def app_user(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--platform", help="platform URL (default: platform.public_url of the config)")
+        source = p.add_mutually_exclusive_group()
+        source.add_argument("--play", metavar="WAV", help="send this 16-bit WAV file once answered")
+        source.add_argument("--tone", metavar="HZ", type=float, help="send a sine tone of this frequency")
+        p.add_argument("--record", metavar="WAV", help="write what the peer sends to this WAV file")
+        p.add_argument("--seconds", type=float, default=10.0, help="hang up after this long connected")
+
+    p = command("dial", "call as an app user: play, record, hang up, print how it ended")
+    p.add_argument("--from", dest="caller", required=True, type=_user_at_service, metavar="USER@SERVICE")
+    p.add_argument("--to", dest="callee", required=True, type=_user_at_service, metavar="USER@SERVICE")
+    p.add_argument("--app-server-data", help="app_server_data for the callee (<= 4096 bytes)")
+    p.add_argument("--dtmf", help="send these DTMF digits once connected")
+    app_user(p)
+
+    p = command("answer", "wait for calls as an app user (embedded push), accept, play, record")
+    p.add_argument("--as", dest="me", required=True, type=_user_at_service, metavar="USER@SERVICE")
+    p.add_argument("--calls", type=int, default=1, help="answer this many calls, then exit (default 1)")
+    p.add_argument("--decline", action="store_true", help="decline instead of accepting")
+    p.add_argument("--wait", type=float, default=None, help="give up after this many seconds without a call")
+    app_user(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        cfg = config.load(args.config)
+    except config.ConfigError as exc:
+        print(f"bridge: configuration errors:\n{exc}", file=sys.stderr)
+        return 2
+    _logging(cfg.log_level if args.command in ("run", "platform") else "warning")
+    try:
+        if args.command == "check-config":
+            print(f"{args.config}: OK ({len(cfg.platform.services)} services)")
+            return 0
+        if args.command in ("run", "platform"):
+            from . import daemon
+            daemon.run(cfg)
+            return 0
+        if args.command == "token":
+            print(_token(cfg, args.service, args.user))
+            return 0
+        ice.use_host_addresses(cfg.webrtc.ice_addresses)
+        from . import softphone
+        runner = softphone.dial if args.command == "dial" else softphone.answer
+        return asyncio.run(runner(args, cfg, lambda s, u: _token(cfg, s, u)))
+    except UsageError as exc:
+        print(f"bridge: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _token(cfg: config.Config, service_id: str, user_id: str) -> str:
+    service = cfg.platform.services.get(service_id)
+    if service is None:
+        raise UsageError(f"service {service_id!r} is not in {cfg.path} (known: "
+                         f"{', '.join(cfg.platform.services)})")
+    if not protocol.USER_ID.fullmatch(user_id):
+        raise UsageError(f"user id {user_id!r} must match [a-zA-Z0-9_-]{{1,64}}")
+    return token.issue(token.ServiceKey(service.id, service.api_key, service.api_secret), user_id)
+
+
+def _logging(level: str) -> None:
+    journald = bool(os.environ.get("JOURNAL_STREAM"))
+    fmt = "%(levelname)s %(name)s: %(message)s" if journald else \
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(stream=sys.stdout, level=level.upper(), format=fmt)
+    logging.Formatter.converter = time.gmtime
+    if level != "debug":
+        for noisy in ("aioice", "aiortc", "aiohttp.access"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)

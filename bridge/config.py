@@ -1,0 +1,325 @@
+"""YAML configuration -> typed, validated settings.
+
+Every error names the file, the line and the key, and all errors are reported at once.
+Secrets may be given inline (development) or by environment: for a secret key `X`, a key
+`X_env: NAME` reads the environment variable NAME, which wins over the inline value when set.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+import yaml
+
+from . import protocol
+
+
+class ConfigError(Exception):
+    """One or more configuration errors, each as 'file:line: key: message'."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class Service:
+    id: str
+    api_key: str
+    api_secret: str = field(repr=False)
+    notify_cb_url: str | None = None
+    call_event_cb_url: str | None = None
+
+
+@dataclass(frozen=True)
+class PlatformConfig:
+    embedded: bool
+    host: str
+    port: int
+    public_url: str
+    cc_param_secret: bytes = field(repr=False)
+    token_max_age: float
+    answer_timeout: float
+    max_call_time: float
+    max_message_bytes: int
+    callback_timeout: float
+    services: dict[str, Service]
+
+    @property
+    def ws_url(self) -> str:
+        return self.public_url.replace("http", "ws", 1).rstrip("/") + "/v1/ws"
+
+
+@dataclass(frozen=True)
+class WebRtcConfig:
+    ice_addresses: list[str]
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    log_level: str
+    platform: PlatformConfig
+    webrtc: WebRtcConfig
+
+
+# --- YAML with line numbers -------------------------------------------------------------
+
+class _Map(dict):
+    """A mapping that remembers the line of itself and of each key."""
+
+    line: int = 0
+    lines: dict[Any, int]
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+def _construct_map(loader: _Loader, node: yaml.MappingNode) -> _Map:
+    loader.flatten_mapping(node)
+    result = _Map()
+    result.line = node.start_mark.line + 1
+    result.lines = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in result:
+            raise yaml.MarkedYAMLError("while constructing a mapping", node.start_mark,
+                                       f"duplicate key {key!r}", key_node.start_mark)
+        result[key] = loader.construct_object(value_node, deep=True)
+        result.lines[key] = key_node.start_mark.line + 1
+    return result
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_map)
+
+
+class _Reader:
+    """Reads typed values out of _Maps, collecting errors with file, line and key."""
+
+    def __init__(self, path: str, env: dict[str, str]) -> None:
+        self.path = path
+        self.env = env
+        self.errors: list[str] = []
+
+    def error(self, where: _Map, key: str, keypath: str, message: str) -> None:
+        line = where.lines.get(key, where.line) if isinstance(where, _Map) else 0
+        self.errors.append(f"{self.path}:{line}: {keypath}: {message}")
+
+    def section(self, parent: _Map, key: str, keypath: str, known: set[str] | None,
+                required: bool = False) -> _Map:
+        """The mapping at `key` (empty if absent); `known` lists its keys (None: any)."""
+        value = parent.get(key)
+        if value is None:
+            if required:
+                self.error(parent, key, keypath, "missing section")
+            empty = _Map()
+            empty.line = parent.lines.get(key, parent.line)
+            empty.lines = {}
+            return empty
+        if not isinstance(value, _Map):
+            self.error(parent, key, keypath, "must be a mapping")
+            return self.section(_Map(), key, keypath, known)
+        if known is not None:
+            self.unknown(value, keypath, known)
+        return value
+
+    def unknown(self, where: _Map, keypath: str, known: set[str]) -> None:
+        for key in where:
+            if key not in known:
+                hint = ", ".join(sorted(known))
+                self.error(where, key, f"{keypath}.{key}", f"unknown key (expected one of: {hint})")
+
+    def get(self, where: _Map, key: str, keypath: str, convert: Callable[[Any], Any],
+            default: Any = None, required: bool = False) -> Any:
+        if key not in where or where[key] is None:
+            if required:
+                self.error(where, key, keypath, "is required")
+            return default
+        try:
+            return convert(where[key])
+        except (ValueError, TypeError) as exc:
+            self.error(where, key, keypath, str(exc))
+            return default
+
+    def secret(self, where: _Map, key: str, keypath: str, required: bool = True) -> str | None:
+        env_key = f"{key}_env"
+        name = self.get(where, env_key, f"{keypath}_env", _env_name)
+        if name and self.env.get(name):
+            return self.env[name]
+        value = self.get(where, key, keypath, _nonempty_str)
+        if value is None and required:
+            hint = f"set {key}, or the environment variable {name}" if name else f"set {key} or {env_key}"
+            self.error(where, key if key in where else env_key, keypath, f"secret is missing: {hint}")
+        return value
+
+
+# --- value converters --------------------------------------------------------------------
+
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}
+
+
+def duration(value: Any) -> float:
+    """'500ms', '60s', '10m', '4h' or a number of seconds -> seconds (> 0)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a duration like 60s, 10m or 4h")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        match = _DURATION.fullmatch(str(value))
+        if not match:
+            raise ValueError(f"{value!r} is not a duration like 60s, 10m or 4h")
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if seconds <= 0:
+        raise ValueError("must be longer than zero")
+    return seconds
+
+
+def hostport(value: Any) -> tuple[str, int]:
+    text = str(value)
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
+def http_url(value: Any) -> str:
+    text = str(value)
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{text!r} is not an http(s) URL")
+    return text
+
+
+def ip_list(value: Any) -> list[str]:
+    if not isinstance(value, list):
+        raise ValueError("must be a list of IP addresses")
+    try:
+        return [str(ipaddress.ip_address(str(v))) for v in value]
+    except ValueError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def positive_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
+
+
+def _nonempty_str(value: Any) -> str:
+    if not isinstance(value, (str, int)) or isinstance(value, bool) or str(value) == "":
+        raise ValueError("must be a non-empty string")
+    return str(value)
+
+
+def _env_name(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        raise ValueError("must be an environment variable name")
+    return value
+
+
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _log_level(value: Any) -> str:
+    if str(value).lower() not in _LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(_LOG_LEVELS)}")
+    return str(value).lower()
+
+
+# --- the schema --------------------------------------------------------------------------
+
+def load(path: str | os.PathLike, env: dict[str, str] | None = None) -> Config:
+    """Load and validate a config file; raise ConfigError listing every problem."""
+    path = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    return loads(text, path, env)
+
+
+def loads(text: str, path: str = "<config>", env: dict[str, str] | None = None) -> Config:
+    try:
+        root = yaml.load(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 0
+        raise ConfigError([f"{path}:{line}: YAML syntax: {exc.problem or exc.context}"]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}: YAML: {exc}"]) from None
+    if not isinstance(root, _Map):
+        raise ConfigError([f"{path}:1: the file must be a YAML mapping"])
+    r = _Reader(path, dict(os.environ) if env is None else env)
+    r.unknown(root, "", {"log_level", "platform", "webrtc"})
+    log_level = r.get(root, "log_level", "log_level", _log_level, "info")
+    platform = _platform(r, root)
+    w = r.section(root, "webrtc", "webrtc", {"ice_addresses"})
+    webrtc = WebRtcConfig(ice_addresses=r.get(w, "ice_addresses", "webrtc.ice_addresses", ip_list, []))
+    if r.errors:
+        raise ConfigError(r.errors)
+    return Config(path=path, log_level=log_level, platform=platform, webrtc=webrtc)
+
+
+def _platform(r: _Reader, root: _Map) -> PlatformConfig:
+    known = {"embedded", "listen", "public_url", "cc_param_secret", "cc_param_secret_env",
+             "token_max_age", "answer_timeout", "max_call_time", "max_message_bytes",
+             "callback_timeout", "services"}
+    p = r.section(root, "platform", "platform", known, required=True)
+    host, port = r.get(p, "listen", "platform.listen", hostport, ("127.0.0.1", 8080))
+    public_url = r.get(p, "public_url", "platform.public_url", http_url, f"http://{host}:{port}")
+    secret = r.secret(p, "cc_param_secret", "platform.cc_param_secret", required=False)
+    services_node = r.section(p, "services", "platform.services", None, required=True)
+    services: dict[str, Service] = {}
+    for sid in services_node:
+        keypath = f"platform.services.{sid}"
+        if not isinstance(sid, str) or not protocol.SERVICE_ID.fullmatch(sid):
+            r.error(services_node, sid, keypath, "service id must match [a-zA-Z0-9.-]{1,64}")
+            continue
+        s = services_node[sid]
+        if not isinstance(s, _Map):
+            r.error(services_node, sid, keypath, "must be a mapping")
+            continue
+        r.unknown(s, keypath, {"api_key", "api_key_env", "api_secret", "api_secret_env",
+                               "notify_cb_url", "call_event_cb_url"})
+        api_key = r.secret(s, "api_key", f"{keypath}.api_key")
+        api_secret = r.secret(s, "api_secret", f"{keypath}.api_secret")
+        if api_secret is not None and len(api_secret) < 32:
+            r.error(s, "api_secret", f"{keypath}.api_secret", "must be at least 32 characters (HMAC-SHA256 key)")
+        services[sid] = Service(
+            id=sid, api_key=api_key or "", api_secret=api_secret or "",
+            notify_cb_url=r.get(s, "notify_cb_url", f"{keypath}.notify_cb_url", http_url),
+            call_event_cb_url=r.get(s, "call_event_cb_url", f"{keypath}.call_event_cb_url", http_url),
+        )
+    seen: dict[str, str] = {}
+    for service in services.values():
+        if service.api_key and service.api_key in seen:
+            r.error(services_node, service.id, f"platform.services.{service.id}.api_key",
+                    f"API key already used by service {seen[service.api_key]}")
+        seen[service.api_key] = service.id
+    return PlatformConfig(
+        embedded=r.get(p, "embedded", "platform.embedded", boolean, True),
+        host=host, port=port, public_url=public_url.rstrip("/"),
+        cc_param_secret=secret.encode() if secret else secrets.token_bytes(32),
+        token_max_age=r.get(p, "token_max_age", "platform.token_max_age", duration, 600.0),
+        answer_timeout=r.get(p, "answer_timeout", "platform.answer_timeout", duration, 60.0),
+        max_call_time=r.get(p, "max_call_time", "platform.max_call_time", duration, 4 * 3600.0),
+        max_message_bytes=r.get(p, "max_message_bytes", "platform.max_message_bytes",
+                                positive_int, 64 * 1024),
+        callback_timeout=r.get(p, "callback_timeout", "platform.callback_timeout", duration, 5.0),
+        services=services,
+    )

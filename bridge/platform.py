@@ -1,0 +1,451 @@
+"""The call platform: access tokens, cc_param, Notify/Call Event callbacks, signalling, timers.
+
+One WebSocket per call leg (see `protocol`). The platform relays SDP between the two legs
+and owns the call's state: who may do what, when it ends, and why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import json
+import logging
+import math
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from . import callbacks, ccparam, protocol, token
+from .config import PlatformConfig, Service
+from .protocol import ProtocolError
+from .reasons import Disconnected, DisconnectReason as R, Source
+
+log = logging.getLogger("bridge.platform")
+
+FIRST_MESSAGE_TIMEOUT = 10.0
+
+
+class State(enum.Enum):
+    CALLING = "calling"      # made; the callee is being notified
+    VERIFIED = "verified"    # the callee verified cc_param: ringing
+    CONNECTED = "connected"
+    ENDED = "ended"
+
+
+@dataclass(frozen=True)
+class User:
+    service: str
+    user: str
+
+    def __str__(self) -> str:
+        return f"{self.user}@{self.service}"
+
+
+@dataclass(eq=False)
+class PlatformCall:
+    sid: str
+    caller: User
+    callee: User
+    app_server_data: str | None
+    offer: str
+    cc_param: str = field(repr=False, default="")
+    state: State = State.CALLING
+    caller_ws: web.WebSocketResponse | None = None
+    callee_ws: web.WebSocketResponse | None = None
+    answered: bool = False
+    setup_time: float = field(default_factory=time.time)
+    start_time: float = 0.0
+    end_time: float = 0.0
+    ended: Disconnected | None = None
+    timers: list[asyncio.TimerHandle] = field(default_factory=list)
+    tracked: bool = True  # counts for BUSY (False for calls refused at once)
+
+    def peer_ws(self, ws: web.WebSocketResponse) -> web.WebSocketResponse | None:
+        return self.callee_ws if ws is self.caller_ws else self.caller_ws
+
+
+class Platform:
+    """The platform's state and its aiohttp routes."""
+
+    def __init__(self, cfg: PlatformConfig) -> None:
+        self.cfg = cfg
+        self.services = cfg.services
+        self.keys = {s.api_key: token.ServiceKey(s.id, s.api_key, s.api_secret)
+                     for s in cfg.services.values()}
+        self.calls: dict[str, PlatformCall] = {}
+        self.active: dict[User, set[str]] = {}
+        self.listeners: dict[User, set[web.WebSocketResponse]] = {}
+        self.ended_by_reason: dict[str, int] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._http: aiohttp.ClientSession | None = None
+        self.accepting = True
+
+    # --- life ------------------------------------------------------------------------
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_get("/v1/ws", self._websocket)
+        app.router.add_get("/v1/calls/{sid}", self._rest_get)
+        app.router.add_delete("/v1/calls/{sid}", self._rest_delete)
+        app.on_startup.append(self._on_startup)
+        app.on_shutdown.append(self._on_shutdown)
+
+    async def _on_startup(self, app: web.Application) -> None:
+        self._http = aiohttp.ClientSession()
+
+    async def _on_shutdown(self, app: web.Application) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """End every call (SERVICE_MAINTENANCE), close listeners, flush callbacks."""
+        self.accepting = False
+        for call in list(self.calls.values()):
+            await self.end(call, Source.CLOUD_SERVER, R.SERVICE_MAINTENANCE)
+        for sockets in list(self.listeners.values()):
+            for ws in list(sockets):
+                await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"platform shutting down")
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=self.cfg.callback_timeout + 1)
+        if self._http:
+            await self._http.close()
+            self._http = None
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @property
+    def active_calls(self) -> int:
+        return sum(1 for c in self.calls.values() if c.state is not State.ENDED)
+
+    # --- WebSocket ------------------------------------------------------------------
+
+    async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(max_msg_size=self.cfg.max_message_bytes, heartbeat=30.0)
+        await ws.prepare(request)
+        messages = self._messages(ws)
+        try:
+            async with asyncio.timeout(FIRST_MESSAGE_TIMEOUT):
+                first = await anext(messages, None)
+        except TimeoutError:
+            await self._reject(ws, ProtocolError("timeout", "no opening message within 10 s"))
+            return ws
+        if first is None:
+            return ws
+        if first["type"] not in protocol.OPENING_MESSAGES:
+            await self._reject(ws, ProtocolError(
+                "unexpected", "the first message must be make_call, verify_call or listen"))
+            return ws
+        if not self.accepting:
+            await self._disconnect(ws, Disconnected(Source.CLOUD_SERVER, R.SERVICE_MAINTENANCE))
+            return ws
+        handler = {"make_call": self._make_call, "verify_call": self._verify_call,
+                   "listen": self._listen}[first["type"]]
+        try:
+            await handler(ws, first, messages)
+        except Exception:
+            log.exception("signalling handler failed")
+            if not ws.closed:
+                await ws.close(code=aiohttp.WSCloseCode.INTERNAL_ERROR, message=b"internal error")
+        return ws
+
+    async def _messages(self, ws: web.WebSocketResponse) -> AsyncIterator[dict]:
+        """Valid client messages; invalid ones are answered with an error and skipped."""
+        async for raw in ws:
+            if raw.type == aiohttp.WSMsgType.TEXT:
+                try:
+                    yield protocol.parse(raw.data)
+                except ProtocolError as exc:
+                    log.info("bad signalling message: %s", exc.message)
+                    await self._send(ws, exc.to_json())
+            elif raw.type == aiohttp.WSMsgType.BINARY:
+                await self._send(ws, ProtocolError("binary", "binary frames are not accepted; "
+                                                   "send JSON text").to_json())
+            elif raw.type == aiohttp.WSMsgType.ERROR:
+                log.info("signalling socket error: %s", raw.data)
+                return
+
+    async def _send(self, ws: web.WebSocketResponse | None, message: dict) -> None:
+        if ws is None or ws.closed:
+            return
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await ws.send_str(json.dumps(message))
+
+    async def _reject(self, ws: web.WebSocketResponse, error: ProtocolError) -> None:
+        await self._send(ws, error.to_json())
+        await ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION, message=error.code.encode())
+
+    async def _disconnect(self, ws: web.WebSocketResponse, param: Disconnected) -> None:
+        await self._send(ws, {"type": "disconnected", **param.to_json()})
+        await ws.close()
+
+    # --- caller ---------------------------------------------------------------------
+
+    async def _make_call(self, ws: web.WebSocketResponse, msg: dict, messages) -> None:
+        caller = User(msg["my_service_id"], msg["my_id"])
+        callee = User(msg["peer_service_id"], msg["peer_id"])
+        call = PlatformCall(sid=str(uuid.uuid4()), caller=caller, callee=callee,
+                            app_server_data=msg.get("app_server_data"), offer=msg["sdp"],
+                            caller_ws=ws, tracked=False)
+        self.calls[call.sid] = call
+        refusal = self._refusal(msg, caller, callee)
+        if refusal is not None:
+            await self._send(ws, {"type": "call_made", "sid": call.sid})
+            await self.end(call, Source.CLOUD_SERVER, refusal)
+            return
+        call.tracked = True
+        self.active.setdefault(caller, set()).add(call.sid)
+        self.active.setdefault(callee, set()).add(call.sid)
+        call.cc_param = ccparam.mint(ccparam.CcParam(
+            sid=call.sid, callee_service=callee.service, callee_user=callee.user,
+            caller_service=caller.service, caller_user=caller.user,
+            platform_url=self.cfg.ws_url, expires=time.time() + self.cfg.answer_timeout + 5,
+        ), self.cfg.cc_param_secret)
+        log.info("call %s %s -> %s: made", call.sid, caller, callee)
+        await self._send(ws, {"type": "call_made", "sid": call.sid})
+        loop = asyncio.get_running_loop()
+        call.timers.append(loop.call_later(self.cfg.answer_timeout, self._timeout, call, R.NOANSWER))
+        self._spawn(self._notify(call))
+        async for m in messages:
+            if m["type"] == "end_call":
+                reason = R.NORMAL if call.state is State.CONNECTED else R.CANCEL
+                await self.end(call, Source.CALLER, reason)
+            elif not await self._in_call(call, ws, m):
+                await self._send(ws, _error("unexpected", f"{m['type']} is not a caller's message"))
+        await self.end(call, Source.CALLER, R.NETWORK_UNSTABLE)
+
+    def _refusal(self, msg: dict, caller: User, callee: User) -> R | None:
+        try:
+            who = token.verify(msg["token"], self.keys, max_age=self.cfg.token_max_age)
+        except token.TokenError as exc:
+            log.info("makeCall by %s refused: %s", caller, exc)
+            return R.SERVICE_ACCESS_TOKEN_ERROR
+        if (who.service_id, who.user_id) != (caller.service, caller.user):
+            log.info("makeCall by %s refused: token is for %s@%s", caller, who.user_id, who.service_id)
+            return R.AUTH_ERROR
+        if callee.service not in self.services:
+            return R.SERVICE_INVALID_ID
+        if self.active.get(callee):
+            return R.BUSY
+        return None
+
+    async def _notify(self, call: PlatformCall) -> None:
+        service = self.services[call.callee.service]
+        try:
+            if service.notify_cb_url:
+                assert self._http is not None
+                params = {"sid": call.sid, "from_service_id": call.caller.service,
+                          "from_user_id": call.caller.user, "to_service_id": call.callee.service,
+                          "to_user_id": call.callee.user, "type": "A", "param": call.cc_param}
+                if call.app_server_data:
+                    params["app_svr_data"] = call.app_server_data
+                await callbacks.get(self._http, service.notify_cb_url, params,
+                                    service.api_secret, self.cfg.callback_timeout)
+            else:
+                sockets = self.listeners.get(call.callee)
+                if not sockets:
+                    raise callbacks.CallbackError(f"{call.callee} has no connected session")
+                push = {"type": "push", "cc_param": call.cc_param, "app_callee_uid": call.callee.user,
+                        "app_callee_sid": call.callee.service, "app_call_type": "audio",
+                        "app_svr_data": call.app_server_data, "sid": call.sid,
+                        "caller_id": call.caller.user, "caller_service_id": call.caller.service}
+                for ws in list(sockets):
+                    await self._send(ws, push)
+        except callbacks.CallbackError as exc:
+            log.info("call %s: push failed: %s", call.sid, exc)
+            await self.end(call, Source.CLOUD_SERVER, R.PUSH_ERROR)
+            return
+        if call.state is not State.ENDED:
+            await self._send(call.caller_ws, {"type": "wait_connected"})
+
+    # --- callee ---------------------------------------------------------------------
+
+    async def _verify_call(self, ws: web.WebSocketResponse, msg: dict, messages) -> None:
+        try:
+            param = ccparam.verify(msg["cc_param"], self.cfg.cc_param_secret)
+        except ccparam.CcParamError as exc:
+            log.info("verifyCall refused: %s", exc)
+            expired = "expired" in str(exc)
+            await self._disconnect(ws, Disconnected(
+                Source.CLOUD_SERVER, R.RELEASED_CALL if expired else R.AUTH_ERROR))
+            return
+        if (param.callee_service, param.callee_user) != (msg["my_service_id"], msg["my_id"]):
+            log.info("verifyCall refused: cc_param is not for %s@%s", msg["my_id"], msg["my_service_id"])
+            await self._disconnect(ws, Disconnected(Source.CLOUD_SERVER, R.AUTH_ERROR))
+            return
+        call = self.calls.get(param.sid)
+        if call is None or call.state is not State.CALLING or call.callee_ws is not None:
+            log.info("verifyCall refused: call %s already verified or released", param.sid)
+            await self._disconnect(ws, Disconnected(Source.CLOUD_SERVER, R.RELEASED_CALL))
+            return
+        call.callee_ws = ws
+        call.state = State.VERIFIED
+        log.info("call %s: verified by %s", call.sid, call.callee)
+        await self._send(ws, {"type": "verified", "sid": call.sid, "peer_id": call.caller.user,
+                              "peer_service_id": call.caller.service, "sdp": call.offer,
+                              "app_server_data": call.app_server_data})
+        async for m in messages:
+            kind = m["type"]
+            if kind == "answer" and not call.answered and call.state is State.VERIFIED:
+                call.answered = True
+                await self._send(call.caller_ws, {"type": "sdp", "sdp": m["sdp"]})
+            elif kind == "accept_call" and call.answered and call.state is State.VERIFIED:
+                await self._connect(call)
+            elif kind == "end_call":
+                reason = R.NORMAL if call.state is State.CONNECTED else R.DECLINE
+                await self.end(call, Source.CALLEE, reason)
+            elif not await self._in_call(call, ws, m):
+                await self._send(ws, _error("unexpected", f"{kind} is not allowed now"))
+        await self.end(call, Source.CALLEE, R.NETWORK_UNSTABLE)
+
+    async def _connect(self, call: PlatformCall) -> None:
+        call.state = State.CONNECTED
+        call.start_time = time.time()
+        for timer in call.timers:
+            timer.cancel()
+        loop = asyncio.get_running_loop()
+        call.timers = [loop.call_later(self.cfg.max_call_time, self._timeout, call,
+                                       R.MAX_CALL_TIME_EXCEEDED)]
+        log.info("call %s: connected", call.sid)
+        for ws in (call.caller_ws, call.callee_ws):
+            await self._send(ws, {"type": "connected"})
+
+    async def _in_call(self, call: PlatformCall, ws: web.WebSocketResponse, m: dict) -> bool:
+        """Messages either side may send during a call; False if `m` is not one of them."""
+        if call.state is State.ENDED:
+            return True
+        if m["type"] == "mute":
+            await self._send(call.peer_ws(ws), {"type": "peer_mute", "muted": m["muted"]})
+            return True
+        if m["type"] == "dtmf" and call.state is State.CONNECTED:
+            await self._send(call.peer_ws(ws), {"type": "dtmf", "digits": m["digits"]})
+            return True
+        return False
+
+    # --- listeners (embedded push) ----------------------------------------------------
+
+    async def _listen(self, ws: web.WebSocketResponse, msg: dict, messages) -> None:
+        me = User(msg["my_service_id"], msg["my_id"])
+        try:
+            who = token.verify(msg["token"], self.keys, max_age=self.cfg.token_max_age)
+        except token.TokenError as exc:
+            log.info("listen by %s refused: %s", me, exc)
+            await self._disconnect(ws, Disconnected(Source.CLOUD_SERVER, R.SERVICE_ACCESS_TOKEN_ERROR))
+            return
+        if (who.service_id, who.user_id) != (me.service, me.user):
+            await self._disconnect(ws, Disconnected(Source.CLOUD_SERVER, R.AUTH_ERROR))
+            return
+        self.listeners.setdefault(me, set()).add(ws)
+        log.info("%s listening for calls", me)
+        try:
+            await self._send(ws, {"type": "listening"})
+            async for m in messages:
+                await self._send(ws, _error("unexpected", f"{m['type']} is not allowed on a listen socket"))
+        finally:
+            sockets = self.listeners.get(me, set())
+            sockets.discard(ws)
+            if not sockets:
+                self.listeners.pop(me, None)
+
+    # --- ending -----------------------------------------------------------------------
+
+    def _timeout(self, call: PlatformCall, reason: R) -> None:
+        self._spawn(self.end(call, Source.CLOUD_SERVER, reason))
+
+    async def end(self, call: PlatformCall, source: Source, reason: R) -> None:
+        """End `call` once: tell both legs, free the users, send the Call Event callback."""
+        if call.state is State.ENDED:
+            return
+        call.state = State.ENDED
+        call.end_time = time.time()
+        call.ended = Disconnected(source, reason)
+        for timer in call.timers:
+            timer.cancel()
+        self.calls.pop(call.sid, None)
+        if call.tracked:
+            for user in (call.caller, call.callee):
+                sids = self.active.get(user)
+                if sids is not None:
+                    sids.discard(call.sid)
+                    if not sids:
+                        del self.active[user]
+        self.ended_by_reason[reason.name] = self.ended_by_reason.get(reason.name, 0) + 1
+        log.info("call %s %s -> %s: ended %s", call.sid, call.caller, call.callee, call.ended)
+        for ws in (call.caller_ws, call.callee_ws):
+            if ws is not None and not ws.closed:
+                await self._send(ws, {"type": "disconnected", **call.ended.to_json()})
+                self._spawn(ws.close())
+        self._spawn(self._call_event(call))
+
+    async def _call_event(self, call: PlatformCall) -> None:
+        assert call.ended is not None
+        duration = call.end_time - call.start_time if call.start_time else 0.0
+        params = {
+            "sid": call.sid, "from_service_id": call.caller.service, "from_user_id": call.caller.user,
+            "to_service_id": call.callee.service, "to_user_id": call.callee.user, "type": "A",
+            "setup_time": str(int(call.setup_time)),
+            "start_time": str(int(call.start_time)) if call.start_time else "0",
+            "end_time": str(int(call.end_time)), "duration": f"{duration:.3f}",
+            "terminate": str(call.ended.reason.q850), "disconnect_reason": str(int(call.ended.reason)),
+            "releaser_type": str(call.ended.source.releaser_type),
+            "rel_code_str": call.ended.reason.str_code, "user_rel_code": "",
+            "app_svr_data": call.app_server_data or "", "billing_sec": str(math.ceil(duration)),
+        }
+        targets = [call.caller.service] if not call.tracked else [call.caller.service, call.callee.service]
+        for service_id in dict.fromkeys(targets):
+            service = self.services.get(service_id)
+            if service is None or not service.call_event_cb_url or self._http is None:
+                continue
+            await self._deliver_call_event(service, params)
+
+    async def _deliver_call_event(self, service: Service, params: dict[str, str]) -> None:
+        for attempt in range(3):
+            try:
+                assert self._http is not None
+                await callbacks.get(self._http, service.call_event_cb_url, params,
+                                    service.api_secret, self.cfg.callback_timeout)
+                return
+            except callbacks.CallbackError as exc:
+                log.warning("call %s: Call Event callback to %s failed (try %d): %s",
+                            params["sid"], service.id, attempt + 1, exc)
+                if self._http is None or self._http.closed:
+                    return
+                await asyncio.sleep(0.5 * 2 ** attempt)
+
+    # --- REST for app servers -----------------------------------------------------------
+
+    async def _rest_auth(self, request: web.Request) -> tuple[Service, PlatformCall]:
+        key = self.keys.get(request.headers.get(callbacks.API_KEY, ""))
+        if key is None:
+            raise _json_error(web.HTTPUnauthorized, "unauthorized", f"unknown or missing {callbacks.API_KEY}")
+        problem = callbacks.check(key.api_secret, request.headers, f"{request.method} {request.raw_path}")
+        if problem:
+            raise _json_error(web.HTTPUnauthorized, "unauthorized", problem)
+        call = self.calls.get(request.match_info["sid"])
+        if call is None or key.service_id not in (call.caller.service, call.callee.service):
+            raise _json_error(web.HTTPNotFound, "unknown_call", "no active call with this sid")
+        return self.services[key.service_id], call
+
+    async def _rest_get(self, request: web.Request) -> web.Response:
+        _, call = await self._rest_auth(request)
+        return web.json_response({"sid": call.sid, "state": call.state.value,
+                                  "from": str(call.caller), "to": str(call.callee),
+                                  "setup_time": call.setup_time, "start_time": call.start_time or None})
+
+    async def _rest_delete(self, request: web.Request) -> web.Response:
+        _, call = await self._rest_auth(request)
+        await self.end(call, Source.APP_SERVER, R.NORMAL if call.state is State.CONNECTED else R.CANCEL)
+        return web.json_response({"sid": call.sid, "state": "ended"})
+
+
+def _error(code: str, message: str) -> dict:
+    return {"type": "error", "code": code, "message": message}
+
+
+def _json_error(cls: type[web.HTTPException], code: str, message: str) -> web.HTTPException:
+    return cls(text=json.dumps({"error": code, "message": message}), content_type="application/json")

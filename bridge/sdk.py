@@ -1,0 +1,475 @@
+"""The Python SDK: the seed's 1-to-1 audio call with aiortc.
+
+    call = Call("http://127.0.0.1:8080")
+    await call.make_call(MakeCallParams(my_id="alice", my_service_id="demo-app", peer_id="bob",
+                                        peer_service_id="demo-app", access_token=token,
+                                        delegate=my_delegate, audio="hello.wav"))
+    ...
+    await call.end_call()
+
+The callee gets `cc_param` by push (its app server's, or the platform's embedded `PushListener`),
+then runs `verify_call`, waits for `evt_verified`, and runs `accept_call`.
+
+Only local validation raises (`StartFailError` with `reason` and `message`); anything the
+platform or the peer decides arrives as `evt_disconnected(Disconnected)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import aiohttp
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from . import ccparam, protocol
+from .audio import GatedTrack, Sink, WavTrack, frame_to_mono
+from .reasons import Disconnected, DisconnectReason, Source, StartFailReason
+
+log = logging.getLogger("bridge.sdk")
+
+__all__ = [
+    "Call", "CallDelegate", "CallVerifiedParam", "Disconnected", "DisconnectReason",
+    "MakeCallParams", "PushListener", "StartFailError", "StartFailReason", "VerifyCallParams",
+]
+
+
+class StartFailError(Exception):
+    """makeCall/verifyCall rejected locally: `reason` is a START_FAIL_REASON."""
+
+    def __init__(self, reason: StartFailReason, message: str) -> None:
+        super().__init__(f"{reason.value}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+class CallDelegate:
+    """Override what you need; methods may be plain or async."""
+
+    def evt_wait_connected(self) -> Any: ...
+    def evt_verified(self, param: "CallVerifiedParam") -> Any: ...
+    def evt_connected(self) -> Any: ...
+    def evt_disconnected(self, param: Disconnected) -> Any: ...
+    def evt_peer_mic_muted(self) -> Any: ...
+    def evt_peer_mic_unmuted(self) -> Any: ...
+    def evt_dtmf(self, digits: str) -> Any: ...
+
+
+AudioSource = MediaStreamTrack | str | None
+
+
+@dataclass
+class MakeCallParams:
+    my_id: str
+    my_service_id: str
+    peer_id: str
+    peer_service_id: str
+    access_token: str
+    media_type: str = "audio"
+    app_server_data: str | None = None
+    delegate: Any = None
+    audio: AudioSource = None          # an aiortc audio track, a WAV file path, or None (silence)
+    peer_audio: Sink | None = None     # receives the peer's audio: int16 mono 48 kHz, 20 ms
+
+
+@dataclass
+class VerifyCallParams:
+    my_id: str
+    my_service_id: str
+    cc_param: str
+    media_type: str = "audio"
+    delegate: Any = None
+    audio: AudioSource = None
+    peer_audio: Sink | None = None
+
+
+@dataclass(frozen=True)
+class CallVerifiedParam:
+    sid: str
+    peer_id: str
+    peer_service_id: str
+    app_server_data: str | None
+
+
+def _fail(reason: StartFailReason, message: str) -> None:
+    raise StartFailError(reason, message)
+
+
+def _validate_ids(my_id: Any, my_service_id: Any, media_type: Any) -> None:
+    if not isinstance(my_id, str) or not protocol.USER_ID.fullmatch(my_id):
+        _fail(StartFailReason.INVALID_USER_ID, f"my_id {my_id!r} must match [a-zA-Z0-9_-]{{1,64}}")
+    if not isinstance(my_service_id, str) or not protocol.SERVICE_ID.fullmatch(my_service_id):
+        _fail(StartFailReason.INVALID_SERVICE_ID,
+              f"my_service_id {my_service_id!r} must match [a-zA-Z0-9.-]{{1,64}}")
+    if media_type not in protocol.MEDIA_TYPES:
+        _fail(StartFailReason.INVALID_MEDIA_TYPE, f"media_type {media_type!r}: only 'audio' is supported")
+
+
+def _http_to_ws(url: str) -> str:
+    if url.startswith(("ws://", "wss://")):
+        return url
+    if url.startswith(("http://", "https://")):
+        return url.replace("http", "ws", 1).rstrip("/") + "/v1/ws"
+    _fail(StartFailReason.INVALID_PARAM, f"platform URL {url!r} must be http(s):// or ws(s)://")
+    return ""
+
+
+class Call:
+    """One 1-to-1 audio call, as caller (make_call) or callee (verify_call)."""
+
+    def __init__(self, platform_url: str | None = None) -> None:
+        self.platform_url = platform_url
+        self.sid: str | None = None
+        self.role: Source | None = None
+        self.state = "idle"   # idle, calling, verified, connected, disconnected
+        self.disconnected: Disconnected | None = None
+        self.peer: CallVerifiedParam | None = None
+        self.errors: list[dict] = []
+        self._delegate: Any = None
+        self._session: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._pc: RTCPeerConnection | None = None
+        self._gate: GatedTrack | None = None
+        self._sink: Sink | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._first: asyncio.Future | None = None
+        self._connected: asyncio.Future | None = None
+        self._done = asyncio.Event()
+
+    # --- the seed's API ----------------------------------------------------------------
+
+    async def make_call(self, params: MakeCallParams) -> None:
+        """Place a call; returns once the platform took (or refused) it."""
+        self._check_idle()
+        _validate_ids(params.my_id, params.my_service_id, params.media_type)
+        if not isinstance(params.peer_id, str) or not protocol.USER_ID.fullmatch(params.peer_id):
+            _fail(StartFailReason.INVALID_USER_ID, f"peer_id {params.peer_id!r} is not a valid user id")
+        if not isinstance(params.peer_service_id, str) or not protocol.SERVICE_ID.fullmatch(params.peer_service_id):
+            _fail(StartFailReason.INVALID_SERVICE_ID,
+                  f"peer_service_id {params.peer_service_id!r} is not a valid service id")
+        if (params.my_id, params.my_service_id) == (params.peer_id, params.peer_service_id):
+            _fail(StartFailReason.ID_CONFLICT, "a user cannot call itself")
+        if not isinstance(params.access_token, str) or not params.access_token:
+            _fail(StartFailReason.INVALID_PARAM, "access_token is required")
+        data = params.app_server_data
+        if data is not None and (not isinstance(data, str)
+                                 or len(data.encode()) > protocol.MAX_APP_SERVER_DATA):
+            _fail(StartFailReason.TOO_LONG_APP_SERVER_DATA,
+                  f"app_server_data must be a string of at most {protocol.MAX_APP_SERVER_DATA} bytes")
+        if not self.platform_url:
+            _fail(StartFailReason.INVALID_PARAM, "no platform URL")
+        url = _http_to_ws(self.platform_url)
+        source = self._audio_source(params.audio)
+        self.role = Source.CALLER
+        self.state = "calling"
+        self._delegate, self._sink = params.delegate, params.peer_audio
+        pc = self._new_peer_connection()
+        self._gate = GatedTrack(source)
+        pc.addTrack(self._gate)
+        await pc.setLocalDescription(await pc.createOffer())
+        await self._open(url, {
+            "type": "make_call", "token": params.access_token, "my_id": params.my_id,
+            "my_service_id": params.my_service_id, "peer_id": params.peer_id,
+            "peer_service_id": params.peer_service_id, "media_type": params.media_type,
+            "app_server_data": params.app_server_data, "sdp": pc.localDescription.sdp,
+        })
+
+    async def verify_call(self, params: VerifyCallParams) -> None:
+        """Answer a push: check `cc_param` with the platform; returns once verified (or refused)."""
+        self._check_idle()
+        _validate_ids(params.my_id, params.my_service_id, params.media_type)
+        try:
+            param = ccparam.decode(params.cc_param)
+        except ccparam.CcParamError as exc:
+            raise StartFailError(StartFailReason.DECODE_CALL_PARAM, str(exc)) from None
+        url = _http_to_ws(self.platform_url or param.platform_url)
+        source = self._audio_source(params.audio)
+        self.role = Source.CALLEE
+        self.state = "calling"
+        self._delegate, self._sink = params.delegate, params.peer_audio
+        self._new_peer_connection()
+        self._gate = GatedTrack(source)
+        await self._open(url, {"type": "verify_call", "cc_param": params.cc_param, "my_id": params.my_id,
+                               "my_service_id": params.my_service_id, "media_type": params.media_type})
+
+    async def accept_call(self, timeout: float = 10.0) -> None:
+        """Accept a verified call; returns when it is connected (raises if it ended instead)."""
+        if self.role is not Source.CALLEE or self.state != "verified":
+            raise RuntimeError(f"accept_call needs a verified incoming call (state: {self.state})")
+        self._connected = asyncio.get_running_loop().create_future()
+        await self._send({"type": "accept_call"})
+        done, _ = await asyncio.wait([self._connected, asyncio.ensure_future(self._done.wait())],
+                                     timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if self.state != "connected":
+            raise RuntimeError(f"call not connected: {self.disconnected or 'timeout'}")
+
+    async def end_call(self, timeout: float = 3.0) -> Disconnected | None:
+        """Hang up (decline before accepting, cancel before an answer); returns how it ended."""
+        if self.state in ("idle", "disconnected"):
+            return self.disconnected
+        await self._send({"type": "end_call"})
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._done.wait()
+        if not self._done.is_set():
+            connected = self.state == "connected"
+            reason = DisconnectReason.NORMAL if connected else (
+                DisconnectReason.CANCEL if self.role is Source.CALLER else DisconnectReason.DECLINE)
+            await self._finish(Disconnected(self.role or Source.CALLER, reason))
+        return self.disconnected
+
+    def mute_my_audio(self, muted: bool) -> None:
+        """Send silence instead of the source while muted; the peer gets evt_peer_mic_(un)muted."""
+        if self._gate is not None:
+            self._gate.muted = bool(muted)
+        self._spawn(self._send({"type": "mute", "muted": bool(muted)}))
+
+    async def send_dtmf(self, digits: str) -> None:
+        """bridge's extension: DTMF digits to the peer, carried in signalling."""
+        if not isinstance(digits, str) or not protocol.DTMF_DIGITS.fullmatch(digits):
+            raise ValueError("digits must be 1-32 of 0-9 * # A-D")
+        if self.state != "connected":
+            raise RuntimeError("send_dtmf needs a connected call")
+        await self._send({"type": "dtmf", "digits": digits})
+
+    async def wait_disconnected(self, timeout: float | None = None) -> Disconnected:
+        async with asyncio.timeout(timeout):
+            await self._done.wait()
+        assert self.disconnected is not None
+        return self.disconnected
+
+    # --- internals ---------------------------------------------------------------------
+
+    def _check_idle(self) -> None:
+        if self.state != "idle":
+            raise RuntimeError("a Call object places or takes one call; create a new Call")
+
+    @staticmethod
+    def _audio_source(audio: AudioSource) -> MediaStreamTrack | None:
+        if audio is None or isinstance(audio, MediaStreamTrack):
+            return audio
+        if isinstance(audio, str):
+            try:
+                return WavTrack(audio)
+            except (OSError, ValueError, EOFError) as exc:
+                _fail(StartFailReason.INVALID_PARAM, f"audio file {audio!r}: {exc}")
+        _fail(StartFailReason.INVALID_PARAM, "audio must be an aiortc audio track or a WAV file path")
+        return None
+
+    def _new_peer_connection(self) -> RTCPeerConnection:
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self._pc = pc
+
+        @pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            if track.kind == "audio":
+                self._spawn(self._drain(track))
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            if pc.connectionState == "failed" and self.state != "disconnected":
+                log.warning("call %s: media connection failed", self.sid)
+                await self._send({"type": "end_call"})
+        return pc
+
+    async def _drain(self, track: MediaStreamTrack) -> None:
+        """Always read the remote track: aiortc queues decoded frames without bound."""
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            if self._sink is not None:
+                try:
+                    self._sink(frame_to_mono(frame))
+                except Exception:
+                    log.exception("peer_audio sink failed; dropping it")
+                    self._sink = None
+
+    async def _open(self, url: str, opening: dict) -> None:
+        self._session = aiohttp.ClientSession()
+        self._first = asyncio.get_running_loop().create_future()
+        try:
+            self._ws = await self._session.ws_connect(url, heartbeat=30.0, max_msg_size=1 << 20)
+            await self._ws.send_str(json.dumps(opening))
+        except (aiohttp.ClientError, OSError) as exc:
+            log.warning("cannot reach the platform at %s: %s", url, exc)
+            await self._finish(Disconnected(Source.CLOUD_SERVER, DisconnectReason.UNAVAILABLE_NETWORK))
+            return
+        self._spawn(self._read())
+        await asyncio.wait([self._first, asyncio.ensure_future(self._done.wait())],
+                           return_when=asyncio.FIRST_COMPLETED)
+
+    async def _send(self, message: dict) -> None:
+        if self._ws is not None and not self._ws.closed:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await self._ws.send_str(json.dumps(message))
+
+    async def _read(self) -> None:
+        assert self._ws is not None
+        try:
+            async for raw in self._ws:
+                if raw.type != aiohttp.WSMsgType.TEXT:
+                    break
+                try:
+                    await self._handle(json.loads(raw.data))
+                except Exception:
+                    log.exception("call %s: cannot handle %s", self.sid, raw.data[:200])
+        finally:
+            if not self._done.is_set():
+                await self._finish(Disconnected(
+                    Source.CLOUD_SERVER, DisconnectReason.WEB_SIGNALING_UNEXPECTED_DISCONNECTED))
+
+    async def _handle(self, m: dict) -> None:
+        kind = m.get("type")
+        pc = self._pc
+        assert pc is not None
+        if kind == "call_made":
+            self.sid = m["sid"]
+            self._resolve(self._first)
+        elif kind == "verified":
+            self.sid = m["sid"]
+            self.peer = CallVerifiedParam(m["sid"], m["peer_id"], m["peer_service_id"], m.get("app_server_data"))
+            await pc.setRemoteDescription(RTCSessionDescription(m["sdp"], "offer"))
+            assert self._gate is not None
+            pc.addTrack(self._gate)
+            await pc.setLocalDescription(await pc.createAnswer())
+            await self._send({"type": "answer", "sdp": pc.localDescription.sdp})
+            self.state = "verified"
+            self._emit("evt_verified", self.peer)
+            self._resolve(self._first)
+        elif kind == "sdp":
+            await pc.setRemoteDescription(RTCSessionDescription(m["sdp"], "answer"))
+        elif kind == "wait_connected":
+            self._emit("evt_wait_connected")
+        elif kind == "connected":
+            self.state = "connected"
+            if self._gate is not None:
+                self._gate.open = True
+            self._emit("evt_connected")
+            self._resolve(self._connected)
+        elif kind == "disconnected":
+            await self._finish(Disconnected.from_json(m))
+        elif kind == "peer_mute":
+            self._emit("evt_peer_mic_muted" if m.get("muted") else "evt_peer_mic_unmuted")
+        elif kind == "dtmf":
+            self._emit("evt_dtmf", m.get("digits", ""))
+        elif kind == "error":
+            log.warning("call %s: platform says %s: %s", self.sid, m.get("code"), m.get("message"))
+            self.errors.append(m)
+
+    @staticmethod
+    def _resolve(future: asyncio.Future | None) -> None:
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    async def _finish(self, param: Disconnected) -> None:
+        if self._done.is_set():
+            return
+        self.state = "disconnected"
+        self.disconnected = param
+        self._done.set()
+        self._resolve(self._first)
+        self._resolve(self._connected)
+        if self._gate is not None:
+            self._gate.stop()
+        if self._pc is not None:
+            await self._pc.close()
+        if self._ws is not None:
+            await self._ws.close()
+        if self._session is not None:
+            await self._session.close()
+        self._emit("evt_disconnected", param)
+
+    def _emit(self, name: str, *args: Any) -> None:
+        handler: Callable | None = getattr(self._delegate, name, None)
+        if handler is None:
+            return
+        try:
+            result = handler(*args)
+        except Exception:
+            log.exception("delegate %s failed", name)
+            return
+        if inspect.isawaitable(result):
+            self._spawn(result)
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+@dataclass(frozen=True)
+class Push:
+    """A call notification as the embedded push delivers it."""
+
+    cc_param: str
+    app_callee_uid: str
+    app_callee_sid: str
+    app_call_type: str
+    app_svr_data: str | None
+    caller_id: str | None = None
+    caller_service_id: str | None = None
+
+
+class ListenError(Exception):
+    def __init__(self, param: Disconnected) -> None:
+        super().__init__(f"listen refused: {param}")
+        self.param = param
+
+
+class PushListener:
+    """The platform's embedded push: receive call notifications for one user.
+
+        async with PushListener(url, "bob", "demo-app", token) as pushes:
+            push = await pushes.next()
+    """
+
+    def __init__(self, platform_url: str, my_id: str, my_service_id: str, access_token: str) -> None:
+        _validate_ids(my_id, my_service_id, "audio")
+        self.url = _http_to_ws(platform_url)
+        self._hello = {"type": "listen", "token": access_token, "my_id": my_id, "my_service_id": my_service_id}
+        self._session: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+
+    async def __aenter__(self) -> "PushListener":
+        self._session = aiohttp.ClientSession()
+        try:
+            self._ws = await self._session.ws_connect(self.url, heartbeat=30.0)
+            await self._ws.send_str(json.dumps(self._hello))
+            reply = await self._ws.receive_json(timeout=10)
+        except BaseException:
+            await self.close()
+            raise
+        if reply.get("type") != "listening":
+            await self.close()
+            raise ListenError(Disconnected.from_json(reply))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def next(self, timeout: float | None = None) -> Push:
+        """The next push; raises ConnectionError if the platform closed the session."""
+        assert self._ws is not None
+        async with asyncio.timeout(timeout):
+            while True:
+                raw = await self._ws.receive()
+                if raw.type != aiohttp.WSMsgType.TEXT:
+                    raise ConnectionError("the platform closed the push session")
+                m = json.loads(raw.data)
+                if m.get("type") == "push":
+                    return Push(m["cc_param"], m["app_callee_uid"], m["app_callee_sid"], m["app_call_type"],
+                                m.get("app_svr_data"), m.get("caller_id"), m.get("caller_service_id"))
+
+    async def close(self) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+        if self._session is not None:
+            await self._session.close()

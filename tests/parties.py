@@ -1,0 +1,78 @@
+"""App users for tests: SDK calls with a recording delegate."""
+
+from __future__ import annotations
+
+import asyncio
+
+from bridge.audio import ToneTrack, WavRecorder
+from bridge.sdk import (Call, CallDelegate, MakeCallParams, PushListener, VerifyCallParams)
+
+
+class Events(CallDelegate):
+    """Records every delegate event in order."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.connected = asyncio.Event()
+        self.verified = asyncio.Event()
+        self.wait_connected = asyncio.Event()
+        self.disconnected: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.dtmf: list[str] = []
+        self.peer_muted: list[bool] = []
+
+    def evt_wait_connected(self) -> None:
+        self.names.append("wait_connected")
+        self.wait_connected.set()
+
+    def evt_verified(self, param) -> None:
+        self.names.append("verified")
+        self.verified.set()
+
+    def evt_connected(self) -> None:
+        self.names.append("connected")
+        self.connected.set()
+
+    def evt_disconnected(self, param) -> None:
+        self.names.append("disconnected")
+        if not self.disconnected.done():
+            self.disconnected.set_result(param)
+
+    def evt_peer_mic_muted(self) -> None:
+        self.peer_muted.append(True)
+
+    def evt_peer_mic_unmuted(self) -> None:
+        self.peer_muted.append(False)
+
+    def evt_dtmf(self, digits: str) -> None:
+        self.dtmf.append(digits)
+
+
+class Party:
+    """One app user with a Call, its events and what it heard."""
+
+    def __init__(self, url: str, user: str, service: str = "demo-app", tone: float | None = None) -> None:
+        self.url, self.user, self.service = url, user, service
+        self.call = Call(url)
+        self.events = Events()
+        self.heard = WavRecorder()
+        self.tone = tone
+
+    def _audio(self):
+        return ToneTrack(self.tone, dbfs=-12) if self.tone else None
+
+    async def make_call(self, peer: "Party | tuple[str, str]", token: str, **kw) -> None:
+        peer_id, peer_service = (peer.user, peer.service) if isinstance(peer, Party) else peer
+        await self.call.make_call(MakeCallParams(
+            my_id=self.user, my_service_id=self.service, peer_id=peer_id, peer_service_id=peer_service,
+            access_token=token, delegate=self.events, audio=self._audio(), peer_audio=self.heard, **kw))
+
+    async def verify(self, cc_param: str) -> None:
+        await self.call.verify_call(VerifyCallParams(
+            my_id=self.user, my_service_id=self.service, cc_param=cc_param,
+            delegate=self.events, audio=self._audio(), peer_audio=self.heard))
+
+    def listener(self, token: str) -> PushListener:
+        return PushListener(self.url, self.user, self.service, token)
+
+    async def ended(self, timeout: float = 10):
+        return await asyncio.wait_for(asyncio.shield(self.events.disconnected), timeout)

@@ -1,0 +1,84 @@
+"""Config validation names file, line and key; the shipped sample is valid."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bridge import config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_sample_config_is_valid():
+    cfg = config.load(ROOT / "config.yaml", env={})
+    assert set(cfg.platform.services) == {"demo-app", "demo-desk"}
+    assert cfg.platform.answer_timeout == 60 and cfg.platform.max_call_time == 4 * 3600
+    assert cfg.platform.services["demo-app"].notify_cb_url is None   # embedded push
+
+
+def test_secrets_from_environment_win():
+    cfg = config.load(ROOT / "config.yaml", env={"DEMO_APP_API_SECRET": "s" * 40, "DEMO_APP_API_KEY": "k1"})
+    assert cfg.platform.services["demo-app"].api_secret == "s" * 40
+    assert cfg.platform.services["demo-app"].api_key == "k1"
+    assert "s" * 40 not in repr(cfg)             # secrets never reach logs via repr
+
+
+BROKEN = """\
+log_level: loud
+platform:
+  listen: 127.0.0.1:99999
+  answer_timeout: soon
+  max_call_tme: 4h
+  services:
+    demo-app:
+      api_key: k
+      api_secret: short
+      notify_cb_url: ftp://example/notify
+    "bad service!":
+      api_key: k2
+    other:
+      api_secret_env: NOT_SET_ANYWHERE
+webrtc:
+  ice_addresses: [not-an-ip]
+"""
+
+
+def test_every_error_has_file_line_and_key():
+    with pytest.raises(config.ConfigError) as exc:
+        config.loads(BROKEN, "broken.yaml", env={})
+    errors = exc.value.errors
+    expected = [
+        ("broken.yaml:1:", "log_level"), ("broken.yaml:3:", "platform.listen"),
+        ("broken.yaml:4:", "platform.answer_timeout"), ("broken.yaml:5:", "platform.max_call_tme"),
+        ("broken.yaml:9:", "platform.services.demo-app.api_secret"),
+        ("broken.yaml:10:", "platform.services.demo-app.notify_cb_url"),
+        ("broken.yaml:11:", "platform.services.bad service!"),
+        ("broken.yaml:14:", "platform.services.other.api_key"),
+        ("broken.yaml:14:", "platform.services.other.api_secret"),
+        ("broken.yaml:16:", "webrtc.ice_addresses"),
+    ]
+    for prefix, key in expected:
+        assert any(e.startswith(prefix) and f" {key}:" in e for e in errors), (prefix, key, errors)
+    assert len(errors) == len(expected), errors
+
+
+def test_yaml_syntax_error_names_the_line():
+    with pytest.raises(config.ConfigError) as exc:
+        config.loads("platform:\n  listen: [oops\n", "x.yaml")
+    assert exc.value.errors[0].startswith("x.yaml:")
+
+
+def test_check_config_command(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BROKEN)
+    run = subprocess.run([sys.executable, "-m", "bridge", "check-config", "-c", str(bad)],
+                         capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    assert run.returncode == 2
+    assert f"{bad}:3: platform.listen:" in run.stderr and "Traceback" not in run.stderr
+    good = subprocess.run([sys.executable, "-m", "bridge", "check-config", "-c", str(ROOT / "config.yaml")],
+                          capture_output=True, text=True)
+    assert good.returncode == 0 and "OK" in good.stdout
