@@ -198,3 +198,4 @@ async def test_mute_and_dtmf_reach_the_peer(start_platform):
     assert bob.events.peer_muted == [True, False]
     assert bob.events.dtmf == ["12#"] and alice.events.dtmf == ["*9"]
     await alice.call.end_call()
+    await both_end(R.NORMAL, Source.CALLER, alice, bob)
