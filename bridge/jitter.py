@@ -1,0 +1,307 @@
+"""Pull-based audio jitter buffer for one RTP stream (8 kHz, 20 ms playout frames).
+
+Packets are placed by RTP timestamp (extended past the 32-bit wrap) and de-duplicated by
+sequence number (extended past the 16-bit wrap).  The consumer calls :meth:`JitterBuffer.get`
+on its own 20 ms clock and always receives exactly ``frame_samples`` samples:
+
+* the first packet primes playout ``target_ms`` behind it;
+* a missing frame with later audio buffered is concealed (last frame repeated with a fade,
+  then silence) and playout moves on; packets that arrive after their playout time are late;
+* an empty buffer (remote clock slower, jitter spike, silence suppression) holds playout
+  still and conceals until ``target_ms`` is buffered again (20 ms inserted per held frame);
+  if the held frames turn out to be lost when audio resumes, that delay is given back;
+* when at least one spare frame stayed buffered for a whole ``window`` of frames (remote
+  clock faster, delay left over from a spike), one 20 ms frame is dropped;
+* an SSRC change or a timestamp jump (sequence continuing) resets sequence/timestamp tracking
+  and the new audio continues right after what is still buffered: no gap, no pile-up;
+* never more than ``max_ms`` is buffered: an over-full buffer is cut back to the target.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import numpy as np
+
+from . import g711
+
+FRAME_SAMPLES = 160
+_SEQ_MOD = 1 << 16
+_TS_MOD = 1 << 32
+
+
+class _Packet(Protocol):
+    sequence_number: int
+    timestamp: int
+    ssrc: int
+    payload: bytes
+
+
+def _unwrap(value: int, last_value: int, last_ext: int, modulus: int) -> int:
+    """Extend a wrapping counter to an unbounded int nearest to the previous extended value."""
+    half = modulus >> 1
+    delta = (value - last_value + half) % modulus - half
+    return last_ext + delta
+
+
+@dataclass
+class JitterStats:
+    """Counters of one jitter buffer (cumulative across SSRC changes)."""
+
+    received: int = 0      # packets accepted into the buffer
+    duplicates: int = 0    # same sequence number seen again
+    late: int = 0          # arrived after their playout time
+    concealed: int = 0     # frames produced by loss concealment
+    dropped: int = 0       # 20 ms frames dropped to shrink the delay (drift, over-full buffer)
+    inserted: int = 0      # 20 ms frames inserted by holding playout (underrun, drift)
+    resyncs: int = 0       # playout re-primed (timestamp jump)
+    ssrc_changes: int = 0
+    frames: int = 0        # frames handed to the consumer
+
+
+class JitterBuffer:
+    """Reorders, de-duplicates and conceals; hands out fixed 20 ms frames on demand."""
+
+    def __init__(
+        self,
+        *,
+        target_ms: int = 40,
+        max_ms: int = 200,
+        window: int = 50,
+        clock_rate: int = 8000,
+        frame_samples: int = FRAME_SAMPLES,
+        decode: Callable[[bytes], np.ndarray] | None = None,
+        fade_frames: int = 3,
+    ) -> None:
+        if not 0 <= target_ms < max_ms:
+            raise ValueError("need 0 <= target_ms < max_ms")
+        self.frame_samples = frame_samples
+        self.target = clock_rate * target_ms // 1000
+        self.max_depth = clock_rate * max_ms // 1000
+        self.window = window
+        self.fade_frames = fade_frames
+        self.decode: Callable[[bytes], np.ndarray] = decode or (lambda p: g711.decode(g711.PCMU, p))
+        self.stats = JitterStats()
+        self._silence = np.zeros(frame_samples, dtype=np.int16)
+        # fade gains: the k-th concealed frame (from 0) ramps from 1 - k/F to 1 - (k + 1)/F.
+        ramp = np.linspace(0.0, 1.0, frame_samples, endpoint=False)
+        self._fades = [
+            (1.0 - (k + ramp) / fade_frames).astype(np.float32) for k in range(fade_frames)
+        ]
+        self._reset(None)
+
+    # -- state ----------------------------------------------------------------------------
+
+    def _reset(self, ssrc: int | None) -> None:
+        self.ssrc = ssrc
+        self._old_ssrc: int | None = None
+        self._starts: list[int] = []              # sorted extended timestamps
+        self._packets: dict[int, np.ndarray] = {}  # extended ts -> pcm
+        self._play: int | None = None              # extended ts of the next sample to play
+        self._newest_end: int | None = None        # end of the newest packet received
+        self._last_ts = self._last_ts_ext = 0
+        self._last_seq = self._high_seq = 0
+        self._seen: set[int] = set()
+        self._seen_order: deque[int] = deque()
+        self._min_spare: int | None = None
+        self._window_count = 0
+        self._last_frame: np.ndarray | None = None
+        self._lost_run = 0
+        self._held = 0  # frames playout was held since the last frame actually played
+
+    def reset(self) -> None:
+        """Forget everything buffered (keeps the counters)."""
+        self._reset(None)
+
+    @property
+    def primed(self) -> bool:
+        return self._play is not None
+
+    @property
+    def depth_samples(self) -> int:
+        """Samples buffered ahead of the playout point (gaps included)."""
+        if self._play is None or self._newest_end is None:
+            return 0
+        return max(0, self._newest_end - self._play)
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    # -- producer side ----------------------------------------------------------------------
+
+    def put(self, packet: _Packet, pcm: np.ndarray | None = None) -> bool:
+        """Add one audio packet; returns False when it was discarded (dup, late, stale SSRC)."""
+        rebase = False
+        if packet.ssrc != self.ssrc:
+            if self.ssrc is not None:
+                if packet.ssrc == self._old_ssrc:
+                    return False  # straggler of the previous source
+                self._old_ssrc = self.ssrc
+                self.stats.ssrc_changes += 1
+            self.ssrc = packet.ssrc
+            self._seen.clear()
+            self._seen_order.clear()
+            rebase = True
+        if rebase or self._play is None:
+            seq = packet.sequence_number
+            ts = packet.timestamp
+            newer = True
+        else:
+            seq = _unwrap(packet.sequence_number, self._last_seq, self._high_seq, _SEQ_MOD)
+            ts = _unwrap(packet.timestamp, self._last_ts, self._last_ts_ext, _TS_MOD)
+            if seq in self._seen:
+                self.stats.duplicates += 1
+                return False
+            newer = seq > self._high_seq
+        samples = self.decode(packet.payload) if pcm is None else pcm
+        n = len(samples)
+        if n == 0:
+            return False
+        play = self._play
+        if play is not None and not rebase:
+            end = ts + n
+            newest = self._newest_end if self._newest_end is not None else play
+            if newer and abs(ts - newest) > self.max_depth:
+                rebase = True  # timestamp jump while the sequence moves on
+                self.stats.resyncs += 1
+            elif end <= play or end - play > self.max_depth:
+                self.stats.late += 1  # too late, or a stray far from the stream
+                self._remember(seq)
+                return False
+            elif ts in self._packets:
+                self.stats.duplicates += 1
+                return False
+        if rebase:
+            ts = self._anchor()
+        if newer:
+            self._high_seq, self._last_seq = seq, packet.sequence_number
+            self._last_ts, self._last_ts_ext = packet.timestamp, ts
+        self._remember(seq)
+        bisect.insort(self._starts, ts)
+        self._packets[ts] = samples
+        if self._newest_end is None or ts + n > self._newest_end:
+            self._newest_end = ts + n
+        self.stats.received += 1
+        if self._newest_end - self._play > self.max_depth:
+            # Over-full (nobody reading, a burst): keep only the target delay.
+            skip = self._newest_end - self.frame_samples - self.target - self._play
+            self.stats.dropped += -(-skip // self.frame_samples)
+            self._play += skip
+            self._held = 0
+            self._discard_before(self._play)
+        if len(self._starts) > 4 * self.max_depth // self.frame_samples:
+            self._discard_before(self._starts[1])  # tiny packets: stay bounded anyway
+        return True
+
+    def _anchor(self) -> int:
+        """Extended timestamp for the first packet of a new source or after a jump.
+
+        It continues right after the audio still buffered (seamless), or ``target`` ahead of
+        playout when nothing is buffered; the very first packet primes playout.
+        """
+        if self._play is None:
+            self._play = -self.target
+            return 0
+        if self._newest_end is not None and self._newest_end > self._play:
+            return self._newest_end
+        self._held = 0
+        return self._play + self.target
+
+    def _remember(self, seq: int) -> None:
+        self._seen.add(seq)
+        self._seen_order.append(seq)
+        if len(self._seen_order) > 128:
+            self._seen.discard(self._seen_order.popleft())
+
+    def _discard_before(self, ts: int) -> None:
+        """Drop packets that end at or before ``ts``."""
+        starts = self._starts
+        while starts and starts[0] + len(self._packets[starts[0]]) <= ts:
+            del self._packets[starts.pop(0)]
+
+    # -- consumer side ----------------------------------------------------------------------
+
+    def get(self) -> np.ndarray:
+        """Exactly ``frame_samples`` int16 samples for the next 20 ms of playout."""
+        self.stats.frames += 1
+        n = self.frame_samples
+        if self._play is None:
+            return self._silence.copy()
+        if self._newest_end is None or self._newest_end <= self._play:
+            # Underrun: hold playout still (one frame more delay) and conceal.
+            return self._hold()
+        spare = self._newest_end - self._play - n
+        if self._held:
+            missing = not self._starts or self._starts[0] > self._play
+            if missing and spare > self.target:
+                # The held frames were really lost: give the banked delay back.
+                skip = min(self._held, (spare - self.target) // n)
+                self._play += skip * n
+                self._held -= skip
+                self.stats.inserted -= skip
+                self._discard_before(self._play)
+            elif spare < self.target:
+                return self._hold()  # rebuild the target delay after an underrun
+        else:
+            self._adapt(spare)
+        play = self._play
+        end = play + n
+        starts, packets = self._starts, self._packets
+        pieces = []
+        i = max(0, bisect.bisect_right(starts, play) - 1)
+        while i < len(starts) and starts[i] < end:
+            ts = starts[i]
+            pcm = packets[ts]
+            lo, hi = max(ts, play), min(ts + len(pcm), end)
+            if hi > lo:
+                pieces.append((lo, hi, ts, pcm))
+            i += 1
+        self._play = end
+        self._discard_before(end)
+        if not pieces:
+            return self._conceal()  # lost: later audio is buffered, playout moves on
+        lo, hi, ts, pcm = pieces[0]
+        if lo == play and hi == end:
+            out = pcm[lo - ts:hi - ts].copy()  # the common, aligned case
+        else:
+            covered = sum(hi - lo for lo, hi, _, _ in pieces)
+            # Packets not aligned to 20 ms (e.g. 30 ms ptime) or a partial loss: conceal holes.
+            out = self._silence.copy() if covered >= n else self._conceal()
+            for lo, hi, ts, pcm in pieces:
+                out[lo - play:hi - play] = pcm[lo - ts:hi - ts]
+        self._last_frame = out
+        self._lost_run = 0
+        self._held = 0
+        return out
+
+    def _hold(self) -> np.ndarray:
+        if self._last_frame is not None:  # not while still waiting for the first audio
+            self._held += 1
+            self.stats.inserted += 1
+        return self._conceal()
+
+    def _adapt(self, spare: int) -> None:
+        """Drift control: drop 20 ms when at least one spare frame stayed buffered all window."""
+        n = self.frame_samples
+        self._min_spare = spare if self._min_spare is None else min(self._min_spare, spare)
+        self._window_count += 1
+        if self._window_count >= self.window:
+            if self._min_spare >= self.target + n:
+                self._play += n
+                self.stats.dropped += 1
+                self._discard_before(self._play)
+            self._min_spare, self._window_count = None, 0
+
+    def _conceal(self) -> np.ndarray:
+        """Repeat the last good frame with a fade over ``fade_frames``, then silence."""
+        if self._last_frame is None:
+            return self._silence.copy()  # nothing played yet: plain silence, not concealment
+        self.stats.concealed += 1
+        k = self._lost_run
+        self._lost_run += 1
+        if k >= self.fade_frames:
+            return self._silence.copy()
+        return (self._last_frame * self._fades[k]).astype(np.int16)

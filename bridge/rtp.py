@@ -1,0 +1,584 @@
+"""RTP for the SIP leg: packets (RFC 3550), telephone-events (RFC 4733) and a per-call endpoint.
+
+:class:`RtpEndpoint` owns one asyncio datagram socket per call.  Sending is driven by the
+caller's 20 ms clock (:meth:`RtpEndpoint.write_frame`), receiving fills a
+:class:`~bridge.jitter.JitterBuffer` that the caller drains with
+:meth:`RtpEndpoint.read_frame` on the same clock.  No threads, nothing grows without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+import struct
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from . import g711
+from .jitter import JitterBuffer
+from .ports import PortPool
+
+logger = logging.getLogger(__name__)
+
+RTP_VERSION = 2
+RTP_HEADER = struct.Struct("!BBHII")
+EVENT_PAYLOAD = struct.Struct("!BBH")
+DEFAULT_DTMF_PT = 101
+PT_CN = 13
+
+# RFC 4733 event codes 0-16: DTMF digits, then flash ("!").
+EVENT_CHARS = "0123456789*#ABCD!"
+_CHAR_EVENTS = {c: i for i, c in enumerate(EVENT_CHARS)}
+DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
+
+
+class RtpParseError(ValueError):
+    """A datagram that is not a well-formed RTP packet or telephone-event payload."""
+
+
+# -- packets ------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class RtpPacket:
+    """One RTP packet (RFC 3550 section 5.1); ``extension`` is the raw extension body."""
+
+    payload_type: int = 0
+    sequence_number: int = 0
+    timestamp: int = 0
+    ssrc: int = 0
+    payload: bytes = b""
+    marker: bool = False
+    csrc: list[int] = field(default_factory=list)
+    extension_profile: int | None = None
+    extension: bytes = b""
+    padding_size: int = 0
+
+    @classmethod
+    def parse(cls, data: bytes) -> RtpPacket:
+        """Parse a datagram; raise :class:`RtpParseError` when it is malformed."""
+        size = len(data)
+        if size < RTP_HEADER.size:
+            raise RtpParseError(f"RTP packet too short ({size} bytes)")
+        b0, b1, seq, ts, ssrc = RTP_HEADER.unpack_from(data)
+        if b0 >> 6 != RTP_VERSION:
+            raise RtpParseError(f"RTP version {b0 >> 6} != 2")
+        pos = RTP_HEADER.size
+        cc = b0 & 0x0F
+        end_csrc = pos + 4 * cc
+        if end_csrc > size:
+            raise RtpParseError("RTP CSRC list truncated")
+        csrc = list(struct.unpack_from(f"!{cc}I", data, pos)) if cc else []
+        pos = end_csrc
+        profile = None
+        extension = b""
+        if b0 & 0x10:
+            if pos + 4 > size:
+                raise RtpParseError("RTP extension header truncated")
+            profile, words = struct.unpack_from("!HH", data, pos)
+            pos += 4
+            if pos + 4 * words > size:
+                raise RtpParseError("RTP extension truncated")
+            extension = bytes(data[pos:pos + 4 * words])
+            pos += 4 * words
+        end = size
+        padding = 0
+        if b0 & 0x20:
+            padding = data[-1]
+            if padding == 0 or pos + padding > size:
+                raise RtpParseError(f"RTP padding length {padding} invalid")
+            end -= padding
+        return cls(
+            payload_type=b1 & 0x7F,
+            sequence_number=seq,
+            timestamp=ts,
+            ssrc=ssrc,
+            payload=bytes(data[pos:end]),
+            marker=bool(b1 & 0x80),
+            csrc=csrc,
+            extension_profile=profile,
+            extension=extension,
+            padding_size=padding,
+        )
+
+    def serialize(self) -> bytes:
+        """Wire form; ``extension`` is padded to 32-bit words, ``padding_size`` appended."""
+        b0 = (RTP_VERSION << 6) | len(self.csrc)
+        if self.padding_size:
+            b0 |= 0x20
+        if self.extension_profile is not None:
+            b0 |= 0x10
+        b1 = (0x80 if self.marker else 0) | (self.payload_type & 0x7F)
+        parts = [
+            RTP_HEADER.pack(
+                b0, b1, self.sequence_number & 0xFFFF, self.timestamp & 0xFFFFFFFF,
+                self.ssrc & 0xFFFFFFFF,
+            )
+        ]
+        if self.csrc:
+            parts.append(struct.pack(f"!{len(self.csrc)}I", *self.csrc))
+        if self.extension_profile is not None:
+            ext = self.extension + b"\x00" * (-len(self.extension) % 4)
+            parts.append(struct.pack("!HH", self.extension_profile, len(ext) // 4) + ext)
+        parts.append(self.payload)
+        if self.padding_size:
+            if not 0 < self.padding_size < 256:
+                raise ValueError("padding_size must be 1..255")
+            parts.append(b"\x00" * (self.padding_size - 1) + bytes([self.padding_size]))
+        return b"".join(parts)
+
+
+def is_rtcp(data: bytes) -> bool:
+    """RTCP multiplexed on the RTP port (RFC 5761: second byte 192-223)."""
+    return len(data) >= 2 and 192 <= data[1] <= 223
+
+
+# -- RFC 4733 telephone-events ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TelephoneEvent:
+    """RFC 4733 section 2.3 payload: event code, end bit, volume (-dBm0), duration (ts units)."""
+
+    event: int
+    end: bool = False
+    volume: int = 10
+    duration: int = 0
+
+    @classmethod
+    def parse(cls, payload: bytes) -> TelephoneEvent:
+        if len(payload) < EVENT_PAYLOAD.size:
+            raise RtpParseError("telephone-event payload shorter than 4 bytes")
+        event, flags, duration = EVENT_PAYLOAD.unpack_from(payload)
+        return cls(event, bool(flags & 0x80), flags & 0x3F, duration)
+
+    def serialize(self) -> bytes:
+        flags = (0x80 if self.end else 0) | (self.volume & 0x3F)
+        return EVENT_PAYLOAD.pack(self.event & 0xFF, flags, min(self.duration, 0xFFFF))
+
+    @property
+    def char(self) -> str | None:
+        """'0'-'9', '*', '#', 'A'-'D', '!' (flash); None for other events."""
+        return EVENT_CHARS[self.event] if self.event < len(EVENT_CHARS) else None
+
+
+def event_code(digit: str) -> int:
+    """RFC 4733 event code of a DTMF character ('0'-'9', '*', '#', 'A'-'D', '!' = flash)."""
+    try:
+        return _CHAR_EVENTS[digit.upper()]
+    except KeyError:
+        raise ValueError(f"not a DTMF digit: {digit!r}") from None
+
+
+# -- receive statistics -------------------------------------------------------------------------
+
+
+@dataclass
+class RtpStats:
+    """Counters for metrics. Bytes are RTP payload octets (as in RTCP sender reports)."""
+
+    packets_sent: int = 0
+    bytes_sent: int = 0
+    packets_received: int = 0
+    bytes_received: int = 0
+    lost: int = 0          # RFC 3550 cumulative lost (expected - received), never negative
+    late: int = 0
+    duplicates: int = 0
+    concealed: int = 0
+    dropped: int = 0       # 20 ms frames dropped by the jitter buffer (drift/overflow)
+    inserted: int = 0      # 20 ms frames inserted by the jitter buffer (underrun/drift)
+    malformed: int = 0
+    ignored: int = 0       # foreign source, unknown payload type, unknown event, RTCP
+    dtmf_sent: int = 0
+    dtmf_received: int = 0
+    jitter_ms: float = 0.0  # RFC 3550 interarrival jitter
+
+
+class _ReceiveCounter:
+    """RFC 3550 A.3/A.8 loss and interarrival jitter over all packets of one SSRC.
+
+    Unlike the RFC's plain count, duplicates (recent sequence numbers) are not counted as
+    received, so they cannot hide losses.
+    """
+
+    def __init__(self, clock_rate: int) -> None:
+        self.clock_rate = clock_rate
+        self.ssrc: int | None = None
+        self.lost_before = 0
+        self.jitter = 0.0
+        self._recent: set[int] = set()
+        self._recent_order: deque[int] = deque()
+
+    def update(self, packet: RtpPacket, arrival: float) -> None:
+        seq = packet.sequence_number
+        if packet.ssrc != self.ssrc:
+            if self.ssrc is not None:
+                self.lost_before += self.lost_now
+            self.ssrc = packet.ssrc
+            self.base = self.ext_max = ext = seq
+            self.received = 0
+            self.transit: float | None = None
+            self._recent.clear()
+            self._recent_order.clear()
+        else:
+            ext = self.ext_max + ((seq - self.ext_max + 0x8000) & 0xFFFF) - 0x8000
+            if ext in self._recent:
+                return
+            if ext > self.ext_max:
+                self.ext_max = ext
+        self._recent.add(ext)
+        self._recent_order.append(ext)
+        if len(self._recent_order) > 128:
+            self._recent.discard(self._recent_order.popleft())
+        self.received += 1
+        transit = arrival * self.clock_rate - packet.timestamp
+        if self.transit is not None:
+            d = abs(transit - self.transit)
+            if d < self.clock_rate:  # ignore timestamp jumps
+                self.jitter += (d - self.jitter) / 16
+        self.transit = transit
+
+    @property
+    def lost_now(self) -> int:
+        if self.ssrc is None:
+            return 0
+        return max(0, self.ext_max - self.base + 1 - self.received)
+
+    @property
+    def lost(self) -> int:
+        return self.lost_before + self.lost_now
+
+
+# -- endpoint -----------------------------------------------------------------------------------
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    def __init__(self, endpoint: RtpEndpoint) -> None:
+        self.endpoint = endpoint
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        self.endpoint._datagram_received(data, addr)
+
+    def error_received(self, exc: Exception) -> None:  # ICMP port unreachable etc.
+        logger.debug("RTP socket error: %s", exc)
+
+
+@dataclass
+class _OutEvent:
+    code: int
+    duration: int  # timestamp units
+    volume: int
+
+
+class RtpEndpoint:
+    """One call's RTP media: G.711 audio + RFC 4733 events over one UDP socket.
+
+    Create with ``await RtpEndpoint.create(...)``.  ``remote`` is the address from the
+    remote SDP; with ``symmetric`` (default) the endpoint sends to wherever valid packets
+    actually come from once the first one arrived (NAT), and re-latches only after
+    ``relatch_packets`` consecutive packets from a new source.
+    """
+
+    def __init__(
+        self,
+        *,
+        codec: str = g711.PCMU,
+        payload_type: int | None = None,
+        dtmf_payload_type: int | None = DEFAULT_DTMF_PT,
+        remote: tuple[str, int] | None = None,
+        symmetric: bool = True,
+        relatch_packets: int = 5,
+        jitter: JitterBuffer | None = None,
+        on_dtmf: Callable[[str], None] | None = None,
+        dtmf_gap_frames: int = 2,
+    ) -> None:
+        self.symmetric = symmetric
+        self.relatch_packets = relatch_packets
+        self.jitter = jitter or JitterBuffer()
+        self.on_dtmf = on_dtmf
+        # Received digits when no callback is set; bounded, oldest dropped.
+        self.dtmf_queue: asyncio.Queue[str] = asyncio.Queue(maxsize=64)
+        self.dtmf_gap_frames = dtmf_gap_frames
+        self.stats = RtpStats()
+        self.direction = "sendrecv"
+        self.set_codec(codec, payload_type, dtmf_payload_type)
+        self._sdp_remote = remote
+        self._latched: tuple[str, int] | None = None
+        self._candidate: tuple[str, int] | None = None
+        self._candidate_count = 0
+        self._transport: asyncio.DatagramTransport | None = None
+        self._pool: PortPool | None = None
+        self._port = 0
+        self._local: tuple[str, int] | None = None
+        self._recv = _ReceiveCounter(8000)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # sender state (RFC 3550: random initial values)
+        self.ssrc = random.getrandbits(32)
+        self._seq = random.getrandbits(16)
+        self._ts = random.getrandbits(32)
+        self._marker = True
+        self._dtmf_out: deque[_OutEvent] = deque()
+        self._event: _OutEvent | None = None
+        self._event_ts = 0
+        self._event_elapsed = 0
+        self._gap = 0
+        # received-event de-duplication: (ssrc, timestamp, event) of recent events
+        self._events_seen: set[tuple[int, int, int]] = set()
+        self._events_order: deque[tuple[int, int, int]] = deque()
+
+    @classmethod
+    async def create(
+        cls,
+        host: str = "0.0.0.0",
+        port: int = 0,
+        *,
+        port_pool: PortPool | None = None,
+        **kwargs,
+    ) -> RtpEndpoint:
+        """Bind the socket (from ``port_pool`` if given, else ``host:port``) and start."""
+        self = cls(**kwargs)
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        if port_pool is not None:
+            port, sock = port_pool.bind(host)
+            try:
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda: _Protocol(self), sock=sock
+                )
+            except BaseException:
+                sock.close()
+                port_pool.release(port)
+                raise
+            self._pool, self._port = port_pool, port
+        else:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _Protocol(self), local_addr=(host, port), family=family
+            )
+        self._transport = transport
+        self._local = transport.get_extra_info("sockname")[:2]
+        return self
+
+    # -- configuration (SDP offer/answer, re-INVITE) --------------------------------------------
+
+    @property
+    def local_address(self) -> tuple[str, int]:
+        assert self._local is not None, "endpoint not started"
+        return self._local
+
+    @property
+    def remote_address(self) -> tuple[str, int] | None:
+        """Where audio is sent: the latched source, else the SDP address."""
+        return self._latched or self._sdp_remote
+
+    def set_remote(self, remote: tuple[str, int] | None) -> None:
+        """Remote address from (re-)negotiated SDP; a changed address is learnt anew."""
+        if remote != self._sdp_remote:
+            self._sdp_remote = remote
+            self._latched = None
+            self._candidate, self._candidate_count = None, 0
+
+    def set_codec(
+        self,
+        codec: str,
+        payload_type: int | None = None,
+        dtmf_payload_type: int | None = DEFAULT_DTMF_PT,
+    ) -> None:
+        """Negotiated audio codec (PCMU/PCMA), its payload type and the telephone-event PT."""
+        self.codec = codec
+        self.payload_type = g711.payload_type(codec) if payload_type is None else payload_type
+        self.dtmf_payload_type = dtmf_payload_type
+        table_enc = g711.ENCODE_TABLES[codec]
+        table_dec = g711.DECODE_TABLES[codec]
+        self._encode = lambda pcm: table_enc[pcm.view(np.uint16)].tobytes()
+        self.jitter.decode = lambda payload: table_dec[np.frombuffer(payload, dtype=np.uint8)]
+
+    def set_direction(self, direction: str) -> None:
+        """SDP direction (hold/resume) on the same socket and the same RTP stream."""
+        if direction not in DIRECTIONS:
+            raise ValueError(f"unknown direction {direction!r}")
+        self.direction = direction  # write_frame marks the first packet after a pause
+
+    @property
+    def sending(self) -> bool:
+        return self.direction in ("sendrecv", "sendonly")
+
+    @property
+    def receiving(self) -> bool:
+        return self.direction in ("sendrecv", "recvonly")
+
+    # -- sending --------------------------------------------------------------------------------
+
+    def write_frame(self, pcm160: np.ndarray) -> None:
+        """Send one 20 ms frame (or a pending telephone-event packet in its place)."""
+        samples = len(pcm160)
+        ts = self._ts
+        self._ts = (ts + samples) & 0xFFFFFFFF
+        if not self.sending or self._transport is None:
+            self._marker = True  # new talkspurt when sending resumes
+            return
+        if self._event is not None or (self._dtmf_out and self._gap == 0):
+            self._send_event_tick(ts, samples)
+            return
+        if self._gap:
+            self._gap -= 1
+        pcm = np.asarray(pcm160)
+        if pcm.dtype != np.int16:
+            pcm = pcm.astype(np.int16)
+        self._send(self.payload_type, ts, self._encode(pcm), self._marker)
+        self._marker = False
+
+    def send_dtmf(self, digits: str, duration_ms: int = 100, volume: int = 10) -> None:
+        """Queue RFC 4733 events; they replace audio on the following write_frame ticks."""
+        if self.dtmf_payload_type is None:
+            raise RuntimeError("telephone-event was not negotiated")
+        if not 40 <= duration_ms <= 8000:
+            raise ValueError("duration_ms must be 40..8000")
+        codes = [event_code(d) for d in digits]
+        for code in codes:
+            self._dtmf_out.append(_OutEvent(code, duration_ms * 8, volume))
+
+    @property
+    def dtmf_pending(self) -> bool:
+        return self._event is not None or bool(self._dtmf_out)
+
+    def _send_event_tick(self, ts: int, samples: int) -> None:
+        assert self.dtmf_payload_type is not None
+        marker = False
+        if self._event is None:
+            self._event = self._dtmf_out.popleft()
+            self._event_ts = ts
+            self._event_elapsed = 0
+            marker = True
+        ev = self._event
+        self._event_elapsed += samples
+        done = self._event_elapsed >= ev.duration
+        payload = TelephoneEvent(ev.code, done, ev.volume, self._event_elapsed).serialize()
+        for _ in range(3 if done else 1):  # the end packet is sent three times
+            self._send(self.dtmf_payload_type, self._event_ts, payload, marker)
+            marker = False
+        if done:
+            self._event = None
+            self._gap = self.dtmf_gap_frames
+            self._marker = True
+            self.stats.dtmf_sent += 1
+
+    def _send(self, pt: int, ts: int, payload: bytes, marker: bool) -> None:
+        addr = self._latched or self._sdp_remote
+        if addr is None or self._transport is None:
+            return
+        header = RTP_HEADER.pack(0x80, (0x80 if marker else 0) | pt, self._seq, ts, self.ssrc)
+        self._seq = (self._seq + 1) & 0xFFFF
+        self._transport.sendto(header + payload, addr)
+        self.stats.packets_sent += 1
+        self.stats.bytes_sent += len(payload)
+
+    # -- receiving ------------------------------------------------------------------------------
+
+    def read_frame(self) -> np.ndarray:
+        """Exactly 160 int16 samples from the jitter buffer (concealment when missing)."""
+        frame = self.jitter.get()
+        js = self.jitter.stats
+        st = self.stats
+        st.late, st.duplicates, st.concealed = js.late, js.duplicates, js.concealed
+        st.dropped, st.inserted = js.dropped, js.inserted
+        return frame
+
+    def _datagram_received(self, data: bytes, addr) -> None:
+        if is_rtcp(data):
+            self.stats.ignored += 1
+            return
+        try:
+            packet = RtpPacket.parse(data)
+        except RtpParseError:
+            self.stats.malformed += 1
+            return
+        pt = packet.payload_type
+        if pt != self.payload_type and pt != self.dtmf_payload_type and pt != PT_CN:
+            self.stats.ignored += 1
+            return
+        addr = addr[:2]
+        if not self._accept_source(addr):
+            self.stats.ignored += 1
+            return
+        st = self.stats
+        st.packets_received += 1
+        st.bytes_received += len(packet.payload)
+        self._recv.update(packet, (self._loop or asyncio.get_running_loop()).time())
+        st.lost = self._recv.lost
+        st.jitter_ms = self._recv.jitter / 8.0
+        if not self.receiving:
+            return
+        if pt == self.payload_type:
+            self.jitter.put(packet)
+        elif pt == self.dtmf_payload_type:
+            self._event_received(packet)
+
+    def _accept_source(self, addr: tuple[str, int]) -> bool:
+        """Symmetric RTP latching."""
+        if not self.symmetric:
+            return True
+        if self._latched is None:
+            self._latched = addr
+            return True
+        if addr == self._latched:
+            self._candidate, self._candidate_count = None, 0
+            return True
+        if addr == self._candidate:
+            self._candidate_count += 1
+        else:
+            self._candidate, self._candidate_count = addr, 1
+        if self._candidate_count >= self.relatch_packets:
+            logger.info("RTP source moved %s -> %s", self._latched, addr)
+            self._latched = addr
+            self._candidate, self._candidate_count = None, 0
+            return True
+        return False
+
+    def _event_received(self, packet: RtpPacket) -> None:
+        try:
+            event = TelephoneEvent.parse(packet.payload)
+        except RtpParseError:
+            self.stats.malformed += 1
+            return
+        char = event.char
+        if char is None:
+            self.stats.ignored += 1
+            return
+        key = (packet.ssrc, packet.timestamp, event.event)
+        if key in self._events_seen:
+            return  # update or end retransmission of an event already reported
+        self._events_seen.add(key)
+        self._events_order.append(key)
+        if len(self._events_order) > 32:
+            self._events_seen.discard(self._events_order.popleft())
+        self.stats.dtmf_received += 1
+        if self.on_dtmf is not None:
+            try:
+                self.on_dtmf(char)
+            except Exception:
+                logger.exception("on_dtmf callback failed")
+            return
+        if self.dtmf_queue.full():
+            self.dtmf_queue.get_nowait()
+        self.dtmf_queue.put_nowait(char)
+
+    # -- lifetime -------------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._transport is None
+
+    def close(self) -> None:
+        """Close the socket and give the port back to its pool; idempotent."""
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.close()
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            pool.release(self._port)
