@@ -5,15 +5,15 @@ Frames are 20 ms of 16-bit mono PCM at 48 kHz unless said otherwise.
 
 from __future__ import annotations
 
-import asyncio
 import fractions
-import time
 import wave
 from typing import Callable
 
 import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from .clock import FrameClock
 
 RATE = 48000
 PTIME = 0.020
@@ -72,24 +72,6 @@ def write_wav(path: str, samples: np.ndarray, rate: int = RATE) -> None:
         w.writeframes(samples.astype("<i2").tobytes())
 
 
-class Clock:
-    """An absolute 20 ms clock: tick n is due at start + n * period, so it never drifts."""
-
-    def __init__(self, period: float = PTIME) -> None:
-        self.period = period
-        self.start: float | None = None
-        self.ticks = 0
-
-    async def wait(self) -> None:
-        now = time.monotonic()
-        if self.start is None:
-            self.start = now
-        due = self.start + self.ticks * self.period
-        self.ticks += 1
-        if due > now:
-            await asyncio.sleep(due - now)
-
-
 class SamplesTrack(MediaStreamTrack):
     """Plays int16 mono samples at 48 kHz, paced in real time, then silence (or loops)."""
 
@@ -100,12 +82,15 @@ class SamplesTrack(MediaStreamTrack):
         self._samples = samples.astype(np.int16)
         self._loop = loop and len(samples) > 0
         self._pos = 0
-        self._clock = Clock()
+        self._clock = FrameClock(PTIME)
 
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        await self._clock.wait()
+        tick = await anext(self._clock)
+        self._pos += FRAME * tick.skipped
+        if self._loop:
+            self._pos %= len(self._samples)
         chunk = self._samples[self._pos:self._pos + FRAME]
         self._pos += FRAME
         if len(chunk) < FRAME:
@@ -114,7 +99,7 @@ class SamplesTrack(MediaStreamTrack):
                 chunk = np.concatenate([chunk, self._samples[:self._pos]])
             else:
                 chunk = np.concatenate([chunk, np.zeros(FRAME - len(chunk), np.int16)])
-        return make_frame(chunk, (self._clock.ticks - 1) * FRAME)
+        return make_frame(chunk, tick.index * FRAME)
 
 
 class ToneTrack(SamplesTrack):
@@ -145,7 +130,7 @@ class GatedTrack(MediaStreamTrack):
         self.source = source
         self.open = False
         self.muted = False
-        self._clock = Clock()
+        self._clock = FrameClock(PTIME)
         self._pts = 0
         self._silence = np.zeros(FRAME, np.int16)
 
@@ -161,7 +146,7 @@ class GatedTrack(MediaStreamTrack):
             frame.pts = self._pts * frame.sample_rate // RATE
             self._pts += frame.samples * RATE // frame.sample_rate
             return frame
-        await self._clock.wait()
+        await anext(self._clock)
         frame = make_frame(self._silence, self._pts)
         self._pts += FRAME
         return frame
