@@ -58,6 +58,29 @@ class PlatformConfig:
 
 
 @dataclass(frozen=True)
+class SipConfig:
+    registrar_host: str
+    registrar_port: int
+    domain: str
+    username: str
+    auth_username: str
+    password: str = field(repr=False)
+    bind_host: str = "127.0.0.1"
+    bind_port: int = 5080
+    contact_host: str = "127.0.0.1"
+    register: bool = True
+    register_expires: int = 300
+    keepalive: float = 30.0
+    transaction_timeout: float = 4.0
+    max_backoff: float = 30.0
+    rtp_host: str = "127.0.0.1"
+    rtp_low: int = 10000
+    rtp_high: int = 10999
+    codecs: tuple[str, ...] = ("PCMU", "PCMA")
+    ring_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
 class WebRtcConfig:
     ice_addresses: list[str]
 
@@ -68,6 +91,7 @@ class Config:
     log_level: str
     platform: PlatformConfig
     webrtc: WebRtcConfig
+    sip: SipConfig | None = None
 
 
 # --- YAML with line numbers -------------------------------------------------------------
@@ -265,14 +289,78 @@ def loads(text: str, path: str = "<config>", env: dict[str, str] | None = None) 
     if not isinstance(root, _Map):
         raise ConfigError([f"{path}:1: the file must be a YAML mapping"])
     r = _Reader(path, dict(os.environ) if env is None else env)
-    r.unknown(root, "", {"log_level", "platform", "webrtc"})
+    r.unknown(root, "", {"log_level", "platform", "webrtc", "sip"})
     log_level = r.get(root, "log_level", "log_level", _log_level, "info")
     platform = _platform(r, root)
     w = r.section(root, "webrtc", "webrtc", {"ice_addresses"})
     webrtc = WebRtcConfig(ice_addresses=r.get(w, "ice_addresses", "webrtc.ice_addresses", ip_list, []))
+    sip = _sip(r, root) if root.get("sip") is not None else None
     if r.errors:
         raise ConfigError(r.errors)
-    return Config(path=path, log_level=log_level, platform=platform, webrtc=webrtc)
+    return Config(path=path, log_level=log_level, platform=platform, webrtc=webrtc, sip=sip)
+
+
+def port_range(value: Any) -> tuple[int, int]:
+    low, sep, high = str(value).partition("-")
+    if not sep or not low.strip().isdigit() or not high.strip().isdigit():
+        raise ValueError(f"{value!r} is not a port range like 10000-10999")
+    lo, hi = int(low), int(high)
+    if not 1024 <= lo < hi < 65536 or hi - lo < 2:
+        raise ValueError("range must lie in 1024-65535 and hold at least two ports")
+    return lo, hi
+
+
+def _codecs(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise ValueError("must be a non-empty list of PCMU, PCMA")
+    names = tuple(str(v).upper() for v in value)
+    if any(n not in ("PCMU", "PCMA") for n in names):
+        raise ValueError("supported codecs are PCMU and PCMA")
+    return names
+
+
+def _sip(r: _Reader, root: _Map) -> SipConfig:
+    known = {"registrar", "domain", "username", "auth_username", "password", "password_env", "listen",
+             "contact_host", "register", "register_expires", "keepalive", "rtp_ports", "rtp_host",
+             "codecs", "ring_timeout", "transaction_timeout"}
+    s = r.section(root, "sip", "sip", known)
+    host, port = r.get(s, "registrar", "sip.registrar", hostport, ("127.0.0.1", 5060), required=True)
+    bind_host, bind_port = r.get(s, "listen", "sip.listen", _hostport_any, ("127.0.0.1", 5080))
+    contact = r.get(s, "contact_host", "sip.contact_host", _ip, None)
+    if contact is None:
+        if bind_host in ("0.0.0.0", "::"):
+            r.error(s, "listen", "sip.contact_host", "set contact_host when listening on all addresses")
+        contact = bind_host
+    username = r.get(s, "username", "sip.username", _nonempty_str, "bridge")
+    low, high = r.get(s, "rtp_ports", "sip.rtp_ports", port_range, (10000, 10999))
+    return SipConfig(
+        registrar_host=host, registrar_port=port,
+        domain=r.get(s, "domain", "sip.domain", _nonempty_str, host),
+        username=username,
+        auth_username=r.get(s, "auth_username", "sip.auth_username", _nonempty_str, username),
+        password=r.secret(s, "password", "sip.password") or "",
+        bind_host=bind_host, bind_port=bind_port, contact_host=contact,
+        register=r.get(s, "register", "sip.register", boolean, True),
+        register_expires=int(r.get(s, "register_expires", "sip.register_expires", duration, 300)),
+        keepalive=r.get(s, "keepalive", "sip.keepalive", duration, 30.0),
+        transaction_timeout=r.get(s, "transaction_timeout", "sip.transaction_timeout", duration, 4.0),
+        rtp_host=r.get(s, "rtp_host", "sip.rtp_host", _ip, contact),
+        rtp_low=low, rtp_high=high,
+        codecs=r.get(s, "codecs", "sip.codecs", _codecs, ("PCMU", "PCMA")),
+        ring_timeout=r.get(s, "ring_timeout", "sip.ring_timeout", duration, 30.0),
+    )
+
+
+def _hostport_any(value: Any) -> tuple[str, int]:
+    text = str(value)
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"{text!r} is not host:port (port 0: any free port)")
+    return host.strip("[]"), int(port)
+
+
+def _ip(value: Any) -> str:
+    return str(ipaddress.ip_address(str(value)))
 
 
 def _platform(r: _Reader, root: _Map) -> PlatformConfig:
