@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import time
 from typing import Mapping
 
@@ -69,3 +70,17 @@ async def get(session: aiohttp.ClientSession, url: str, params: Mapping[str, str
                 raise CallbackError(f"{target.host}{target.path} answered {response.status}")
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise CallbackError(f"{target.host}{target.path} unreachable: {type(exc).__name__}") from None
+
+
+async def post_json(session: aiohttp.ClientSession, url: str, payload: Mapping, secret: str,
+                    timeout: float) -> None:
+    """POST `payload` as JSON, signed over the body; raise CallbackError unless 2xx."""
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    headers = {"Content-Type": "application/json", **signed_headers(secret, body)}
+    try:
+        async with session.post(url, data=body, headers=headers, allow_redirects=False,
+                                timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+            if not 200 <= response.status < 300:
+                raise CallbackError(f"{url} answered {response.status}")
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise CallbackError(f"{url} unreachable: {type(exc).__name__}") from None

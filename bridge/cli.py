@@ -40,6 +40,13 @@ def _parser() -> argparse.ArgumentParser:
     command("platform", "run only the call platform")
     command("check-config", "validate the config file and print every error with file, line and key")
 
+    p = command("route", "print the routing decision for a call, without calling")
+    p.add_argument("--from", dest="caller", type=_user_at_service, metavar="USER@SERVICE",
+                   help="app caller (with --to: app -> desk phone)")
+    p.add_argument("--to", dest="callee", type=_user_at_service, metavar="USER@SERVICE")
+    p.add_argument("--dialed", help="number a desk phone dialed (desk phone -> app)")
+    p.add_argument("--caller", dest="caller_number", help="the desk phone's number (with --dialed)")
+
     p = command("token", "print a development access token from the config's API secret")
     p.add_argument("--service", required=True)
     p.add_argument("--user", required=True)
@@ -78,12 +85,15 @@ def main(argv: list[str] | None = None) -> int:
     _logging(cfg.log_level if args.command in ("run", "platform") else "warning")
     try:
         if args.command == "check-config":
-            print(f"{args.config}: OK ({len(cfg.platform.services)} services)")
+            print(f"{args.config}: OK ({len(cfg.platform.services)} services, {len(cfg.router.to_sip)} "
+                  f"app->SIP and {len(cfg.router.to_app)} SIP->app routes)")
             return 0
         if args.command in ("run", "platform"):
             from . import daemon
             daemon.run(cfg)
             return 0
+        if args.command == "route":
+            return _route(cfg, args)
         if args.command == "token":
             print(_token(cfg, args.service, args.user))
             return 0
@@ -96,6 +106,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _route(cfg: config.Config, args: argparse.Namespace) -> int:
+    from .routing import Denied
+    if args.caller and args.callee:
+        decision = cfg.router.route_to_sip(args.caller[1], args.caller[0], args.callee[1], args.callee[0])
+    elif args.dialed:
+        decision = cfg.router.route_to_app(args.dialed, args.caller_number)
+    else:
+        raise UsageError("give --from and --to (app -> desk phone) or --dialed [--caller] (desk phone -> app)")
+    print(decision)
+    return 1 if isinstance(decision, Denied) else 0
 
 
 def _token(cfg: config.Config, service_id: str, user_id: str) -> str:

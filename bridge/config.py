@@ -18,7 +18,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from . import protocol
+from . import protocol, routing
+from .routing import AppRoute, Router, SipRoute
 
 
 class ConfigError(Exception):
@@ -36,6 +37,8 @@ class Service:
     api_secret: str = field(repr=False)
     notify_cb_url: str | None = None
     call_event_cb_url: str | None = None
+    push_url: str | None = None         # embedded push as a signed POST (e.g. to the bridge)
+    push_secret: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,23 @@ class SipConfig:
 
 
 @dataclass(frozen=True)
+class NotificationsConfig:
+    host: str
+    port: int
+    secret: str = field(repr=False)
+    replay_window: float = 300.0
+    admin_token: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    desk_service: str
+    trusted_platforms: tuple[str, ...]
+    max_calls: int = 200
+    drain_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
 class WebRtcConfig:
     ice_addresses: list[str]
 
@@ -92,6 +112,9 @@ class Config:
     platform: PlatformConfig
     webrtc: WebRtcConfig
     sip: SipConfig | None = None
+    notifications: NotificationsConfig | None = None
+    bridge: BridgeConfig | None = None
+    router: Router = field(default_factory=Router)
 
 
 # --- YAML with line numbers -------------------------------------------------------------
@@ -289,15 +312,149 @@ def loads(text: str, path: str = "<config>", env: dict[str, str] | None = None) 
     if not isinstance(root, _Map):
         raise ConfigError([f"{path}:1: the file must be a YAML mapping"])
     r = _Reader(path, dict(os.environ) if env is None else env)
-    r.unknown(root, "", {"log_level", "platform", "webrtc", "sip"})
+    r.unknown(root, "", {"log_level", "platform", "webrtc", "sip", "notifications", "bridge", "routes"})
     log_level = r.get(root, "log_level", "log_level", _log_level, "info")
     platform = _platform(r, root)
     w = r.section(root, "webrtc", "webrtc", {"ice_addresses"})
     webrtc = WebRtcConfig(ice_addresses=r.get(w, "ice_addresses", "webrtc.ice_addresses", ip_list, []))
     sip = _sip(r, root) if root.get("sip") is not None else None
+    notifications = _notifications(r, root) if root.get("notifications") is not None else None
+    bridge = _bridge(r, root, platform) if root.get("bridge") is not None else None
+    router = _routes(r, root, platform)
+    if bridge is not None and (sip is None or notifications is None):
+        r.error(root, "bridge", "bridge", "the bridge needs the sip and notifications sections")
     if r.errors:
         raise ConfigError(r.errors)
-    return Config(path=path, log_level=log_level, platform=platform, webrtc=webrtc, sip=sip)
+    return Config(path=path, log_level=log_level, platform=platform, webrtc=webrtc, sip=sip,
+                  notifications=notifications, bridge=bridge, router=router)
+
+
+def _notifications(r: _Reader, root: _Map) -> NotificationsConfig:
+    n = r.section(root, "notifications", "notifications",
+                  {"listen", "secret", "secret_env", "replay_window", "admin_token", "admin_token_env"})
+    host, port = r.get(n, "listen", "notifications.listen", hostport, ("127.0.0.1", 8081))
+    secret = r.secret(n, "secret", "notifications.secret") or ""
+    if secret and len(secret) < 32:
+        r.error(n, "secret", "notifications.secret", "must be at least 32 characters (HMAC-SHA256 key)")
+    token = r.secret(n, "admin_token", "notifications.admin_token", required=False)
+    if token is None and not ipaddress.ip_address(host if host != "localhost" else "127.0.0.1").is_loopback:
+        r.error(n, "listen", "notifications.admin_token",
+                "set an admin_token when /healthz and /metrics listen beyond loopback")
+    return NotificationsConfig(host, port, secret,
+                               r.get(n, "replay_window", "notifications.replay_window", duration, 300.0), token)
+
+
+def _bridge(r: _Reader, root: _Map, platform: PlatformConfig) -> BridgeConfig:
+    b = r.section(root, "bridge", "bridge", {"desk_service", "trusted_platforms", "max_calls", "drain_timeout"})
+    desk = r.get(b, "desk_service", "bridge.desk_service", _nonempty_str, required=True)
+    if desk and desk not in platform.services:
+        r.error(b, "desk_service", "bridge.desk_service",
+                f"service {desk!r} is not in platform.services (the bridge needs its API key and secret)")
+    trusted = r.get(b, "trusted_platforms", "bridge.trusted_platforms", _ws_urls, None)
+    if trusted is None:
+        trusted = (platform.ws_url,) if platform.embedded else ()
+        if not trusted:
+            r.error(b, "trusted_platforms", "bridge.trusted_platforms",
+                    "list the platform URLs the bridge trusts (the platform is not embedded)")
+    return BridgeConfig(desk_service=desk or "", trusted_platforms=tuple(trusted),
+                        max_calls=r.get(b, "max_calls", "bridge.max_calls", positive_int, 200),
+                        drain_timeout=r.get(b, "drain_timeout", "bridge.drain_timeout", duration, 30.0))
+
+
+def _ws_urls(value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.startswith(("ws://", "wss://"))
+                                              for v in value):
+        raise ValueError("must be a list of ws:// or wss:// URLs")
+    return [v.rstrip("/") for v in value]
+
+
+def _routes(r: _Reader, root: _Map, platform: PlatformConfig) -> Router:
+    node = r.section(root, "routes", "routes", {"to_sip", "to_app"})
+    router = Router()
+    names: set[str] = set()
+    for direction in ("to_sip", "to_app"):
+        items = node.get(direction)
+        if items is None:
+            continue
+        if not isinstance(items, list):
+            r.error(node, direction, f"routes.{direction}", "must be a list of routes")
+            continue
+        for i, item in enumerate(items):
+            keypath = f"routes.{direction}[{i}]"
+            if not isinstance(item, _Map):
+                r.error(node, direction, keypath, "each route must be a mapping")
+                continue
+            build = _sip_route if direction == "to_sip" else _app_route
+            route = build(r, item, keypath, i, platform)
+            if route is None:
+                continue
+            if route.name in names:
+                r.error(item, "name", f"{keypath}.name", f"route name {route.name!r} is used twice")
+            names.add(route.name)
+            (router.to_sip if direction == "to_sip" else router.to_app).append(route)  # type: ignore[arg-type]
+    return router
+
+
+def _patterns(r: _Reader, item: _Map, keypath: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    match = item.get("match")
+    if not isinstance(match, _Map) or not match:
+        r.error(item, "match", f"{keypath}.match", f"must be a mapping with some of: {', '.join(keys)}")
+        return {}
+    r.unknown(match, f"{keypath}.match", set(keys))
+    return {k: r.get(match, k, f"{keypath}.match.{k}", routing.compile_pattern) for k in keys}
+
+
+def _sip_route(r: _Reader, item: _Map, keypath: str, i: int, platform: PlatformConfig) -> SipRoute | None:
+    r.unknown(item, keypath, {"name", "match", "target", "fallback", "caller_id", "display_name",
+                              "max_calls", "ring_timeout"})
+    pats = _patterns(r, item, keypath, ("service", "user", "caller_service", "caller_user"))
+    allowed = routing.TO_SIP_FIELDS | routing.groups(*pats.values())
+
+    def template(value: Any) -> str:
+        return routing.check_template(value, allowed)
+
+    target = r.get(item, "target", f"{keypath}.target", template, required=True)
+    fallback = r.get(item, "fallback", f"{keypath}.fallback",
+                            lambda v: tuple(template(x) for x in (v if isinstance(v, list) else [v])), ())
+    if not target:
+        return None
+    return SipRoute(
+        name=str(item.get("name") or f"to_sip-{i + 1}"),
+        service=pats.get("service"), user=pats.get("user"), caller_service=pats.get("caller_service"),
+        caller_user=pats.get("caller_user"), target=target, fallback=fallback,
+        caller_id=r.get(item, "caller_id", f"{keypath}.caller_id", template, "{caller_user}"),
+        display_name=r.get(item, "display_name", f"{keypath}.display_name", template),
+        max_calls=r.get(item, "max_calls", f"{keypath}.max_calls", positive_int),
+        ring_timeout=r.get(item, "ring_timeout", f"{keypath}.ring_timeout", duration),
+    )
+
+
+def _app_route(r: _Reader, item: _Map, keypath: str, i: int, platform: PlatformConfig) -> AppRoute | None:
+    r.unknown(item, keypath, {"name", "match", "target", "caller_id", "caller_service", "max_calls"})
+    pats = _patterns(r, item, keypath, ("dialed", "caller"))
+    allowed = routing.TO_APP_FIELDS | routing.groups(*pats.values())
+    target = item.get("target")
+    if not isinstance(target, _Map) or set(target) != {"service", "user"}:
+        r.error(item, "target", f"{keypath}.target", "must be a mapping {service: ..., user: ...}")
+        return None
+    service = r.get(target, "service", f"{keypath}.target.service", _nonempty_str)
+    if service and service not in platform.services:
+        r.error(target, "service", f"{keypath}.target.service", f"unknown service {service!r}")
+    user = r.get(target, "user", f"{keypath}.target.user",
+                        lambda v: routing.check_template(v, allowed))
+    caller_service = r.get(item, "caller_service", f"{keypath}.caller_service", _nonempty_str, required=True)
+    if caller_service and caller_service not in platform.services:
+        r.error(item, "caller_service", f"{keypath}.caller_service", f"unknown service {caller_service!r}")
+    if not (service and user and caller_service):
+        return None
+    return AppRoute(
+        name=str(item.get("name") or f"to_app-{i + 1}"),
+        dialed=pats.get("dialed"), caller=pats.get("caller"), service=service, user=user,
+        caller_service=caller_service,
+        caller_id=r.get(item, "caller_id", f"{keypath}.caller_id",
+                               lambda v: routing.check_template(v, allowed), "{caller}"),
+        max_calls=r.get(item, "max_calls", f"{keypath}.max_calls", positive_int),
+    )
 
 
 def port_range(value: Any) -> tuple[int, int]:
@@ -383,15 +540,19 @@ def _platform(r: _Reader, root: _Map) -> PlatformConfig:
             r.error(services_node, sid, keypath, "must be a mapping")
             continue
         r.unknown(s, keypath, {"api_key", "api_key_env", "api_secret", "api_secret_env",
-                               "notify_cb_url", "call_event_cb_url"})
+                               "notify_cb_url", "call_event_cb_url", "push_url", "push_secret",
+                               "push_secret_env"})
         api_key = r.secret(s, "api_key", f"{keypath}.api_key")
         api_secret = r.secret(s, "api_secret", f"{keypath}.api_secret")
         if api_secret is not None and len(api_secret) < 32:
             r.error(s, "api_secret", f"{keypath}.api_secret", "must be at least 32 characters (HMAC-SHA256 key)")
+        push_url = r.get(s, "push_url", f"{keypath}.push_url", http_url)
         services[sid] = Service(
             id=sid, api_key=api_key or "", api_secret=api_secret or "",
             notify_cb_url=r.get(s, "notify_cb_url", f"{keypath}.notify_cb_url", http_url),
             call_event_cb_url=r.get(s, "call_event_cb_url", f"{keypath}.call_event_cb_url", http_url),
+            push_url=push_url,
+            push_secret=r.secret(s, "push_secret", f"{keypath}.push_secret", required=bool(push_url)),
         )
     seen: dict[str, str] = {}
     for service in services.values():

@@ -1,7 +1,9 @@
-"""The daemon: one uvloop process serving the platform (and, as they land, the bridge parts).
+"""The daemon: one uvloop process serving the platform, the notification endpoint, the SIP
+account and the bridged calls.
 
-Signals: SIGTERM/SIGINT stop taking new calls and end the process; systemd is told READY,
-STATUS (active calls) and WATCHDOG.
+Signals: SIGTERM/SIGINT drain (no new calls; active ones may finish until `drain_timeout`),
+SIGHUP reloads the routes (a broken file keeps the old ones and logs why). systemd is told
+READY, RELOADING, STOPPING, STATUS (active calls) and WATCHDOG.
 """
 
 from __future__ import annotations
@@ -13,9 +15,13 @@ import signal
 import uvloop
 from aiohttp import web
 
-from . import ice, systemd
+from . import config, ice, systemd, token
+from .bridgedcall import Bridge
 from .config import Config
+from .metrics import Metrics
+from .notifications import NotificationServer
 from .platform import Platform
+from .sipua import UserAgent
 
 log = logging.getLogger("bridge.daemon")
 
@@ -23,41 +29,122 @@ log = logging.getLogger("bridge.daemon")
 class Daemon:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
+        self.metrics = Metrics()
         self.platform = Platform(cfg.platform) if cfg.platform.embedded else None
+        self.ua: UserAgent | None = None
+        self.bridge: Bridge | None = None
         self._stop = asyncio.Event()
+        self._runners: list[web.AppRunner] = []
+
+    def token_for(self, service_id: str, user_id: str) -> str:
+        s = self.cfg.platform.services[service_id]
+        return token.issue(token.ServiceKey(s.id, s.api_key, s.api_secret), user_id)
 
     def status(self) -> str:
-        calls = self.platform.active_calls if self.platform else 0
-        return f"{calls} active calls"
+        platform = self.platform.active_calls if self.platform else 0
+        bridged = len(self.bridge.calls) if self.bridge else 0
+        reg = f", SIP {self.ua.registration.state}" if self.ua else ""
+        return f"{bridged} bridged calls, {platform} platform calls{reg}"
 
-    async def serve(self) -> None:
-        ice.use_host_addresses(self.cfg.webrtc.ice_addresses)
-        app = web.Application()
+    def health(self) -> tuple[bool, dict]:
+        detail: dict = {"platform": "embedded" if self.platform else "remote",
+                        "draining": bool(self.bridge and self.bridge.draining)}
+        ok = True
+        if self.ua is not None:
+            reg = self.ua.registration
+            detail["sip_registration"] = {"state": reg.state, "detail": reg.detail}
+            ok = reg.state in ("registered", "disabled")
+        if self.bridge is not None:
+            detail["bridged_calls"] = len(self.bridge.calls)
         if self.platform is not None:
-            self.platform.add_routes(app)
+            detail["platform_calls"] = self.platform.active_calls
+        return ok and not detail["draining"], detail
+
+    async def _listen(self, app: web.Application, host: str, port: int, what: str) -> None:
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        p = self.cfg.platform
         try:
-            await web.TCPSite(runner, p.host, p.port).start()
+            await web.TCPSite(runner, host, port).start()
         except OSError as exc:
             await runner.cleanup()
-            raise SystemExit(f"bridge: cannot listen on {p.host}:{p.port}: {exc.strerror}") from None
+            raise SystemExit(f"bridge: cannot listen on {host}:{port} for {what}: {exc.strerror}") from None
+        self._runners.append(runner)
+        log.info("%s listening on %s:%d", what, host, port)
+
+    async def serve(self) -> None:
+        cfg = self.cfg
+        ice.use_host_addresses(cfg.webrtc.ice_addresses)
+        try:
+            await self._start()
+        except BaseException:
+            await self._shutdown()
+            raise
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
-        log.info("platform listening on %s:%d (public URL %s)", p.host, p.port, p.public_url)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         systemd.notify("READY=1", f"STATUS={self.status()}")
-        watchdog = asyncio.ensure_future(systemd.watchdog())
-        status = asyncio.ensure_future(self._report_status())
+        tasks = [asyncio.ensure_future(systemd.watchdog()), asyncio.ensure_future(self._report())]
         await self._stop.wait()
-        log.info("stopping")
+        log.info("stopping: draining calls")
         systemd.notify("STOPPING=1")
-        watchdog.cancel()
-        status.cancel()
-        await runner.cleanup()
+        await self._shutdown()
+        for task in tasks:
+            task.cancel()
 
-    async def _report_status(self) -> None:
+    async def _start(self) -> None:
+        cfg = self.cfg
+        if self.platform is not None:
+            app = web.Application()
+            self.platform.add_routes(app)
+            p = cfg.platform
+            await self._listen(app, p.host, p.port, f"platform (public URL {p.public_url})")
+        if cfg.bridge is not None:
+            assert cfg.sip is not None and cfg.notifications is not None
+            self.ua = UserAgent(cfg.sip, self._on_incoming)
+            self.bridge = Bridge(cfg, self.ua, self.metrics, self.token_for)
+            await self.ua.start()
+            server = NotificationServer(cfg.notifications, self.bridge, self.metrics, self.health,
+                                        self.refresh_gauges)
+            n = cfg.notifications
+            await self._listen(server.app(), n.host, n.port, "notifications, /healthz, /metrics")
+
+    async def _on_incoming(self, call) -> None:
+        assert self.bridge is not None
+        await self.bridge.on_incoming(call)
+
+    async def _shutdown(self) -> None:
+        if self.bridge is not None:
+            assert self.cfg.bridge is not None
+            if self.platform is not None:
+                self.platform.accepting = False
+            await self.bridge.drain(self.cfg.bridge.drain_timeout)
+        if self.ua is not None:
+            await self.ua.stop()
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners.clear()
+
+    def reload(self) -> None:
+        """SIGHUP: load the config file again and take its routes; keep the old on errors."""
+        systemd.notify("RELOADING=1")
+        try:
+            new = config.load(self.cfg.path)
+        except config.ConfigError as exc:
+            log.error("reload failed, keeping the running configuration:\n%s", exc)
+        else:
+            self.cfg.router.replace(new.router)
+            log.info("reloaded routes from %s: %d to_sip, %d to_app (other changes need a restart)",
+                     self.cfg.path, len(new.router.to_sip), len(new.router.to_app))
+        systemd.notify("READY=1", f"STATUS={self.status()}")
+
+    def refresh_gauges(self) -> None:
+        if self.ua is not None:
+            self.metrics.sip_registered.set(1 if self.ua.registration.state == "registered" else 0)
+        if self.platform is not None:
+            self.metrics.platform_calls.set(self.platform.active_calls)
+
+    async def _report(self) -> None:
         while True:
             await asyncio.sleep(5)
             systemd.notify(f"STATUS={self.status()}")

@@ -214,7 +214,7 @@ class Platform:
         async for m in messages:
             if m["type"] == "end_call":
                 reason = R.NORMAL if call.state is State.CONNECTED else R.CANCEL
-                await self.end(call, Source.CALLER, reason)
+                await self.end(call, Source.CALLER, R(m.get("reason", reason)))
             elif not await self._in_call(call, ws, m):
                 await self._send(ws, _error("unexpected", f"{m['type']} is not a caller's message"))
         await self.end(call, Source.CALLER, R.NETWORK_UNSTABLE)
@@ -246,14 +246,15 @@ class Platform:
                     params["app_svr_data"] = call.app_server_data
                 await callbacks.get(self._http, service.notify_cb_url, params,
                                     service.api_secret, self.cfg.callback_timeout)
+            elif service.push_url:
+                assert self._http is not None and service.push_secret
+                await callbacks.post_json(self._http, service.push_url, self._push(call),
+                                          service.push_secret, self.cfg.callback_timeout)
             else:
                 sockets = self.listeners.get(call.callee)
                 if not sockets:
                     raise callbacks.CallbackError(f"{call.callee} has no connected session")
-                push = {"type": "push", "cc_param": call.cc_param, "app_callee_uid": call.callee.user,
-                        "app_callee_sid": call.callee.service, "app_call_type": "audio",
-                        "app_svr_data": call.app_server_data, "sid": call.sid,
-                        "caller_id": call.caller.user, "caller_service_id": call.caller.service}
+                push = {"type": "push", **self._push(call)}
                 for ws in list(sockets):
                     await self._send(ws, push)
         except callbacks.CallbackError as exc:
@@ -262,6 +263,14 @@ class Platform:
             return
         if call.state is not State.ENDED:
             await self._send(call.caller_ws, {"type": "wait_connected"})
+
+    @staticmethod
+    def _push(call: PlatformCall) -> dict:
+        """The push payload: the seed's fields, plus who calls (for display)."""
+        return {"cc_param": call.cc_param, "app_callee_uid": call.callee.user,
+                "app_callee_sid": call.callee.service, "app_call_type": "audio",
+                "app_svr_data": call.app_server_data, "sid": call.sid,
+                "caller_id": call.caller.user, "caller_service_id": call.caller.service}
 
     # --- callee ---------------------------------------------------------------------
 
@@ -298,7 +307,7 @@ class Platform:
                 await self._connect(call)
             elif kind == "end_call":
                 reason = R.NORMAL if call.state is State.CONNECTED else R.DECLINE
-                await self.end(call, Source.CALLEE, reason)
+                await self.end(call, Source.CALLEE, R(m.get("reason", reason)))
             elif not await self._in_call(call, ws, m):
                 await self._send(ws, _error("unexpected", f"{kind} is not allowed now"))
         await self.end(call, Source.CALLEE, R.NETWORK_UNSTABLE)

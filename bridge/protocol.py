@@ -5,7 +5,7 @@ Client -> platform, first message of a socket (it says what the socket is for):
   verify_call {cc_param, my_id, my_service_id, media_type}
   listen      {token, my_id, my_service_id}            (embedded push: receive `push` messages)
 Client -> platform, later:
-  answer {sdp}  accept_call {}  end_call {}  mute {muted}  dtmf {digits}
+  answer {sdp}  accept_call {}  end_call {reason?}  mute {muted}  dtmf {digits}
 Platform -> client:
   call_made {sid}  wait_connected {}  verified {sid, peer_id, peer_service_id, sdp, app_server_data}
   sdp {sdp}  connected {}  disconnected {source, code, str_code}  peer_mute {muted}  dtmf {digits}
@@ -45,7 +45,11 @@ CLIENT_MESSAGES: dict[str, dict[str, tuple[type, ...]]] = {
 }
 OPTIONAL_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
     "make_call": {"app_server_data": _OPT_STR},
+    "end_call": {"reason": (int,)},
 }
+# Reasons a leg may give when it ends a call (bridge's extension to endCall, used by the
+# bridge to pass on why the desk phone did not take the call).
+END_REASONS = (1001, 1002, 1109, 1110, 1112, 1202, 1203, 1301, 1502, 1504, 1505, 1512)
 OPENING_MESSAGES = ("make_call", "verify_call", "listen")
 
 
@@ -105,6 +109,8 @@ def _check_values(kind: str, msg: dict[str, Any]) -> None:
     data = msg.get("app_server_data")
     if data is not None and len(data.encode()) > MAX_APP_SERVER_DATA:
         raise ProtocolError("too_large", f"{kind}: app_server_data longer than {MAX_APP_SERVER_DATA} bytes")
+    if kind == "end_call" and "reason" in msg and msg["reason"] not in END_REASONS:
+        raise ProtocolError("invalid_reason", f"end_call: reason must be one of {END_REASONS}")
     if kind == "dtmf" and not DTMF_DIGITS.fullmatch(msg["digits"]):
         raise ProtocolError("invalid_digits", "dtmf: digits must be 1-32 of 0-9 * # A-D")
 

@@ -124,3 +124,45 @@ class Disconnected:
 
     def __str__(self) -> str:
         return f"{self.reason.name} ({int(self.reason)}) by {self.source.value}"
+
+
+# --- SIP <-> call model (see README, "Hang-up reasons") ---------------------------------------
+
+def from_sip(result: str) -> DisconnectReason:
+    """The disconnect reason an app caller sees when the desk phone's leg ends with `result`."""
+    return _FROM_SIP.get(result, DisconnectReason.INTERNAL_ERROR)
+
+
+_FROM_SIP = {
+    "normal": DisconnectReason.NORMAL,
+    "busy": DisconnectReason.BUSY,
+    "declined": DisconnectReason.DECLINE,
+    "not_found": DisconnectReason.SERVICE_INVALID_ID,
+    "unavailable": DisconnectReason.NOANSWER,
+    "no_answer": DisconnectReason.NOANSWER,
+    "cancelled": DisconnectReason.NORMAL,
+    "auth_failed": DisconnectReason.SERVICE_INTERNAL_ERROR,
+    "rejected": DisconnectReason.USER_ERROR,
+    "server_error": DisconnectReason.SERVICE_INTERNAL_ERROR,
+    "failed": DisconnectReason.INTERNAL_ERROR,
+}
+
+
+def to_sip_status(reason: DisconnectReason) -> int:
+    """The SIP status a desk phone's unanswered call gets when the app call ends with `reason`."""
+    return _TO_SIP.get(reason, 480)
+
+
+_TO_SIP = {
+    DisconnectReason.DECLINE: 603,
+    DisconnectReason.BUSY: 486,
+    DisconnectReason.NOANSWER: 480,
+    DisconnectReason.PUSH_ERROR: 480,
+    DisconnectReason.AUTH_ERROR: 403,
+    DisconnectReason.SERVICE_ACCESS_TOKEN_ERROR: 403,
+    DisconnectReason.SERVICE_INVALID_ID: 404,
+    DisconnectReason.SERVICE_BUSY: 503,
+    DisconnectReason.SERVICE_TOO_MANY_REQUESTS: 503,
+    DisconnectReason.SERVICE_MAINTENANCE: 503,
+    DisconnectReason.UNAVAILABLE_NETWORK: 503,
+}

@@ -87,6 +87,7 @@ class VerifyCallParams:
     delegate: Any = None
     audio: AudioSource = None
     peer_audio: Sink | None = None
+    early_media: bool = False          # send `audio` before accepting (a gateway's ringback)
 
 
 @dataclass(frozen=True)
@@ -195,6 +196,7 @@ class Call:
         self._delegate, self._sink = params.delegate, params.peer_audio
         self._new_peer_connection()
         self._gate = GatedTrack(source)
+        self._gate.open = params.early_media
         await self._open(url, {"type": "verify_call", "cc_param": params.cc_param, "my_id": params.my_id,
                                "my_service_id": params.my_service_id, "media_type": params.media_type})
 
@@ -209,11 +211,17 @@ class Call:
         if self.state != "connected":
             raise RuntimeError(f"call not connected: {self.disconnected or 'timeout'}")
 
-    async def end_call(self, timeout: float = 3.0) -> Disconnected | None:
-        """Hang up (decline before accepting, cancel before an answer); returns how it ended."""
+    async def end_call(self, timeout: float = 3.0, reason: DisconnectReason | None = None) -> Disconnected | None:
+        """Hang up (decline before accepting, cancel before an answer); returns how it ended.
+
+        `reason` is bridge's extension: say why (e.g. BUSY), from protocol.END_REASONS.
+        """
         if self.state in ("idle", "disconnected"):
             return self.disconnected
-        await self._send({"type": "end_call"})
+        message: dict = {"type": "end_call"}
+        if reason is not None:
+            message["reason"] = int(reason)
+        await self._send(message)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self._done.wait()

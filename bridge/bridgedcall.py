@@ -1,0 +1,361 @@
+"""Bridged calls: one object per call owns the app leg (WebRTC) and the SIP leg.
+
+app -> desk phone: notification -> route -> verifyCall (WebRTC connects while the phone rings)
+-> INVITE (fallback targets in order) -> ringback or early media -> 200 OK -> acceptCall.
+desk phone -> app: INVITE -> route -> 180 -> makeCall -> the app user accepts -> 200 OK.
+Either side hanging up ends the other within one signalling round trip; reasons are mapped by
+`reasons.from_sip` and `reasons.to_sip_status`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from . import ccparam, reasons
+from .config import Config
+from .media import AppToSip, SipToApp, cancel_quietly
+from .metrics import Metrics
+from .reasons import Disconnected, DisconnectReason as R
+from .routing import Denied, Router
+from .sdk import Call, CallDelegate, MakeCallParams, StartFailError, VerifyCallParams
+from .sipua import CallFailed, IncomingCall, SipCall, SipResult, UserAgent
+
+log = logging.getLogger("bridge.call")
+
+# SIP results after which the next fallback target is tried
+HUNT_ON = (SipResult.BUSY, SipResult.NO_ANSWER, SipResult.NOT_FOUND, SipResult.UNAVAILABLE)
+
+
+@dataclass(frozen=True)
+class Notification:
+    """A push for a desk-phone user: the seed's fields."""
+
+    cc_param: str
+    app_callee_uid: str
+    app_callee_sid: str
+    app_call_type: str
+    param: ccparam.CcParam
+
+
+class _Events(CallDelegate):
+    def __init__(self) -> None:
+        self.connected = asyncio.Event()
+        self.ended = asyncio.Event()
+        self.param: Disconnected | None = None
+
+    def evt_connected(self) -> None:
+        self.connected.set()
+
+    def evt_disconnected(self, param: Disconnected) -> None:
+        self.param = param
+        self.ended.set()
+
+
+async def _first(*aws) -> None:
+    """Wait until the first of several futures/coroutines completes; cancel the coroutines.
+
+    Futures passed in (a call's `answered`/`ended`) are shielded: they belong to their call.
+    """
+    tasks = [asyncio.shield(a) if asyncio.isfuture(a) else asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            if not t.done():
+                t.cancel()
+        for t in tasks:  # retrieve exceptions of finished futures (e.g. CallFailed)
+            if t.done() and not t.cancelled():
+                t.exception()
+
+
+class Bridge:
+    """All bridged calls of the daemon: starts them, counts them, drains them."""
+
+    def __init__(self, cfg: Config, ua: UserAgent, metrics: Metrics,
+                 token_for: Callable[[str, str], str]) -> None:
+        assert cfg.bridge is not None
+        self.cfg = cfg
+        self.router: Router = cfg.router
+        self.ua = ua
+        self.metrics = metrics
+        self.token_for = token_for
+        self.calls: set["BridgedCall"] = set()
+        self.draining = False
+        self._tasks: set[asyncio.Task] = set()
+        self._seen_sids: dict[str, float] = {}
+
+    @property
+    def platform_url(self) -> str:
+        return self.cfg.platform.ws_url
+
+    def full(self) -> bool:
+        assert self.cfg.bridge is not None
+        return len(self.calls) >= self.cfg.bridge.max_calls
+
+    def seen(self, sid: str) -> bool:
+        """True if a notification for call `sid` was taken already (idempotency)."""
+        now = time.monotonic()
+        if len(self._seen_sids) > 10000:
+            self._seen_sids = {k: t for k, t in self._seen_sids.items() if now - t < 600}
+        if sid in self._seen_sids:
+            return True
+        self._seen_sids[sid] = now
+        return False
+
+    def start(self, call: "BridgedCall") -> None:
+        self.calls.add(call)
+        self.metrics.active_calls.labels(call.direction).inc()
+        task = asyncio.ensure_future(call.run())
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task) -> None:
+            self._tasks.discard(t)
+            self.calls.discard(call)
+            self.metrics.active_calls.labels(call.direction).dec()
+            self.metrics.calls.labels(call.direction, call.result).inc()
+            for direction, stats in (("app_to_sip", call.app_to_sip.stats), ("sip_to_app", call.sip_to_app.stats)):
+                for outcome in ("frames", "late", "underruns", "overruns"):
+                    self.metrics.frames.labels(direction, outcome).inc(getattr(stats, outcome))
+            if not t.cancelled() and t.exception() is not None:
+                log.error("bridged call failed", exc_info=t.exception())
+        task.add_done_callback(done)
+
+    def notify(self, push: Notification) -> None:
+        self.start(AppToDeskCall(self, push))
+
+    async def on_incoming(self, sip: IncomingCall) -> None:
+        if self.draining or self.full():
+            await sip.reject(503)
+            return
+        self.start(DeskToAppCall(self, sip))
+
+    async def drain(self, timeout: float) -> None:
+        """Take no new calls; let active ones finish for up to `timeout`, then end them."""
+        self.draining = True
+        if self.calls:
+            log.info("draining %d call(s) for up to %.0f s", len(self.calls), timeout)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*self._tasks, return_exceptions=True), timeout)
+        for call in list(self.calls):
+            call.stop()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
+
+
+class BridgedCall:
+    direction = ""
+
+    def __init__(self, bridge: Bridge) -> None:
+        self.bridge = bridge
+        self.app = Call(bridge.platform_url)
+        self.events = _Events()
+        self.sip: SipCall | None = None
+        self.sip_to_app = SipToApp()
+        self.app_to_sip = AppToSip()
+        self.result = "failed"
+        self.route: str | None = None
+        self._pump: asyncio.Task | None = None
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        """End this call now (daemon shutting down)."""
+        self._stop.set()
+
+    async def _bridge_media(self, sip: SipCall) -> None:
+        self.sip_to_app.connect(sip.media)
+        self._pump = asyncio.ensure_future(self.app_to_sip.run(sip.media))
+
+    async def _talk(self, sip: SipCall) -> None:
+        """Both legs up: wait for either side (or a stop) to end it, then end the other."""
+        await _first(sip.ended, self.events.ended.wait(), self._stop.wait())
+        if self.events.ended.is_set():
+            log.info("%s: app side ended (%s): hanging up the phone", self.name, self.events.param)
+            await sip.hangup()
+            self.result = "normal"
+        elif sip.ended.done():
+            end = sip.ended.result()
+            log.info("%s: phone side ended (%s): ending the app call", self.name, end)
+            await self.app.end_call(reason=reasons.from_sip(end.result.value))
+            self.result = "normal"
+        else:
+            await asyncio.gather(sip.hangup(), self.app.end_call(reason=R.NORMAL), return_exceptions=True)
+            self.result = "stopped"
+
+    async def _cleanup(self) -> None:
+        await cancel_quietly(self._pump)
+        self.sip_to_app.stop()
+        if self.route is not None:
+            self.bridge.router.release(self.route)
+        if self.app.state not in ("idle", "disconnected"):
+            await self.app.end_call()
+        if self.sip is not None and not self.sip.ended.done():
+            await self.sip.hangup()
+
+    @property
+    def name(self) -> str:
+        return f"{self.direction} {self.app.sid or '-'}"
+
+
+class AppToDeskCall(BridgedCall):
+    """An app user calls a desk phone."""
+
+    direction = "app_to_sip"
+
+    def __init__(self, bridge: Bridge, push: Notification) -> None:
+        super().__init__(bridge)
+        self.push = push
+        self.received = time.monotonic()
+
+    async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            await self._cleanup()
+
+    async def _run(self) -> None:
+        p, push, bridge = self.push.param, self.push, self.bridge
+        decision = bridge.router.route_to_sip(p.caller_service, p.caller_user, push.app_callee_sid,
+                                              push.app_callee_uid)
+        try:
+            await self.app.verify_call(VerifyCallParams(
+                my_id=push.app_callee_uid, my_service_id=push.app_callee_sid, cc_param=push.cc_param,
+                delegate=self.events, audio=self.sip_to_app, peer_audio=self.app_to_sip, early_media=True))
+        except StartFailError as exc:
+            log.warning("call %s: cannot verify: %s", p.sid, exc)
+            return
+        if self.app.state != "verified":
+            log.info("call %s: not verified: %s", p.sid, self.app.disconnected)
+            self.result = "not_verified"
+            return
+        if isinstance(decision, Denied):
+            log.warning("call %s %s@%s -> %s@%s %s", p.sid, p.caller_user, p.caller_service,
+                        push.app_callee_uid, push.app_callee_sid, decision)
+            self.result = "no_route"
+            await self.app.end_call(reason=R.SERVICE_INVALID_ID)
+            return
+        limit = bridge.router.limit_of(decision.route)
+        if not bridge.router.acquire(decision.route, limit):
+            log.warning("call %s: route %s is at its limit of %s calls", p.sid, decision.route, limit)
+            self.result = "route_limit"
+            await self.app.end_call(reason=R.SERVICE_BUSY)
+            return
+        self.route = decision.route
+        log.info("call %s: %s", p.sid, decision)
+        for n, target in enumerate(decision.targets):
+            sip = await self._ring(target, decision, first=n == 0)
+            if sip is None:
+                return                       # the app side ended, or we stop
+            if sip.state == "answered":
+                break
+            end = sip.ended.result()
+            if end.result in HUNT_ON and n + 1 < len(decision.targets):
+                log.info("call %s: %s gave %s; trying %s", p.sid, target, end, decision.targets[n + 1])
+                continue
+            self.result = end.result.value
+            await self.app.end_call(reason=reasons.from_sip(end.result.value))
+            return
+        assert self.sip is not None
+        await self._bridge_media(self.sip)
+        answered = time.monotonic()
+        try:
+            await self.app.accept_call()
+        except RuntimeError:
+            log.info("call %s: app side gone before accept", p.sid)
+            self.result = "app_gone"
+            return
+        self.bridge.metrics.setup_seconds.labels("answer_to_connected").observe(time.monotonic() - answered)
+        await self._talk(self.sip)
+
+    async def _ring(self, target: str, decision, first: bool) -> SipCall | None:
+        """Ring one target; returns the call (answered or ended), None if the app side ended."""
+        ua = self.bridge.ua
+        invited = time.monotonic()
+        if first:
+            self.bridge.metrics.setup_seconds.labels("notification_to_invite").observe(invited - self.received)
+        sip = self.sip = await ua.call(target, caller=decision.caller_id, display_name=decision.display_name,
+                                       ring_timeout=decision.ring_timeout)
+
+        def ringing(early: bool) -> None:
+            if early:
+                self.sip_to_app.connect(sip.media)
+            else:
+                self.sip_to_app.play_ringback()
+        sip.on_ringing = ringing
+        await _first(sip.answered, sip.ended, self.events.ended.wait(), self._stop.wait())
+        if sip.state == "answered":
+            self.bridge.metrics.setup_seconds.labels("invite_to_answer").observe(time.monotonic() - invited)
+            return sip
+        if sip.ended.done():
+            return sip
+        self.result = "app_ended" if self.events.ended.is_set() else "stopped"
+        await sip.hangup()
+        return None
+
+
+class DeskToAppCall(BridgedCall):
+    """A desk phone calls an app user."""
+
+    direction = "sip_to_app"
+
+    def __init__(self, bridge: Bridge, sip: IncomingCall) -> None:
+        super().__init__(bridge)
+        self.sip = sip
+        self.incoming = sip
+
+    async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            await self._cleanup()
+
+    async def _run(self) -> None:
+        sip, bridge = self.incoming, self.bridge
+        decision = bridge.router.route_to_app(sip.dialed, sip.caller.number, sip.caller.display_name)
+        if isinstance(decision, Denied):
+            log.warning("SIP call %s from %s to %s %s", sip.call_id, sip.caller.number, sip.dialed, decision)
+            self.result = "no_route"
+            await sip.reject(404)
+            return
+        if not bridge.router.acquire(decision.route, bridge.router.limit_of(decision.route)):
+            self.result = "route_limit"
+            await sip.reject(503)
+            return
+        self.route = decision.route
+        log.info("SIP call %s from %s to %s: %s", sip.call_id, sip.caller.number, sip.dialed, decision)
+        await sip.ringing()
+        try:
+            await self.app.make_call(MakeCallParams(
+                my_id=decision.caller_user, my_service_id=decision.caller_service, peer_id=decision.user,
+                peer_service_id=decision.service,
+                access_token=bridge.token_for(decision.caller_service, decision.caller_user),
+                delegate=self.events, audio=self.sip_to_app, peer_audio=self.app_to_sip))
+        except StartFailError as exc:
+            log.warning("SIP call %s: app call refused locally: %s", sip.call_id, exc)
+            await sip.reject(500)
+            return
+        await _first(self.events.connected.wait(), self.events.ended.wait(), sip.ended, self._stop.wait())
+        if not self.events.connected.is_set():
+            if sip.ended.done():
+                self.result = "cancelled"
+                await self.app.end_call()
+            elif self.events.ended.is_set():
+                assert self.events.param is not None
+                status = reasons.to_sip_status(self.events.param.reason)
+                self.result = self.events.param.reason.name.lower()
+                await sip.reject(status)
+            else:
+                self.result = "stopped"
+                await sip.reject(503)
+            return
+        await self._bridge_media(sip)
+        try:
+            await sip.answer()
+        except CallFailed:
+            self.result = "no_ack"
+            return
+        await self._talk(sip)

@@ -1,0 +1,27 @@
+"""Prometheus metrics of the daemon (served at /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    """One registry per daemon, so tests and reloads never share state."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.active_calls = Gauge("bridge_active_calls", "Bridged calls in progress", ["direction"], registry=r)
+        self.calls = Counter("bridge_calls", "Bridged calls by how they ended", ["direction", "result"], registry=r)
+        self.setup_seconds = Histogram(
+            "bridge_setup_seconds", "Setup steps: notification->INVITE, INVITE->answer, answer->connected",
+            ["step"], buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r)
+        self.frames = Counter("bridge_frames", "20 ms frames per direction and outcome",
+                              ["direction", "outcome"], registry=r)
+        self.notifications = Counter("bridge_notifications", "Notifications received by outcome",
+                                     ["outcome"], registry=r)
+        self.sip_registered = Gauge("bridge_sip_registered", "1 while the SIP account is registered", registry=r)
+        self.platform_calls = Gauge("bridge_platform_active_calls", "Calls on the embedded platform", registry=r)
+
+    def text(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,142 @@
+"""The notification endpoint: push-style call notifications for desk-phone users, over HTTP.
+
+POST /v1/notifications with a JSON body {cc_param, app_callee_uid, app_callee_sid,
+app_call_type}, signed like every request between bridge parts (see `callbacks`):
+X-Bridge-Timestamp and X-Bridge-Signature = v1=HMAC-SHA256(secret, "<timestamp>.<body>").
+It answers 202 at once and the call proceeds in the background. Unsigned, stale, replayed or
+malformed requests get a 4xx with {"error", "message"} and never start a call; a second
+notification for the same call is acknowledged (202, "duplicate") and ignored.
+
+The same server answers GET /healthz and GET /metrics (bearer `admin_token` if configured,
+else loopback clients only).
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import logging
+import time
+from typing import Callable
+
+from aiohttp import web
+
+from . import callbacks, ccparam, protocol
+from .bridgedcall import Bridge, Notification
+from .config import NotificationsConfig
+from .metrics import Metrics
+
+log = logging.getLogger("bridge.notifications")
+
+MAX_BODY = 8 * 1024
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": code, "message": message}, status=status)
+
+
+class NotificationServer:
+    def __init__(self, cfg: NotificationsConfig, bridge: Bridge, metrics: Metrics,
+                 health: Callable[[], tuple[bool, dict]], refresh: Callable[[], None] = lambda: None) -> None:
+        self.refresh = refresh
+        self.cfg = cfg
+        self.bridge = bridge
+        self.metrics = metrics
+        self.health = health
+        self._signatures: dict[str, float] = {}
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY)
+        app.router.add_post("/v1/notifications", self._notification)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/metrics", self._metrics)
+        return app
+
+    # --- notifications ------------------------------------------------------------------
+
+    async def _notification(self, request: web.Request) -> web.Response:
+        response = await self._take(request)
+        outcome = "accepted" if response.status == 202 else f"rejected_{response.status}"
+        self.metrics.notifications.labels(outcome).inc()
+        return response
+
+    async def _take(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _error(413, "too_large", f"body larger than {MAX_BODY} bytes")
+        problem = callbacks.check(self.cfg.secret, request.headers, body, window=self.cfg.replay_window)
+        if problem:
+            log.info("notification refused: %s", problem)
+            return _error(401, "unauthorized", problem)
+        signature = request.headers[callbacks.SIGNATURE]
+        if self._replayed(signature):
+            return _error(409, "replayed", "this signed request was already received")
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return _error(400, "bad_json", "body is not valid JSON")
+        if not isinstance(data, dict):
+            return _error(400, "bad_request", "body must be a JSON object")
+        for name, pattern in (("cc_param", None), ("app_callee_uid", protocol.USER_ID),
+                              ("app_callee_sid", protocol.SERVICE_ID), ("app_call_type", None)):
+            value = data.get(name)
+            if not isinstance(value, str) or not value:
+                return _error(400, "bad_request", f"field {name!r} must be a non-empty string")
+            if pattern is not None and not pattern.fullmatch(value):
+                return _error(400, "bad_request", f"field {name!r} is not a valid id")
+        if data["app_call_type"] != "audio":
+            return _error(400, "bad_request", "app_call_type must be 'audio'")
+        try:
+            param = ccparam.decode(data["cc_param"])
+        except ccparam.CcParamError as exc:
+            return _error(400, "bad_cc_param", str(exc))
+        if (param.callee_service, param.callee_user) != (data["app_callee_sid"], data["app_callee_uid"]):
+            return _error(400, "bad_cc_param", "cc_param is for another callee")
+        if param.platform_url.rstrip("/") not in self.bridge.cfg.bridge.trusted_platforms:  # type: ignore[union-attr]
+            return _error(403, "untrusted_platform", "cc_param names a platform this bridge does not trust")
+        if self.bridge.draining:
+            return _error(503, "draining", "the bridge is shutting down; try another node")
+        if self.bridge.full():
+            return _error(503, "busy", "the bridge is at its call limit")
+        if self.bridge.seen(param.sid):
+            return web.json_response({"status": "duplicate", "sid": param.sid}, status=202)
+        log.info("notification: call %s from %s@%s for %s@%s", param.sid, param.caller_user,
+                 param.caller_service, param.callee_user, param.callee_service)
+        self.bridge.notify(Notification(data["cc_param"], data["app_callee_uid"], data["app_callee_sid"],
+                                        "audio", param))
+        return web.json_response({"status": "accepted", "sid": param.sid}, status=202)
+
+    def _replayed(self, signature: str) -> bool:
+        now = time.monotonic()
+        if len(self._signatures) > 1000:
+            horizon = 2 * self.cfg.replay_window
+            self._signatures = {s: t for s, t in self._signatures.items() if now - t < horizon}
+        if signature in self._signatures:
+            return True
+        self._signatures[signature] = now
+        return False
+
+    # --- health and metrics -----------------------------------------------------------------
+
+    def _allowed(self, request: web.Request) -> bool:
+        if self.cfg.admin_token:
+            given = request.headers.get("Authorization", "")
+            return hmac.compare_digest(given.encode(), f"Bearer {self.cfg.admin_token}".encode())
+        try:
+            return ipaddress.ip_address(request.remote or "").is_loopback
+        except ValueError:
+            return False
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        if not self._allowed(request):
+            return _error(401, "unauthorized", "admin token required")
+        ok, detail = self.health()
+        return web.json_response({"ok": ok, **detail}, status=200 if ok else 503)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        if not self._allowed(request):
+            return _error(401, "unauthorized", "admin token required")
+        self.refresh()
+        return web.Response(body=self.metrics.text(), content_type="text/plain", charset="utf-8")

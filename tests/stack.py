@@ -1,0 +1,111 @@
+"""The whole system for end-to-end tests: `bridge run` as a subprocess (as systemd starts it)
+with the sample config moved to free ports, a Kamailio with the bridge's account, baresips."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable
+
+import aiohttp
+import pytest
+import yaml
+
+from bridge import config, token
+from conftest import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+BRIDGE_USER, BRIDGE_PW = "bridge", "bridge-development-password"
+
+
+def stack_config(tmp_path: Path, kamailio_port: int, edit: Callable[[dict], None] | None = None) -> Path:
+    """config.yaml as shipped, on free ports, pointed at the test Kamailio; `edit` may change it."""
+    data = yaml.safe_load((ROOT / "config.yaml").read_text())
+    web, notify = free_port(), free_port()
+    data["log_level"] = "debug"
+    data["platform"]["listen"] = f"127.0.0.1:{web}"
+    data["platform"]["public_url"] = f"http://127.0.0.1:{web}"
+    data["platform"]["services"]["demo-desk"]["push_url"] = f"http://127.0.0.1:{notify}/v1/notifications"
+    data["notifications"]["listen"] = f"127.0.0.1:{notify}"
+    data["sip"].update({"registrar": f"127.0.0.1:{kamailio_port}", "listen": "127.0.0.1:0",
+                        "keepalive": "1s", "register_expires": "10s", "rtp_ports": "33000-33999"})
+    data["bridge"]["drain_timeout"] = "3s"
+    if edit:
+        edit(data)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+class Daemon:
+    """`bridge run -c FILE` in the background; `ready()` waits for /healthz to say ok."""
+
+    def __init__(self, cfg_path: Path) -> None:
+        self.path = cfg_path
+        self.cfg = config.load(cfg_path, env={})
+        self.log_path = cfg_path.parent / "daemon.log"
+        self.proc: subprocess.Popen | None = None
+        n = self.cfg.notifications
+        assert n is not None
+        self.admin = f"http://{n.host}:{n.port}"
+        self.platform_url = self.cfg.platform.public_url
+
+    def start(self) -> "Daemon":
+        exe = shutil.which("bridge") or pytest.fail("the `bridge` command is not installed: run tests/run")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "DEMO_"))}
+        self.proc = subprocess.Popen([exe, "run", "-c", str(self.path)], stdout=open(self.log_path, "w"),
+                                     stderr=subprocess.STDOUT, env=env)
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    async def health(self) -> tuple[int, dict]:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(self.admin + "/healthz") as r:
+                return r.status, await r.json()
+
+    async def ready(self, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                pytest.fail(f"bridge run exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+            try:
+                status, body = await self.health()
+                if status == 200:
+                    return
+            except aiohttp.ClientError:
+                body = {}
+            if time.monotonic() > deadline:
+                pytest.fail(f"bridge not healthy within {timeout} s: {body}\n{self.log()[-3000:]}")
+            await asyncio.sleep(0.1)
+
+    def token(self, user: str, service: str = "demo-app") -> str:
+        s = self.cfg.platform.services[service]
+        return token.issue(token.ServiceKey(s.id, s.api_key, s.api_secret), user)
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            return None
+
+    async def metrics(self) -> str:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(self.admin + "/metrics") as r:
+                return await r.text()

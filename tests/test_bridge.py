@@ -1,0 +1,312 @@
+"""End to end: SDK app users -> platform -> notification -> bridge (a `bridge run` subprocess)
+-> Kamailio -> baresip desk phones, and back. Audio is checked by FFT at both ends."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+
+import aiohttp
+import numpy as np
+import pytest
+import yaml
+
+from bridge import callbacks, ccparam
+from bridge.audio import RATE, tone_analysis
+from bridge.reasons import DisconnectReason as R, Source
+from parties import Party
+from stack import BRIDGE_PW, BRIDGE_USER, Daemon, stack_config
+from testbed import DEFAULT_USERS, wav_dominant_frequency
+from testbed.fixtures import baresip_factory, kamailio_factory, sipp  # noqa: F401
+
+
+async def blocking(fn, *args, **kw):
+    return await asyncio.to_thread(fn, *args, **kw)
+
+
+@pytest.fixture
+def kamailio(kamailio_factory):  # noqa: F811
+    return kamailio_factory({**DEFAULT_USERS, BRIDGE_USER: BRIDGE_PW}, invite_auth=True)
+
+
+@pytest.fixture
+async def start_bridge(tmp_path, kamailio):
+    daemons: list[Daemon] = []
+
+    async def start(edit=None) -> Daemon:
+        d = Daemon(stack_config(tmp_path, kamailio.port, edit)).start()
+        daemons.append(d)
+        await d.ready()
+        return d
+
+    yield start
+    for d in daemons:
+        d.stop()
+        print(f"===== bridge log =====\n{d.log()[-4000:]}")
+
+
+def heard_tone(party: Party, seconds: float = 1.5) -> tuple[float, float]:
+    return tone_analysis(party.heard.samples[-int(seconds * RATE):])
+
+
+async def connected_call(bridge: Daemon, alice: Party, callee: str) -> None:
+    await alice.make_call((callee, "demo-desk"), bridge.token(alice.user))
+    await asyncio.wait_for(alice.events.connected.wait(), 15)
+
+
+# --- app -> desk phone ---------------------------------------------------------------------
+
+async def test_app_calls_desk_phone_tone_each_way_and_phone_hangs_up(start_bridge, kamailio, baresip_factory):  # noqa: F811
+    bridge = await start_bridge()
+    phone = baresip_factory("2001", kamailio, tone_hz=700)
+    alice = Party(bridge.platform_url, "alice", tone=1000)
+    await alice.make_call(("desk-2001", "demo-desk"), bridge.token("alice"))
+    await asyncio.wait_for(alice.events.connected.wait(), 15)
+    assert alice.events.names[:2] == ["wait_connected", "connected"]
+    established = await blocking(phone.wait_established, 5)
+    assert established["peerdisplayname"] == "alice (app)"
+    await asyncio.sleep(5)                                   # baresip's audio starts 1-3 s late
+    freq, snr = heard_tone(alice)
+    assert abs(freq - 700) < 14 and snr > 20, (freq, snr)   # the phone's tone reached the app
+    await blocking(phone.hangup)
+    started = time.monotonic()
+    ended = await alice.ended(5)
+    assert time.monotonic() - started < 1.0
+    assert (ended.reason, ended.source) == (R.NORMAL, Source.CALLEE)
+    freq, snr = await blocking(wav_dominant_frequency, phone.latest_recording("dec"), 1.0)
+    assert abs(freq - 1000) < 20 and snr > 20, (freq, snr)  # the app's tone reached the phone
+
+
+async def test_app_hangs_up_sends_bye(start_bridge, kamailio, baresip_factory):  # noqa: F811
+    bridge = await start_bridge()
+    phone = baresip_factory("2001", kamailio)
+    alice = Party(bridge.platform_url, "alice")
+    await connected_call(bridge, alice, "desk-2001")
+    mark = phone.mark()
+    await alice.call.end_call()
+    closed = await blocking(phone.wait_closed, 2, mark)
+    assert closed["type"] == "CALL_CLOSED"
+    assert "BYE" in kamailio.log_text()
+
+
+async def test_busy_decline_noanswer_each_reach_the_app(start_bridge, kamailio, baresip_factory, sipp):  # noqa: F811
+    def short_ring(data: dict) -> None:
+        data["routes"]["to_sip"][0]["ring_timeout"] = "2s"
+    bridge = await start_bridge(short_ring)
+    k = kamailio
+    busy_phone = baresip_factory("2001", k, answermode="manual")
+    baresip_factory("2002", k, answermode="manual")             # rings, nobody answers
+    await blocking(sipp.uas, k, "2003", 603, "Decline")
+
+    async def outcome(callee: str, while_ringing=None):
+        alice = Party(bridge.platform_url, f"alice{callee[-1]}")
+        await alice.make_call((callee, "demo-desk"), bridge.token(alice.user))
+        if while_ringing:
+            await asyncio.wait_for(alice.events.wait_connected.wait(), 5)
+            await blocking(while_ringing)
+        return await alice.ended(15)
+
+    async def reject_when_ringing():
+        await blocking(busy_phone.wait_incoming, 10)
+        busy_phone.hangup()
+
+    busy = await outcome("desk-2001", lambda: asyncio.run(reject_when_ringing()))
+    assert (busy.reason, busy.source) == (R.BUSY, Source.CALLEE)
+    decline = await outcome("desk-2003")
+    assert decline.reason is R.DECLINE
+    noanswer = await outcome("desk-2002")
+    assert noanswer.reason is R.NOANSWER
+
+
+async def test_no_route_and_route_limit(start_bridge, kamailio, baresip_factory):  # noqa: F811
+    def limit_one(data: dict) -> None:
+        data["routes"]["to_sip"][0]["max_calls"] = 1
+    bridge = await start_bridge(limit_one)
+    k = kamailio
+    baresip_factory("2001", k)
+    invites_before = k.log_text().count("TESTBED INVITE")
+    stranger = Party(bridge.platform_url, "alice")
+    await stranger.make_call(("reception", "demo-desk"), bridge.token("alice"))   # no route
+    ended = await stranger.ended(10)
+    assert (ended.reason, ended.source) == (R.SERVICE_INVALID_ID, Source.CALLEE)
+    assert k.log_text().count("TESTBED INVITE") == invites_before             # no phone rang
+    first = Party(bridge.platform_url, "bob")
+    await connected_call(bridge, first, "desk-2001")
+    second = Party(bridge.platform_url, "carol")
+    await second.make_call(("desk-2002", "demo-desk"), bridge.token("carol"))
+    ended = await second.ended(10)
+    assert ended.reason is R.SERVICE_BUSY
+    assert first.call.state == "connected"
+    await first.call.end_call()
+
+
+# --- desk phone -> app -----------------------------------------------------------------------
+
+async def test_desk_phone_calls_app_user_audio_both_ways(start_bridge, kamailio, baresip_factory):  # noqa: F811
+    bridge = await start_bridge()
+    phone = baresip_factory("2002", kamailio, tone_hz=700)
+    agent = Party(bridge.platform_url, "agent-001", tone=440)
+    async with agent.listener(bridge.token("agent-001")) as pushes:
+        await blocking(phone.dial, "7001")
+        push = await pushes.next(timeout=10)
+        assert (push.caller_id, push.caller_service_id) == ("desk-2002", "demo-desk")
+        await agent.verify(push.cc_param)
+        await asyncio.wait_for(agent.events.verified.wait(), 5)
+        await agent.call.accept_call()
+        await blocking(phone.wait_established, 5)
+        await asyncio.sleep(5)
+        freq, snr = heard_tone(agent)
+        assert abs(freq - 700) < 14 and snr > 20, (freq, snr)
+        await agent.call.end_call()
+        await blocking(phone.wait_closed, 5)
+    freq, snr = await blocking(wav_dominant_frequency, phone.latest_recording("dec"), 1.0)
+    assert abs(freq - 440) < 9 and snr > 20, (freq, snr)
+
+
+async def test_desk_phone_call_declined_or_unanswered(start_bridge, kamailio, baresip_factory):  # noqa: F811
+    bridge = await start_bridge(lambda d: d["platform"].update(answer_timeout="2s"))
+    phone = baresip_factory("2002", kamailio)
+    agent = Party(bridge.platform_url, "agent-002")
+    async with agent.listener(bridge.token("agent-002")) as pushes:
+        mark = phone.mark()
+        await blocking(phone.dial, "7002")
+        push = await pushes.next(timeout=10)
+        await agent.verify(push.cc_param)
+        await asyncio.wait_for(agent.events.verified.wait(), 5)
+        await agent.call.end_call()                                    # decline
+        closed = await blocking(phone.wait_closed, 5, mark)
+        assert "603" in closed["param"], closed
+        mark = phone.mark()
+        await blocking(phone.dial, "7002")
+        await pushes.next(timeout=10)                                  # nobody takes it
+        closed = await blocking(phone.wait_closed, 10, mark)
+        assert "480" in closed["param"], closed
+    mark = phone.mark()
+    await blocking(phone.dial, "7999")                                 # no app user there
+    closed = await blocking(phone.wait_closed, 10, mark)
+    assert "480" in closed["param"], closed                           # PUSH_ERROR -> 480
+    mark = phone.mark()
+    await blocking(phone.dial, "8000")                                 # not a routed number
+    closed = await blocking(phone.wait_closed, 10, mark)
+    assert "404" in closed["param"], closed
+
+
+# --- the daemon ------------------------------------------------------------------------------
+
+async def test_sigterm_drains_an_active_call(start_bridge, kamailio, baresip_factory):  # noqa: F811
+    bridge = await start_bridge()
+    phone = baresip_factory("2001", kamailio, tone_hz=700)
+    alice = Party(bridge.platform_url, "alice")
+    await connected_call(bridge, alice, "desk-2001")
+    bridge.signal(signal.SIGTERM)
+    await asyncio.sleep(1.0)
+    status, body = await bridge.health()
+    assert status == 503 and body["draining"] is True               # no new calls
+    assert alice.call.state == "connected"                           # the call goes on...
+    mark = phone.mark()
+    ended = await alice.ended(10)                                    # ...until the drain deadline
+    assert ended.reason in (R.NORMAL, R.SERVICE_MAINTENANCE)
+    await blocking(phone.wait_closed, 5, mark)
+    assert await asyncio.to_thread(bridge.proc.wait, 10) == 0
+
+
+async def test_sighup_with_a_broken_file_keeps_serving(start_bridge, kamailio, baresip_factory):  # noqa: F811
+    bridge = await start_bridge()
+    baresip_factory("2001", kamailio)
+    good = bridge.path.read_text()
+    bridge.path.write_text(good + "\nroutes: [this is: broken\n")
+    bridge.signal(signal.SIGHUP)
+    await asyncio.sleep(1)
+    assert "reload failed, keeping the running configuration" in bridge.log()
+    alice = Party(bridge.platform_url, "alice")
+    await connected_call(bridge, alice, "desk-2001")                 # still routes calls
+    await alice.call.end_call()
+    data = yaml.safe_load(good)
+    data["routes"]["to_sip"][0]["match"]["user"] = "phone-(?P<ext>\\d{4})"
+    bridge.path.write_text(yaml.safe_dump(data))
+    bridge.signal(signal.SIGHUP)
+    await asyncio.sleep(1)
+    assert "reloaded routes" in bridge.log()
+    bob = Party(bridge.platform_url, "bob")
+    await bob.make_call(("desk-2001", "demo-desk"), bridge.token("bob"))
+    assert (await bob.ended(10)).reason is R.SERVICE_INVALID_ID      # the new routes apply
+
+
+async def test_kamailio_restart_while_idle_then_a_call_works(start_bridge, baresip_factory, kamailio):  # noqa: F811
+    bridge = await start_bridge()
+    await blocking(kamailio.restart)
+    phone = baresip_factory("2001", kamailio)
+    await bridge.ready()
+    async with asyncio.timeout(15):
+        while not await blocking(kamailio.registered, BRIDGE_USER):
+            await asyncio.sleep(0.5)
+    alice = Party(bridge.platform_url, "alice")
+    await connected_call(bridge, alice, "desk-2001")
+    await alice.call.end_call()
+    await blocking(phone.wait_closed, 5)
+
+
+async def test_health_and_metrics(start_bridge, kamailio, baresip_factory):  # noqa: F811
+    bridge = await start_bridge()
+    baresip_factory("2001", kamailio)
+    alice = Party(bridge.platform_url, "alice")
+    await connected_call(bridge, alice, "desk-2001")
+    await alice.call.end_call()
+    await asyncio.sleep(0.5)
+    status, body = await bridge.health()
+    assert status == 200 and body["sip_registration"]["state"] == "registered"
+    text = await bridge.metrics()
+    assert 'bridge_calls_total{direction="app_to_sip",result="normal"} 1.0' in text
+    assert "bridge_setup_seconds_count{step=\"notification_to_invite\"} 1.0" in text
+    assert "bridge_sip_registered 1.0" in text
+
+
+# --- the notification endpoint ------------------------------------------------------------------
+
+async def test_bad_notifications_never_start_a_call(start_bridge, kamailio):
+    bridge = await start_bridge()
+    secret = bridge.cfg.notifications.secret
+    url = bridge.admin + "/v1/notifications"
+    real = ccparam.mint(ccparam.CcParam("s1", "demo-desk", "desk-2001", "demo-app", "alice",
+                                        bridge.cfg.platform.ws_url, time.time() + 60), b"k" * 32)
+    good = {"cc_param": real, "app_callee_uid": "desk-2001", "app_callee_sid": "demo-desk", "app_call_type": "audio"}
+
+    async with aiohttp.ClientSession() as http:
+        async def post(body: bytes, headers: dict) -> tuple[int, dict]:
+            async with http.post(url, data=body, headers=headers) as r:
+                return r.status, await r.json()
+
+        def signed(body: bytes, **kw) -> dict:
+            return callbacks.signed_headers(kw.get("secret", secret), body, now=kw.get("now"))
+
+        raw = json.dumps(good).encode()
+        cases = [
+            (raw, {}, 401, "unauthorized"),                                           # unsigned
+            (raw, signed(raw, secret="x" * 40), 401, "unauthorized"),                 # wrong key
+            (raw, signed(raw, now=time.time() - 3600), 401, "unauthorized"),          # stale
+            (b"{not json", signed(b"{not json"), 400, "bad_json"),
+            (b"[]", signed(b"[]"), 400, "bad_request"),
+            (json.dumps({**good, "app_callee_uid": 7}).encode(), None, 400, "bad_request"),
+            (json.dumps({**good, "app_call_type": "video"}).encode(), None, 400, "bad_request"),
+            (json.dumps({**good, "cc_param": "%%%"}).encode(), None, 400, "bad_cc_param"),
+            (json.dumps({**good, "app_callee_uid": "desk-2002"}).encode(), None, 400, "bad_cc_param"),
+        ]
+        for body, headers, status, code in cases:
+            got_status, got = await post(body, headers if headers is not None else signed(body))
+            assert (got_status, got["error"]) == (status, code), (body[:60], got)
+            assert got["message"]
+        untrusted = ccparam.mint(ccparam.CcParam("s2", "demo-desk", "desk-2001", "demo-app", "alice",
+                                                 "ws://evil.example/v1/ws", time.time() + 60), b"k" * 32)
+        body = json.dumps({**good, "cc_param": untrusted}).encode()
+        assert (await post(body, signed(body)))[0] == 403
+        headers = signed(raw)
+        assert (await post(raw, headers))[0] == 202                     # accepted once...
+        status, got = await post(raw, headers)
+        assert (status, got["error"]) == (409, "replayed")              # ...an exact replay: refused
+        status, got = await post(raw, signed(raw, now=time.time() + 1))
+        assert (status, got["status"]) == (202, "duplicate")            # a retry: idempotent
+    await asyncio.sleep(1)
+    # the accepted one carried a cc_param the platform never minted: verify fails, nothing rings
+    assert "TESTBED INVITE" not in kamailio.log_text()
