@@ -15,6 +15,7 @@ import pytest
 
 from bridge.audio import RATE, read_wav, tone_analysis
 from conftest import free_port
+from stack import stack_config
 
 ROOT = Path(__file__).resolve().parent.parent
 # the installed console script, as a user runs it (tests/run installs the package)
@@ -24,14 +25,12 @@ BRIDGE = [shutil.which("bridge") or pytest.fail("the `bridge` command is not ins
 @pytest.fixture
 def daemon(tmp_path):
     """`bridge run` with the sample config, moved to a free port."""
-    port = free_port()
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text((ROOT / "config.yaml").read_text().replace("127.0.0.1:8080", f"127.0.0.1:{port}"))
+    cfg = stack_config(tmp_path, kamailio_port=free_port())   # no PBX: only the platform is used
     log = open(tmp_path / "daemon.log", "w")
     proc = subprocess.Popen([*BRIDGE, "run", "-c", str(cfg)], stdout=log, stderr=subprocess.STDOUT,
                             cwd=tmp_path)
     deadline = time.monotonic() + 15
-    while "platform listening" not in (tmp_path / "daemon.log").read_text():
+    while "platform (public URL" not in (tmp_path / "daemon.log").read_text():
         assert proc.poll() is None, (tmp_path / "daemon.log").read_text()
         assert time.monotonic() < deadline, "daemon did not start"
         time.sleep(0.1)
