@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import sys
@@ -38,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
 
     command("run", "run the daemon (embedded platform and bridge) in the foreground")
     command("platform", "run only the call platform")
+    command("demo", "run a whole local system: a Kamailio PBX, a baresip desk phone 2001 and the daemon")
     command("check-config", "validate the config file and print every error with file, line and key")
 
     p = command("route", "print the routing decision for a call, without calling")
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     except config.ConfigError as exc:
         print(f"bridge: configuration errors:\n{exc}", file=sys.stderr)
         return 2
-    _logging(cfg.log_level if args.command in ("run", "platform") else "warning")
+    _logging(cfg.log_level if args.command in ("run", "platform", "demo") else "warning")
     try:
         if args.command == "check-config":
             print(f"{args.config}: OK ({len(cfg.platform.services)} services, {len(cfg.router.to_sip)} "
@@ -90,8 +92,13 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command in ("run", "platform"):
             from . import daemon
+            if args.command == "platform":
+                cfg = dataclasses.replace(cfg, bridge=None, platform=dataclasses.replace(cfg.platform, embedded=True))
             daemon.run(cfg)
             return 0
+        if args.command == "demo":
+            from . import demo
+            return demo.run(cfg)
         if args.command == "route":
             return _route(cfg, args)
         if args.command == "token":

@@ -10,7 +10,8 @@ from typing import Optional
 from .proc import HOST, ManagedProcess, free_port, require_binary, wait_for
 from .sipmsg import SipResponse, sip_request
 
-CFG_TEMPLATE = Path(__file__).with_name("kamailio.cfg")
+# the PBX config is shared with `bridge demo`
+CFG_TEMPLATE = Path(__file__).resolve().parents[2] / "bridge" / "pbx" / "kamailio.cfg"
 
 DEFAULT_USERS = {"2001": "pw2001", "2002": "pw2002", "2003": "pw2003", "2004": "pw2004"}
 
