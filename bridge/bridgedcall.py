@@ -47,6 +47,11 @@ class _Events(CallDelegate):
         self.connected = asyncio.Event()
         self.ended = asyncio.Event()
         self.param: Disconnected | None = None
+        self.on_dtmf: Callable[[str], None] | None = None
+
+    def evt_dtmf(self, digits: str) -> None:
+        if self.on_dtmf is not None:
+            self.on_dtmf(digits)
 
     def evt_connected(self) -> None:
         self.connected.set()
@@ -167,8 +172,21 @@ class BridgedCall:
         self._stop.set()
 
     async def _bridge_media(self, sip: SipCall) -> None:
+        """Audio both ways, and DTMF: app signalling <-> RFC 4733 telephone-events."""
         self.sip_to_app.connect(sip.media)
         self._pump = asyncio.ensure_future(self.app_to_sip.run(sip.media))
+        self.events.on_dtmf = lambda digits: self._dtmf_from_app(sip, digits)
+        sip.media.on_dtmf = self._dtmf_from_phone
+
+    def _dtmf_from_app(self, sip: SipCall, digits: str) -> None:
+        if sip.media.dtmf_payload_type is None:
+            log.info("%s: DTMF %r dropped: the phone did not offer telephone-event", self.name, digits)
+            return
+        sip.media.send_dtmf(digits)
+
+    def _dtmf_from_phone(self, digit: str) -> None:
+        if digit in "0123456789*#ABCD" and self.app.state == "connected":
+            asyncio.ensure_future(self.app.send_dtmf(digit))
 
     async def _talk(self, sip: SipCall) -> None:
         """Both legs up: wait for either side (or a stop) to end it, then end the other."""

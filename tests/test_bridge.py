@@ -91,6 +91,26 @@ async def test_app_hangs_up_sends_bye(start_bridge, kamailio, baresip_factory): 
     assert "BYE" in kamailio.log_text()
 
 
+async def test_dtmf_both_ways(start_bridge, kamailio, baresip_factory):  # noqa: F811
+    bridge = await start_bridge()
+    phone = baresip_factory("2001", kamailio)
+    alice = Party(bridge.platform_url, "alice")
+    await connected_call(bridge, alice, "desk-2001")
+    await blocking(phone.wait_established, 5)
+    await asyncio.sleep(1.5)                                  # RTP flowing both ways
+    mark = phone.mark()
+    await alice.call.send_dtmf("12#")                         # app signalling -> RFC 4733
+    for digit in "12#":
+        event = await blocking(phone.expect_event, "CALL_DTMF_START", 5, mark,
+                               lambda e, d=digit: e.get("param") == d)
+        mark = phone.ctrl.events.index(event) + 1
+    assert (await blocking(phone.command, "sndcode", "5")).get("ok")   # RFC 4733 -> app
+    async with asyncio.timeout(5):
+        while "5" not in alice.events.dtmf:
+            await asyncio.sleep(0.05)
+    await alice.call.end_call()
+
+
 async def test_busy_decline_noanswer_each_reach_the_app(start_bridge, kamailio, baresip_factory, sipp):  # noqa: F811
     def short_ring(data: dict) -> None:
         data["routes"]["to_sip"][0]["ring_timeout"] = "2s"
