@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 
 import uvloop
@@ -47,7 +48,7 @@ class Daemon:
         return f"{bridged} bridged calls, {platform} platform calls{reg}"
 
     def health(self) -> tuple[bool, dict]:
-        detail: dict = {"platform": "embedded" if self.platform else "remote",
+        detail: dict = {"pid": os.getpid(), "platform": "embedded" if self.platform else "remote",
                         "draining": bool(self.bridge and self.bridge.draining)}
         ok = True
         if self.ua is not None:
