@@ -171,6 +171,15 @@ class BridgedCall:
         """End this call now (daemon shutting down)."""
         self._stop.set()
 
+    async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            await self._cleanup()
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
     async def _bridge_media(self, sip: SipCall) -> None:
         """Audio both ways, and DTMF: app signalling <-> RFC 4733 telephone-events."""
         self.sip_to_app.connect(sip.media)
@@ -228,12 +237,6 @@ class AppToDeskCall(BridgedCall):
         super().__init__(bridge)
         self.push = push
         self.received = time.monotonic()
-
-    async def run(self) -> None:
-        try:
-            await self._run()
-        finally:
-            await self._cleanup()
 
     async def _run(self) -> None:
         p, push, bridge = self.push.param, self.push, self.bridge
@@ -324,12 +327,6 @@ class DeskToAppCall(BridgedCall):
         super().__init__(bridge)
         self.sip = sip
         self.incoming = sip
-
-    async def run(self) -> None:
-        try:
-            await self._run()
-        finally:
-            await self._cleanup()
 
     async def _run(self) -> None:
         sip, bridge = self.incoming, self.bridge
