@@ -129,6 +129,7 @@ class Call:
         self.sid: str | None = None
         self.role: Source | None = None
         self.state = "idle"   # idle, calling, verified, connected, disconnected
+        self.was_connected = False
         self.disconnected: Disconnected | None = None
         self.peer: CallVerifiedParam | None = None
         self.errors: list[dict] = []
@@ -206,9 +207,9 @@ class Call:
             raise RuntimeError(f"accept_call needs a verified incoming call (state: {self.state})")
         self._connected = asyncio.get_running_loop().create_future()
         await self._send({"type": "accept_call"})
-        done, _ = await asyncio.wait([self._connected, asyncio.ensure_future(self._done.wait())],
-                                     timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        if self.state != "connected":
+        await asyncio.wait([self._connected, asyncio.ensure_future(self._done.wait())],
+                           timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if not self.was_connected:       # (it may have connected and ended at once: that is fine)
             raise RuntimeError(f"call not connected: {self.disconnected or 'timeout'}")
 
     async def end_call(self, timeout: float = 3.0, reason: DisconnectReason | None = None) -> Disconnected | None:
@@ -358,6 +359,7 @@ class Call:
             self._emit("evt_wait_connected")
         elif kind == "connected":
             self.state = "connected"
+            self.was_connected = True
             if self._gate is not None:
                 self._gate.open = True
             self._emit("evt_connected")

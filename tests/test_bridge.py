@@ -274,11 +274,13 @@ async def test_health_and_metrics(start_bridge, kamailio, baresip_factory):  # n
     alice = Party(bridge.platform_url, "alice")
     await connected_call(bridge, alice, "desk-2001")
     await alice.call.end_call()
-    await asyncio.sleep(0.5)
     status, body = await bridge.health()
     assert status == 200 and body["sip_registration"]["state"] == "registered"
-    text = await bridge.metrics()
-    assert 'bridge_calls_total{direction="app_to_sip",result="normal"} 1.0' in text
+    async with asyncio.timeout(5):                # the bridged call finishes its BYE first
+        while 'bridge_calls_total{direction="app_to_sip"' not in (text := await bridge.metrics()):
+            await asyncio.sleep(0.1)
+    calls = [line for line in text.splitlines() if line.startswith("bridge_calls_total")]
+    assert calls == ['bridge_calls_total{direction="app_to_sip",result="normal"} 1.0'], calls
     assert "bridge_setup_seconds_count{step=\"notification_to_invite\"} 1.0" in text
     assert "bridge_sip_registered 1.0" in text
 
