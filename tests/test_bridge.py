@@ -91,6 +91,49 @@ async def test_app_hangs_up_sends_bye(start_bridge, kamailio, baresip_factory): 
     assert "BYE" in kamailio.log_text()
 
 
+async def test_ringback_while_ringing_then_answer(start_bridge, kamailio, baresip_factory):  # noqa: F811
+    bridge = await start_bridge()
+    phone = baresip_factory("2001", kamailio, answermode="manual", tone_hz=700)
+    alice = Party(bridge.platform_url, "alice")
+    await alice.make_call(("desk-2001", "demo-desk"), bridge.token("alice"))
+    await blocking(phone.wait_incoming, 10)
+    await asyncio.sleep(2.0)                                   # ringing: the caller hears ringback
+    ring = alice.heard.samples[-RATE:]
+    spectrum = np.abs(np.fft.rfft(ring * np.hanning(len(ring))))
+    freqs = np.fft.rfftfreq(len(ring), 1 / RATE)
+    band = spectrum[(freqs > 420) & (freqs < 500)].sum() / spectrum.sum()
+    assert band > 0.8, f"only {band:.0%} of the energy in the 440/480 Hz ringback band"
+    assert alice.call.state == "calling"
+    await blocking(phone.accept)
+    await asyncio.wait_for(alice.events.connected.wait(), 5)
+    await asyncio.sleep(4)
+    freq, snr = heard_tone(alice)
+    assert abs(freq - 700) < 14 and snr > 20, (freq, snr)       # then the phone itself
+    await alice.call.end_call()
+
+
+async def test_fallback_targets_are_tried_in_order(start_bridge, kamailio, baresip_factory):  # noqa: F811
+    def hunt(data: dict) -> None:
+        data["routes"]["to_sip"].insert(0, {
+            "name": "hunt", "match": {"service": "demo-desk", "user": "sales"},
+            "target": "2003", "fallback": ["2004", "2001"]})
+    bridge = await start_bridge(hunt)
+    busy = baresip_factory("2004", kamailio, answermode="manual")   # 2003 is absent: 404
+    phone = baresip_factory("2001", kamailio)
+
+    def reject_when_ringing() -> None:
+        busy.wait_incoming(10)
+        busy.hangup()                                                # 486
+    rejecting = asyncio.ensure_future(blocking(reject_when_ringing))
+    alice = Party(bridge.platform_url, "alice")
+    await connected_call(bridge, alice, "sales")
+    await rejecting
+    await blocking(phone.wait_established, 5)
+    log = bridge.log()
+    assert "2003 gave not_found 404" in log and "2004 gave busy 486" in log, log[-2000:]
+    await alice.call.end_call()
+
+
 async def test_dtmf_both_ways(start_bridge, kamailio, baresip_factory):  # noqa: F811
     bridge = await start_bridge()
     phone = baresip_factory("2001", kamailio)

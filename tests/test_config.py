@@ -82,3 +82,51 @@ def test_check_config_command(tmp_path):
     good = subprocess.run([sys.executable, "-m", "bridge", "check-config", "-c", str(ROOT / "config.yaml")],
                           capture_output=True, text=True)
     assert good.returncode == 0 and "OK" in good.stdout
+
+
+BROKEN_ROUTES = """\
+platform:
+  services:
+    demo-app: {api_key: k, api_secret: "0123456789abcdef0123456789abcdef"}
+routes:
+  to_sip:
+    - name: a
+      match: {service: demo-desk, user: "desk-(?P<ext>\\\\d{4}"}
+      target: "{ext}"
+    - name: b
+      match: {user: "x-(?P<n>\\\\d+)"}
+      target: "{m}"
+    - match: {usr: "x"}
+      target: "1"
+  to_app:
+    - match: {dialed: "7(?P<n>\\\\d{3})"}
+      target: {service: nope, user: "agent-{n}"}
+      caller_service: demo-app
+"""
+
+
+def test_route_errors_name_line_and_key():
+    with pytest.raises(config.ConfigError) as exc:
+        config.loads(BROKEN_ROUTES, "routes.yaml", env={})
+    errors = exc.value.errors
+    expected = [("routes.yaml:7:", "routes.to_sip[0].match.user", "bad regular expression"),
+                ("routes.yaml:11:", "routes.to_sip[1].target", "unknown template field(s) m"),
+                ("routes.yaml:12:", "routes.to_sip[2].match.usr", "unknown key"),
+                ("routes.yaml:16:", "routes.to_app[0].target.service", "unknown service 'nope'")]
+    for prefix, key, text in expected:
+        assert any(e.startswith(prefix) and f" {key}:" in e and text in e for e in errors), (prefix, key, errors)
+
+
+def test_route_command_prints_the_decision():
+    def route(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "bridge", "route", "-c", str(ROOT / "config.yaml"), *args],
+                              capture_output=True, text=True)
+    ok = route("--from", "alice@demo-app", "--to", "desk-2001@demo-desk")
+    assert ok.returncode == 0 and "route desk-phones: ring 2001, caller id 'alice'" in ok.stdout
+    back = route("--dialed", "7042", "--caller", "2002")
+    assert back.returncode == 0 and "call agent-042@demo-app as desk-2002@demo-desk" in back.stdout
+    for args in (("--from", "alice@demo-app", "--to", "desk-123@demo-desk"),       # 3 digits: no route
+                 ("--from", "mallory@evil", "--to", "desk-2001@demo-desk"),         # wrong caller service
+                 ("--dialed", "9011442079460000")):                                 # toll fraud attempt
+        denied = route(*args)
+        assert denied.returncode == 1 and denied.stdout.startswith("denied:"), (args, denied.stdout)
