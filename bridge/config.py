@@ -54,6 +54,7 @@ class PlatformConfig:
     max_message_bytes: int
     callback_timeout: float
     services: dict[str, Service]
+    dev_tokens: bool = False            # POST /v1/dev/token issues tokens to loopback clients
 
     @property
     def ws_url(self) -> str:
@@ -523,7 +524,7 @@ def _ip(value: Any) -> str:
 def _platform(r: _Reader, root: _Map) -> PlatformConfig:
     known = {"embedded", "listen", "public_url", "cc_param_secret", "cc_param_secret_env",
              "token_max_age", "answer_timeout", "max_call_time", "max_message_bytes",
-             "callback_timeout", "services"}
+             "callback_timeout", "services", "dev_tokens"}
     p = r.section(root, "platform", "platform", known, required=True)
     host, port = r.get(p, "listen", "platform.listen", hostport, ("127.0.0.1", 8080))
     public_url = r.get(p, "public_url", "platform.public_url", http_url, f"http://{host}:{port}")
@@ -571,4 +572,5 @@ def _platform(r: _Reader, root: _Map) -> PlatformConfig:
                                 positive_int, 64 * 1024),
         callback_timeout=r.get(p, "callback_timeout", "platform.callback_timeout", duration, 5.0),
         services=services,
+        dev_tokens=r.get(p, "dev_tokens", "platform.dev_tokens", boolean, False),
     )

@@ -16,7 +16,7 @@ import signal
 import uvloop
 from aiohttp import web
 
-from . import config, ice, systemd, token
+from . import config, ice, systemd, token, webapp
 from .bridgedcall import Bridge
 from .config import Config
 from .metrics import Metrics
@@ -98,6 +98,7 @@ class Daemon:
         if self.platform is not None:
             app = web.Application()
             self.platform.add_routes(app)
+            webapp.add_routes(app, cfg.platform)      # /sdk/planetkit.js, /dialer, /v1/dev/token
             p = cfg.platform
             await self._listen(app, p.host, p.port, f"platform (public URL {p.public_url})")
         if cfg.bridge is not None:

@@ -109,3 +109,29 @@ class Daemon:
         async with aiohttp.ClientSession() as http:
             async with http.get(self.admin + "/metrics") as r:
                 return await r.text()
+
+
+# --- fixtures for end-to-end test modules (import them with the testbed fixtures) ------------
+
+@pytest.fixture
+def kamailio(kamailio_factory):
+    """The PBX, with the bridge's account next to the desk phones 2001-2004 (407 on INVITE)."""
+    from testbed import DEFAULT_USERS
+    return kamailio_factory({**DEFAULT_USERS, BRIDGE_USER: BRIDGE_PW}, invite_auth=True)
+
+
+@pytest.fixture
+async def start_bridge(tmp_path, kamailio):
+    """start_bridge(edit=None) -> a healthy `bridge run` on the sample config (edited by `edit`)."""
+    daemons: list[Daemon] = []
+
+    async def start(edit=None) -> Daemon:
+        d = Daemon(stack_config(tmp_path, kamailio.port, edit)).start()
+        daemons.append(d)
+        await d.ready()
+        return d
+
+    yield start
+    for d in daemons:
+        d.stop()
+        print(f"===== bridge log =====\n{d.log()[-4000:]}")

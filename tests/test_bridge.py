@@ -10,41 +10,19 @@ import time
 
 import aiohttp
 import numpy as np
-import pytest
 import yaml
 
 from bridge import callbacks, ccparam
 from bridge.audio import RATE, tone_analysis
 from bridge.reasons import DisconnectReason as R, Source
 from parties import Party
-from stack import BRIDGE_PW, BRIDGE_USER, Daemon, stack_config
-from testbed import DEFAULT_USERS, wav_dominant_frequency
+from stack import BRIDGE_USER, Daemon, kamailio, start_bridge  # noqa: F401  (fixtures)
+from testbed import wav_dominant_frequency
 from testbed.fixtures import baresip_factory, kamailio_factory, sipp  # noqa: F401
 
 
 async def blocking(fn, *args, **kw):
     return await asyncio.to_thread(fn, *args, **kw)
-
-
-@pytest.fixture
-def kamailio(kamailio_factory):  # noqa: F811
-    return kamailio_factory({**DEFAULT_USERS, BRIDGE_USER: BRIDGE_PW}, invite_auth=True)
-
-
-@pytest.fixture
-async def start_bridge(tmp_path, kamailio):
-    daemons: list[Daemon] = []
-
-    async def start(edit=None) -> Daemon:
-        d = Daemon(stack_config(tmp_path, kamailio.port, edit)).start()
-        daemons.append(d)
-        await d.ready()
-        return d
-
-    yield start
-    for d in daemons:
-        d.stop()
-        print(f"===== bridge log =====\n{d.log()[-4000:]}")
 
 
 def heard_tone(party: Party, seconds: float = 1.5) -> tuple[float, float]:

@@ -1,0 +1,142 @@
+"""The browser side, served by the platform's HTTP server: the JavaScript SDK and the dialer.
+
+    GET  /sdk/planetkit.js    the browser SDK (global `PlanetKit`, the seed's Web API)
+    GET  /dialer              the web dialer (and its assets under /dialer/)
+    GET  /dialer/config.json  what the dialer may offer ({"dev_tokens": bool})
+    POST /v1/dev/token        {"service", "user"} -> {"token"}: development only
+                              (`platform.dev_tokens: true`), loopback clients only, else 403
+
+Static files come from a fixed list (no directory listing, no paths from the request) with
+explicit content types.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from . import protocol, token
+from .config import PlatformConfig
+
+log = logging.getLogger("bridge.webapp")
+
+WEB_DIR = Path(__file__).resolve().parent / "web"
+
+# URL path -> (file in bridge/web/, content type)
+STATIC: dict[str, tuple[str, str]] = {
+    "/sdk/planetkit.js": ("planetkit.js", "application/javascript; charset=utf-8"),
+    "/dialer": ("dialer.html", "text/html; charset=utf-8"),
+    "/dialer/dialer.js": ("dialer.js", "application/javascript; charset=utf-8"),
+    "/dialer/dialer.css": ("dialer.css", "text/css; charset=utf-8"),
+    "/dialer/icon.svg": ("icon.svg", "image/svg+xml"),
+}
+
+# Everything the pages load is served from here; signalling may go to any ws(s) platform URL.
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "media-src 'self' blob: mediastream:; connect-src 'self' ws: wss:; "
+       "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+
+MAX_TOKEN_REQUEST = 4096
+
+
+def add_routes(app: web.Application, cfg: PlatformConfig) -> None:
+    """Mount the SDK, the dialer and the dev-token endpoint on the platform's app."""
+    for path, (name, content_type) in STATIC.items():
+        app.router.add_get(path, _static(WEB_DIR / name, content_type))
+    app.router.add_get("/dialer/", _redirect("/dialer"))
+    app.router.add_get("/dialer/config.json", _dialer_config(cfg))
+    app.router.add_post("/v1/dev/token", _dev_token(cfg))
+
+
+def _static(path: Path, content_type: str):
+    async def handler(request: web.Request) -> web.Response:
+        try:
+            body = path.read_bytes()       # read per request: small files, edits show at once
+        except OSError:
+            raise web.HTTPNotFound() from None
+        return web.Response(body=body, headers={
+            "Content-Type": content_type, "Cache-Control": "no-cache",
+            "X-Content-Type-Options": "nosniff", "Content-Security-Policy": CSP,
+            "Referrer-Policy": "no-referrer",
+        })
+    return handler
+
+
+def _redirect(location: str):
+    async def handler(request: web.Request) -> web.Response:
+        raise web.HTTPFound(location)
+    return handler
+
+
+def _dialer_config(cfg: PlatformConfig):
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response({"dev_tokens": bool(cfg.dev_tokens) and is_loopback(request.remote)},
+                                 headers={"Cache-Control": "no-store"})
+    return handler
+
+
+def is_loopback(address: str | None) -> bool:
+    try:
+        return ipaddress.ip_address((address or "").split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _forbidden(message: str) -> web.HTTPException:
+    return web.HTTPForbidden(text=json.dumps({"error": "forbidden", "message": message}),
+                             content_type="application/json")
+
+
+def _bad_request(message: str) -> web.HTTPException:
+    return web.HTTPBadRequest(text=json.dumps({"error": "bad_request", "message": message}),
+                              content_type="application/json")
+
+
+def _same_origin(request: web.Request) -> bool:
+    """A browser's cross-site POST carries a foreign Origin; refuse it (CSRF, DNS rebinding)."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True                        # not a browser (curl, a test): loopback is enough
+    parts = urlsplit(origin)
+    return parts.scheme in ("http", "https") and parts.netloc == request.host
+
+
+def _loopback_host(request: web.Request) -> bool:
+    """The Host header must name this machine (a rebinding name resolving to 127.0.0.1 does not)."""
+    host = urlsplit(f"//{request.host}").hostname or ""
+    return host == "localhost" or is_loopback(host)
+
+
+def _dev_token(cfg: PlatformConfig):
+    async def handler(request: web.Request) -> web.Response:
+        if not cfg.dev_tokens:
+            raise _forbidden("development tokens are off (platform.dev_tokens: false); "
+                             "use `bridge token --service S --user U`")
+        if not is_loopback(request.remote):
+            raise _forbidden("development tokens are for loopback clients only")
+        if not _loopback_host(request) or not _same_origin(request):
+            raise _forbidden("development tokens are for pages served by this daemon on a loopback address")
+        if request.content_length is not None and request.content_length > MAX_TOKEN_REQUEST:
+            raise _bad_request("request too large")
+        try:
+            body = json.loads(await request.content.read(MAX_TOKEN_REQUEST + 1))
+        except (ValueError, UnicodeDecodeError):
+            raise _bad_request("body must be JSON {\"service\": ..., \"user\": ...}") from None
+        if not isinstance(body, dict):
+            raise _bad_request("body must be a JSON object")
+        service, user = body.get("service"), body.get("user")
+        if not isinstance(user, str) or not protocol.USER_ID.fullmatch(user):
+            raise _bad_request("user must match [a-zA-Z0-9_-]{1,64}")
+        if not isinstance(service, str) or service not in cfg.services:
+            raise _bad_request(f"unknown service {str(service)[:70]!r}")
+        s = cfg.services[service]
+        log.info("issued a development token for %s@%s to %s", user, service, request.remote)
+        issued = token.issue(token.ServiceKey(s.id, s.api_key, s.api_secret), user)
+        return web.json_response({"token": issued, "service": service, "user": user,
+                                  "max_age": cfg.token_max_age}, headers={"Cache-Control": "no-store"})
+    return handler
