@@ -278,9 +278,11 @@ class JitterBuffer:
         return out
 
     def _hold(self) -> np.ndarray:
-        if self._last_frame is not None:  # not while still waiting for the first audio
+        # counted while the fade lasts: a stream that stopped (hold, end) is silence, not loss
+        if self._last_frame is not None:
             self._held += 1
-            self.stats.inserted += 1
+            if self._lost_run < self.fade_frames:
+                self.stats.inserted += 1
         return self._conceal()
 
     def _adapt(self, spare: int) -> None:
@@ -299,9 +301,9 @@ class JitterBuffer:
         """Repeat the last good frame with a fade over ``fade_frames``, then silence."""
         if self._last_frame is None:
             return self._silence.copy()  # nothing played yet: plain silence, not concealment
-        self.stats.concealed += 1
         k = self._lost_run
         self._lost_run += 1
         if k >= self.fade_frames:
-            return self._silence.copy()
+            return self._silence.copy()  # faded out: silence, no longer counted
+        self.stats.concealed += 1
         return (self._last_frame * self._fades[k]).astype(np.int16)

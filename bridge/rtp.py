@@ -498,20 +498,21 @@ class RtpEndpoint:
         except RtpParseError:
             self.stats.malformed += 1
             return
-        pt = packet.payload_type
-        if pt != self.payload_type and pt != self.dtmf_payload_type and pt != PT_CN:
+        if not self._accept_source(addr[:2]):
             self.stats.ignored += 1
             return
-        addr = addr[:2]
-        if not self._accept_source(addr):
-            self.stats.ignored += 1
-            return
+        # every packet of the stream counts for sequence/loss/jitter (RFC 3550 A.3), even one
+        # whose payload type we then ignore: its sequence number is no loss
         st = self.stats
-        st.packets_received += 1
-        st.bytes_received += len(packet.payload)
         self._recv.update(packet, (self._loop or asyncio.get_running_loop()).time())
         st.lost = self._recv.lost
         st.jitter_ms = self._recv.jitter / 8.0
+        pt = packet.payload_type
+        if pt != self.payload_type and pt != self.dtmf_payload_type and pt != PT_CN:
+            st.ignored += 1
+            return
+        st.packets_received += 1
+        st.bytes_received += len(packet.payload)
         if not self.receiving:
             return
         if pt == self.payload_type:

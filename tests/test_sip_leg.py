@@ -12,50 +12,13 @@ import pytest
 
 from bridge.audio import tone, tone_analysis
 from bridge.clock import FrameClock
-from bridge.config import SipConfig
-from bridge.sipua import IncomingCall, SipResult, UserAgent
-from testbed import DEFAULT_USERS, wav_dominant_frequency
+from bridge.sipua import SipResult
+from sipagent import Agent, blocking, sip_config
+from stack import BRIDGE_USER, kamailio  # noqa: F401  (fixture)
+from testbed import wav_dominant_frequency
 from testbed.fixtures import baresip_factory, kamailio_factory, sipp  # noqa: F401
 
-BRIDGE_USER, BRIDGE_PW = "bridge", "bridge-secret-pw"
 RATE = 8000
-
-
-def sip_config(kamailio_port: int, **kw) -> SipConfig:
-    settings = dict(registrar_host="127.0.0.1", registrar_port=kamailio_port, domain="127.0.0.1",
-                    username=BRIDGE_USER, auth_username=BRIDGE_USER, password=BRIDGE_PW, bind_port=0,
-                    keepalive=1.0, register_expires=30, transaction_timeout=1.0, max_backoff=2.0,
-                    rtp_low=31000, rtp_high=31999, ring_timeout=20.0)
-    settings.update(kw)
-    return SipConfig(**settings)
-
-
-class Agent:
-    """A started UserAgent; incoming calls land in `incoming`."""
-
-    def __init__(self, kamailio, **kw) -> None:
-        self.incoming: asyncio.Queue[IncomingCall] = asyncio.Queue()
-        self.ua = UserAgent(sip_config(kamailio.port, **kw), self._on_incoming)
-        self.kamailio = kamailio
-
-    async def _on_incoming(self, call: IncomingCall) -> None:
-        self.incoming.put_nowait(call)
-
-    async def start(self, registered: bool = True) -> "Agent":
-        await self.ua.start()
-        if registered:
-            await self.wait_registered()
-        return self
-
-    async def wait_registered(self, count: int = 1, timeout: float = 10.0) -> None:
-        async with asyncio.timeout(timeout):
-            while not (self.ua.registration.state == "registered" and self.ua.registration.count >= count):
-                await asyncio.sleep(0.05)
-
-
-@pytest.fixture
-def kamailio(kamailio_factory):  # noqa: F811
-    return kamailio_factory({**DEFAULT_USERS, BRIDGE_USER: BRIDGE_PW}, invite_auth=True)
 
 
 @pytest.fixture
@@ -63,11 +26,6 @@ async def agent(kamailio):
     a = await Agent(kamailio).start()
     yield a
     await a.ua.stop()
-
-
-async def blocking(fn, *args, **kw):
-    """Run a blocking test-bed call (baresip control, sipp) off the event loop."""
-    return await asyncio.to_thread(fn, *args, **kw)
 
 
 async def play(call, freq: float, seconds: float, heard: list[np.ndarray] | None = None) -> None:
