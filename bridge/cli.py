@@ -68,6 +68,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dtmf", help="send these DTMF digits once connected")
     app_user(p)
 
+    p = command("loadtest", "N concurrent app -> desk phone calls through a running bridge: a report")
+    from . import loadtest
+    loadtest.add_arguments(p)
+
     p = command("answer", "wait for calls as an app user (embedded push), accept, play, record")
     p.add_argument("--as", dest="me", required=True, type=_user_at_service, metavar="USER@SERVICE")
     p.add_argument("--calls", type=int, default=1, help="answer this many calls, then exit (default 1)")
@@ -105,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
             print(_token(cfg, args.service, args.user))
             return 0
         ice.use_host_addresses(cfg.webrtc.ice_addresses)
+        if args.command == "loadtest":
+            from . import loadtest
+            return asyncio.run(loadtest.main(args, cfg))
         from . import softphone
         runner = softphone.dial if args.command == "dial" else softphone.answer
         return asyncio.run(runner(args, cfg, lambda s, u: _token(cfg, s, u)))

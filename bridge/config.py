@@ -39,6 +39,7 @@ class Service:
     call_event_cb_url: str | None = None
     push_url: str | None = None         # embedded push as a signed POST (e.g. to the bridge)
     push_secret: str | None = field(default=None, repr=False)
+    one_call_per_user: bool = True      # a user in a call is BUSY (off for desk phones: the PBX decides)
 
 
 @dataclass(frozen=True)
@@ -542,7 +543,7 @@ def _platform(r: _Reader, root: _Map) -> PlatformConfig:
             continue
         r.unknown(s, keypath, {"api_key", "api_key_env", "api_secret", "api_secret_env",
                                "notify_cb_url", "call_event_cb_url", "push_url", "push_secret",
-                               "push_secret_env"})
+                               "push_secret_env", "one_call_per_user"})
         api_key = r.secret(s, "api_key", f"{keypath}.api_key")
         api_secret = r.secret(s, "api_secret", f"{keypath}.api_secret")
         if api_secret is not None and len(api_secret) < 32:
@@ -554,6 +555,7 @@ def _platform(r: _Reader, root: _Map) -> PlatformConfig:
             call_event_cb_url=r.get(s, "call_event_cb_url", f"{keypath}.call_event_cb_url", http_url),
             push_url=push_url,
             push_secret=r.secret(s, "push_secret", f"{keypath}.push_secret", required=bool(push_url)),
+            one_call_per_user=r.get(s, "one_call_per_user", f"{keypath}.one_call_per_user", boolean, True),
         )
     seen: dict[str, str] = {}
     for service in services.values():

@@ -117,7 +117,14 @@ class AppToSip:
             self.stats.overruns += 1
 
     async def run(self, rtp: RtpEndpoint) -> None:
-        """Send one frame to the phone every 20 ms until the endpoint closes."""
+        """Send one frame to the phone every 20 ms until the endpoint closes.
+
+        Frames queued before the phone answered are stale: they are dropped. Afterwards, a
+        queue that never fell below two frames for a second gives one frame up (the app's
+        clock runs faster than ours), so the delay stays at one frame.
+        """
+        self._queue.clear()
+        lowest = self.depth
         clock = FrameClock(PTIME)
         async for tick in clock:
             if rtp.closed:
@@ -125,6 +132,12 @@ class AppToSip:
             self.stats.frames += 1
             if tick.lateness > PTIME / 4:
                 self.stats.late += 1
+            lowest = min(lowest, len(self._queue))
+            if tick.index % 50 == 49:
+                if lowest >= 2:
+                    self._queue.popleft()
+                    self.stats.overruns += 1
+                lowest = self.depth
             if self._queue:
                 frame = self._queue.popleft()
             else:

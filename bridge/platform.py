@@ -230,7 +230,7 @@ class Platform:
             return R.AUTH_ERROR
         if callee.service not in self.services:
             return R.SERVICE_INVALID_ID
-        if self.active.get(callee):
+        if self.active.get(callee) and self.services[callee.service].one_call_per_user:
             return R.BUSY
         return None
 

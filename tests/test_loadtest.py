@@ -1,0 +1,99 @@
+"""`bridge loadtest` smoke run: 2 calls for ~10 s through a real stack (Kamailio from the test bed
+with the demo's users, `bridge run` as a subprocess), run as `python -m bridge.loadtest`; the
+report's fields must be there and plausible, and the chart a PNG."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import json
+import sys
+
+import pytest
+
+from stack import BRIDGE_PW, BRIDGE_USER, ROOT, Daemon, stack_config
+from testbed.fixtures import kamailio_factory  # noqa: F401
+
+DEMO_USERS = {BRIDGE_USER: BRIDGE_PW, "2001": "2001-demo", "2002": "2002-demo"}
+
+
+@pytest.fixture
+async def bridge_stack(tmp_path, kamailio_factory):  # noqa: F811
+    kamailio = kamailio_factory(DEMO_USERS, invite_auth=True)
+
+    def edit(data: dict) -> None:
+        data["log_level"] = "info"        # debug logs of 2 calls are large and cost CPU
+    daemon = Daemon(stack_config(tmp_path, kamailio.port, edit)).start()
+    try:
+        await daemon.ready()
+        yield daemon
+    finally:
+        daemon.stop()
+        print(f"===== bridge log =====\n{daemon.log()[-4000:]}")
+
+
+async def test_loadtest_two_calls_report_and_chart(bridge_stack, tmp_path):
+    report_path, chart_path = tmp_path / "report.json", tmp_path / "report.png"
+    proc = await asyncio.create_subprocess_exec(
+        shutil.which("bridge") or pytest.fail("the `bridge` command is not installed: run tests/run"),
+        "loadtest", "-c", str(bridge_stack.path), "--calls", "2",
+        "--duration", "10", "--ramp", "2", "--json", str(report_path), "--chart", str(chart_path),
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 150)
+    except asyncio.TimeoutError:
+        proc.kill()
+        await proc.wait()
+        pytest.fail("bridge loadtest did not finish within 150 s")
+    text = out.decode(errors="replace")
+    print(text)
+    assert proc.returncode == 0, text[-3000:]
+    assert "targets:" in text and "latency p99" in text        # the table was printed
+
+    report = json.loads(report_path.read_text())
+    assert chart_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert chart_path.stat().st_size > 10_000
+
+    for key in ("machine", "params", "bridge", "summary", "targets", "failures", "samples", "calls",
+                "measured_path"):
+        assert key in report, key
+    m = report["machine"]
+    assert m["cores"] >= 1 and m["python"] and m["versions"]["aiortc"] and m["versions"]["pesq"]
+    assert report["failures"] == []
+    s = report["summary"]
+    assert s["calls"] == {**s["calls"], "requested": 2, "completed": 2, "failed": 0}
+    assert s["calls"]["peak_concurrent"] == 2
+
+    for step in ("make_call_to_wait_connected", "make_call_to_invite", "make_call_to_connected"):
+        assert s["setup_ms"][step]["n"] == 2 and 0 < s["setup_ms"][step]["p50"] < 10_000, step
+    for step in ("notification_to_invite", "invite_to_answer", "answer_to_connected"):
+        h = s["setup_ms"][f"bridge_{step}"]
+        assert h["n"] == 2 and h["p50"] is not None and h["p50"] > 0, (step, h)
+
+    for d in ("app_to_sip", "sip_to_app"):
+        x = s["directions"][d]
+        lat = x["latency_ms"]
+        assert lat["n"] >= 6, (d, x)                       # several bursts per call detected
+        assert 0 < lat["min"] <= lat["p50"] <= lat["p99"] < 1000, (d, lat)
+        assert x["bursts_detected"] >= x["bursts_sent"] - 2, (d, x)
+        assert x["packets_expected"] > 800 and x["packets_received"] > 0.95 * x["packets_expected"], (d, x)
+        assert x["late_or_lost_40ms_pct"] is not None and x["jitter_ms"]["n"] == 2, (d, x)
+        assert set(x["bridge_frames"]) >= {"frames", "late", "underruns", "overruns"}, (d, x)
+        assert x["bridge_frames"]["frames"] > 800, (d, x)
+        pesq = x["pesq_mos_nb"]
+        assert pesq["n"] == 2 and 1.0 <= pesq["min"] <= pesq["max"] <= 4.5, (d, pesq)
+        assert 1.0 <= pesq["g711_only"] <= 4.5, (d, pesq)
+    assert s["directions"]["app_to_sip"]["far_end_rtp"]["packets_received"] > 800
+    assert s["directions"]["sip_to_app"]["aiortc_inbound"]["packets_received"] > 800
+
+    bp = s["bridge_process"]
+    assert bp["samples"] >= 10
+    assert bp["cpu_pct"]["n"] > 0 and 0 < bp["cpu_pct"]["mean"] < 100 * m["cores"]
+    assert 10 < bp["rss_mb"]["baseline"] <= bp["rss_mb"]["peak"] < 4000
+    samples = report["samples"]
+    assert all({"t", "active", "bridge_cpu_pct", "bridge_rss_mb"} <= set(x) for x in samples)
+    assert max(x["active"] for x in samples) == 2
+    assert {t["name"] for t in report["targets"]} >= {"notification -> INVITE p50", "bridge memory per call"}
+    for call in report["calls"]:
+        assert call["state"] == "done" and call["codec"] in ("PCMU", "PCMA"), call["failure"]
+        assert call["setup_ms"]["make_call_to_connected"] > call["setup_ms"]["make_call_to_invite"] > 0
