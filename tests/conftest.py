@@ -27,7 +27,7 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
 
 
 def platform_yaml(port: int, *, notify_url: str | None = None, event_url: str | None = None,
-                  answer_timeout: str = "60s", max_call_time: str = "4h") -> str:
+                  answer_timeout: str = "60s", max_call_time: str = "4h", one_call_per_user: bool = True) -> str:
     def url(u: str | None) -> str:
         return u if u else "null"
     return textwrap.dedent(f"""\
@@ -42,6 +42,7 @@ def platform_yaml(port: int, *, notify_url: str | None = None, event_url: str | 
               api_secret: {APP_SECRET}
               notify_cb_url: {url(notify_url)}
               call_event_cb_url: {url(event_url)}
+              one_call_per_user: {str(one_call_per_user).lower()}
             other-app:
               api_key: other-app-key
               api_secret: {OTHER_SECRET}

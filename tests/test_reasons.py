@@ -77,6 +77,20 @@ async def test_busy(start_platform, app_server):
     await both_end(R.NORMAL, Source.CALLER, alice, bob)
 
 
+async def test_a_service_may_let_users_take_several_calls(start_platform):
+    p = await start_platform(one_call_per_user=False)          # e.g. desk phones: the PBX decides
+    alice, bob, _ = await ring(p)
+    await bob.call.accept_call()
+    carol = Party(p.url, "carol")
+    async with Party(p.url, "bob").listener(p.token("bob")) as pushes:
+        await carol.make_call(bob, p.token("carol"))
+        push = await pushes.next(timeout=5)                     # pushed, not BUSY
+        assert push.caller_id == "carol"
+    await carol.call.end_call()
+    await alice.call.end_call()
+    await both_end(R.NORMAL, Source.CALLER, alice, bob)
+
+
 async def test_no_answer(start_platform, app_server):
     p = await start_platform(event_url=app_server.url + "/event", answer_timeout="1s")
     alice, bob, _ = await ring(p)          # bob's phone rings; nobody accepts
