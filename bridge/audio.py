@@ -20,7 +20,7 @@ PTIME = 0.020
 FRAME = int(RATE * PTIME)
 TIME_BASE = fractions.Fraction(1, RATE)
 
-Sink = Callable[[np.ndarray], None]
+Sink = Callable[[np.ndarray, int], None]    # (int16 mono samples of one frame, sample rate)
 
 
 def make_frame(samples: np.ndarray, pts: int, rate: int = RATE) -> av.AudioFrame:
@@ -132,7 +132,6 @@ class GatedTrack(MediaStreamTrack):
         self.muted = False
         self._clock = FrameClock(PTIME)
         self._pts = 0
-        self._silence = np.zeros(FRAME, np.int16)
 
     async def recv(self) -> av.AudioFrame:
         if self.open and self.source is not None:
@@ -147,7 +146,8 @@ class GatedTrack(MediaStreamTrack):
             self._pts += frame.samples * RATE // frame.sample_rate
             return frame
         await anext(self._clock)
-        frame = make_frame(self._silence, self._pts)
+        rate = getattr(self.source, "rate", RATE)       # silence at the source's own rate
+        frame = make_frame(np.zeros(int(rate * PTIME), np.int16), self._pts * rate // RATE, rate)
         self._pts += FRAME
         return frame
 
@@ -158,14 +158,26 @@ class GatedTrack(MediaStreamTrack):
 
 
 class WavRecorder:
-    """A sink that collects received samples and writes them to a WAV file on close()."""
+    """A sink that collects received samples (at `rate`; 8 kHz frames are upsampled) and writes
+    them to a WAV file on close()."""
 
     def __init__(self, path: str | None = None, rate: int = RATE) -> None:
         self.path = path
         self.rate = rate
         self._chunks: list[np.ndarray] = []
+        self._convert: Callable[[np.ndarray], np.ndarray] | None = None
 
-    def __call__(self, samples: np.ndarray) -> None:
+    def __call__(self, samples: np.ndarray, rate: int = RATE) -> None:
+        if rate != self.rate:
+            if self._convert is None:
+                from .resample import Downsampler, Upsampler
+                if (rate, self.rate) == (8000, 48000):
+                    self._convert = Upsampler()
+                elif (rate, self.rate) == (48000, 8000):
+                    self._convert = Downsampler()
+                else:
+                    raise ValueError(f"cannot record {rate} Hz audio at {self.rate} Hz")
+            samples = self._convert(samples)
         self._chunks.append(samples)
 
     @property

@@ -160,7 +160,7 @@ class BridgedCall:
         self.app = Call(bridge.platform_url)
         self.events = _Events()
         self.sip: SipCall | None = None
-        self.sip_to_app = SipToApp()
+        self.sip_to_app = SipToApp(lambda: self.app.codec)
         self.app_to_sip = AppToSip()
         self.result = "failed"
         self.route: str | None = None
@@ -245,7 +245,8 @@ class AppToDeskCall(BridgedCall):
         try:
             await self.app.verify_call(VerifyCallParams(
                 my_id=push.app_callee_uid, my_service_id=push.app_callee_sid, cc_param=push.cc_param,
-                delegate=self.events, audio=self.sip_to_app, peer_audio=self.app_to_sip, early_media=True))
+                delegate=self.events, audio=self.sip_to_app, peer_audio=self.app_to_sip, early_media=True,
+                codecs=bridge.cfg.webrtc.codecs))
         except StartFailError as exc:
             log.warning("call %s: cannot verify: %s", p.sid, exc)
             return
@@ -348,7 +349,8 @@ class DeskToAppCall(BridgedCall):
                 my_id=decision.caller_user, my_service_id=decision.caller_service, peer_id=decision.user,
                 peer_service_id=decision.service,
                 access_token=bridge.token_for(decision.caller_service, decision.caller_user),
-                delegate=self.events, audio=self.sip_to_app, peer_audio=self.app_to_sip))
+                delegate=self.events, audio=self.sip_to_app, peer_audio=self.app_to_sip,
+                codecs=bridge.cfg.webrtc.codecs))
         except StartFailError as exc:
             log.warning("SIP call %s: app call refused locally: %s", sip.call_id, exc)
             await sip.reject(500)

@@ -105,6 +105,7 @@ class BridgeConfig:
 @dataclass(frozen=True)
 class WebRtcConfig:
     ice_addresses: list[str]
+    codecs: tuple[str, ...] = ("PCMU", "PCMA", "opus")   # the bridge's app legs, preferred first
 
 
 @dataclass(frozen=True)
@@ -317,8 +318,9 @@ def loads(text: str, path: str = "<config>", env: dict[str, str] | None = None) 
     r.unknown(root, "", {"log_level", "platform", "webrtc", "sip", "notifications", "bridge", "routes"})
     log_level = r.get(root, "log_level", "log_level", _log_level, "info")
     platform = _platform(r, root)
-    w = r.section(root, "webrtc", "webrtc", {"ice_addresses"})
-    webrtc = WebRtcConfig(ice_addresses=r.get(w, "ice_addresses", "webrtc.ice_addresses", ip_list, []))
+    w = r.section(root, "webrtc", "webrtc", {"ice_addresses", "codecs"})
+    webrtc = WebRtcConfig(ice_addresses=r.get(w, "ice_addresses", "webrtc.ice_addresses", ip_list, []),
+                          codecs=r.get(w, "codecs", "webrtc.codecs", _webrtc_codecs, ("PCMU", "PCMA", "opus")))
     sip = _sip(r, root) if root.get("sip") is not None else None
     notifications = _notifications(r, root) if root.get("notifications") is not None else None
     bridge = _bridge(r, root, platform) if root.get("bridge") is not None else None
@@ -508,6 +510,13 @@ def _sip(r: _Reader, root: _Map) -> SipConfig:
         codecs=r.get(s, "codecs", "sip.codecs", _codecs, ("PCMU", "PCMA")),
         ring_timeout=r.get(s, "ring_timeout", "sip.ring_timeout", duration, 30.0),
     )
+
+
+def _webrtc_codecs(value: Any) -> tuple[str, ...]:
+    names = {"pcmu": "PCMU", "pcma": "PCMA", "opus": "opus"}
+    if not isinstance(value, list) or not value or any(str(v).lower() not in names for v in value):
+        raise ValueError("must be a non-empty list of PCMU, PCMA, opus")
+    return tuple(names[str(v).lower()] for v in value)
 
 
 def _hostport_any(value: Any) -> tuple[str, int]:

@@ -14,12 +14,13 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import dataclass
+from typing import Callable
 
 import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from .audio import FRAME, PTIME, RATE, make_frame
+from .audio import PTIME, RATE, make_frame
 from .clock import FrameClock
 from .resample import Downsampler, Upsampler
 from .rtp import RtpEndpoint
@@ -27,14 +28,14 @@ from .rtp import RtpEndpoint
 SIP_FRAME = 160
 
 
-def _ringback() -> np.ndarray:
-    """North American ringback (440 + 480 Hz, 2 s on, 4 s off) at 48 kHz, -19 dBFS."""
-    t = np.arange(2 * RATE) / RATE
+def _ringback(rate: int) -> np.ndarray:
+    """North American ringback (440 + 480 Hz, 2 s on, 4 s off), -19 dBFS."""
+    t = np.arange(2 * rate) / rate
     on = 0.5 * (np.sin(2 * np.pi * 440 * t) + np.sin(2 * np.pi * 480 * t)) * 32767 * 10 ** (-19 / 20)
-    return np.concatenate([on, np.zeros(4 * RATE)]).astype(np.int16)
+    return np.concatenate([on, np.zeros(4 * rate)]).astype(np.int16)
 
 
-RINGBACK = _ringback()
+RINGBACK = {RATE: _ringback(RATE), 8000: _ringback(8000)}
 
 
 @dataclass
@@ -48,19 +49,28 @@ class DirectionStats:
 
 
 class SipToApp(MediaStreamTrack):
-    """The app leg's outgoing audio: ringback, then the desk phone's audio."""
+    """The app leg's outgoing audio: ringback, then the desk phone's audio.
+
+    Frames are 48 kHz for Opus; when the app leg speaks G.711 too, the phone's 8 kHz frames pass
+    through without resampling. (The rate is fixed once the leg is negotiated, before the first
+    frame is pulled: aiortc's encoders cannot change their input rate mid-stream.)
+    """
 
     kind = "audio"
 
-    def __init__(self) -> None:
+    def __init__(self, codec: Callable[[], str] = lambda: "") -> None:
         super().__init__()
         self.rtp: RtpEndpoint | None = None
         self.mode = "silence"     # silence, ringback, sip
+        self.codec = codec        # the app leg's negotiated codec, known before media flows
         self.stats = DirectionStats()
         self._up = Upsampler()
         self._clock = FrameClock(PTIME)
         self._ring_pos = 0
-        self._silence = np.zeros(FRAME, np.int16)
+
+    @property
+    def rate(self) -> int:
+        return 8000 if self.codec() in ("PCMU", "PCMA") else RATE
 
     def play_ringback(self) -> None:
         if self.mode == "silence":
@@ -78,15 +88,20 @@ class SipToApp(MediaStreamTrack):
         self.stats.frames += 1
         if tick.lateness > PTIME / 4:
             self.stats.late += 1
+        rate = self.rate
+        size = int(rate * PTIME)
         if self.mode == "sip" and self.rtp is not None and not self.rtp.closed:
-            pcm = self._up(self.rtp.read_frame())
+            pcm = self.rtp.read_frame()
+            if rate != 8000:
+                pcm = self._up(pcm)
         elif self.mode == "ringback":
-            start = self._ring_pos % len(RINGBACK)
-            pcm = RINGBACK[start:start + FRAME]
-            self._ring_pos += FRAME
+            tone = RINGBACK[rate]
+            start = (self._ring_pos * size) % len(tone)
+            pcm = tone[start:start + size]
+            self._ring_pos += 1
         else:
-            pcm = self._silence
-        return make_frame(pcm, tick.index * FRAME)
+            pcm = np.zeros(size, np.int16)
+        return make_frame(pcm, tick.index * size, rate)
 
 
 class AppToSip:
@@ -100,18 +115,22 @@ class AppToSip:
         self._silence = np.zeros(SIP_FRAME, np.int16)
         self._pending = np.zeros(0, np.int16)
 
-    def __call__(self, pcm48: np.ndarray) -> None:
-        """Called by the SDK with each decoded 20 ms frame (int16 mono 48 kHz)."""
-        if len(pcm48) != FRAME:                  # not 20 ms: re-frame through a small buffer
-            self._pending = np.concatenate([self._pending, pcm48])
-            while len(self._pending) >= FRAME:
-                self._push(self._pending[:FRAME])
-                self._pending = self._pending[FRAME:]
+    def __call__(self, pcm: np.ndarray, rate: int = RATE) -> None:
+        """Called by the SDK with each decoded frame (int16 mono, 48 kHz Opus or 8 kHz G.711)."""
+        if rate == RATE:
+            pcm = self._down(pcm)                      # Opus frames: 960 samples, a multiple of 6
+        elif rate != 8000:
+            raise ValueError(f"unexpected sample rate {rate}")
+        if len(pcm) != SIP_FRAME or len(self._pending):   # not 20 ms: re-frame
+            self._pending = np.concatenate([self._pending, pcm])
+            while len(self._pending) >= SIP_FRAME:
+                self._push(self._pending[:SIP_FRAME])
+                self._pending = self._pending[SIP_FRAME:]
             return
-        self._push(pcm48)
+        self._push(pcm)
 
-    def _push(self, pcm48: np.ndarray) -> None:
-        self._queue.append(self._down(pcm48))
+    def _push(self, pcm8: np.ndarray) -> None:
+        self._queue.append(pcm8)
         if len(self._queue) > self.depth:
             self._queue.popleft()
             self.stats.overruns += 1

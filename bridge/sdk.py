@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import aiohttp
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import (RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver,
+                    RTCSessionDescription)
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from . import ccparam, protocol
@@ -75,7 +76,8 @@ class MakeCallParams:
     app_server_data: str | None = None
     delegate: Any = None
     audio: AudioSource = None          # an aiortc audio track, a WAV file path, or None (silence)
-    peer_audio: Sink | None = None     # receives the peer's audio: int16 mono 48 kHz, 20 ms
+    peer_audio: Sink | None = None     # called with each 20 ms frame of the peer: (int16 mono, rate)
+    codecs: tuple[str, ...] | None = None   # bridge's extension: e.g. ("PCMU", "PCMA", "opus")
 
 
 @dataclass
@@ -88,6 +90,7 @@ class VerifyCallParams:
     audio: AudioSource = None
     peer_audio: Sink | None = None
     early_media: bool = False          # send `audio` before accepting (a gateway's ringback)
+    codecs: tuple[str, ...] | None = None   # preferred codecs of the answer (bridge's extension)
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,33 @@ def _validate_ids(my_id: Any, my_service_id: Any, media_type: Any) -> None:
               f"my_service_id {my_service_id!r} must match [a-zA-Z0-9.-]{{1,64}}")
     if media_type not in protocol.MEDIA_TYPES:
         _fail(StartFailReason.INVALID_MEDIA_TYPE, f"media_type {media_type!r}: only 'audio' is supported")
+
+
+CODEC_NAMES = ("opus", "PCMU", "PCMA")
+
+
+def _preferences(codecs: tuple[str, ...] | None) -> list:
+    """aiortc codec capabilities in the order `codecs` names them."""
+    if not codecs:
+        return []
+    available = RTCRtpSender.getCapabilities("audio").codecs
+    wanted = []
+    for name in codecs:
+        if name not in CODEC_NAMES:
+            _fail(StartFailReason.INVALID_PARAM, f"codec {name!r}: use {', '.join(CODEC_NAMES)}")
+        wanted += [c for c in available if c.mimeType.split("/")[1].lower() == name.lower()]
+    return wanted
+
+
+def negotiated_codec(sdp: str) -> str:
+    """The first codec of the audio m= line of an SDP answer ("PCMU", "opus", ...)."""
+    pt = None
+    for line in sdp.splitlines():
+        if line.startswith("m=audio") and len(line.split()) > 3:
+            pt = line.split()[3]
+        elif pt is not None and line.startswith(f"a=rtpmap:{pt} "):
+            return line.split(" ", 1)[1].split("/")[0]
+    return ""
 
 
 def _http_to_ws(url: str) -> str:
@@ -138,7 +168,9 @@ class Call:
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._pc: RTCPeerConnection | None = None
         self._gate: GatedTrack | None = None
+        self._transceiver: RTCRtpTransceiver | None = None
         self._sink: Sink | None = None
+        self.codec = ""          # the negotiated audio codec, once known
         self._tasks: set[asyncio.Task] = set()
         self._first: asyncio.Future | None = None
         self._connected: asyncio.Future | None = None
@@ -171,9 +203,12 @@ class Call:
         self.role = Source.CALLER
         self.state = "calling"
         self._delegate, self._sink = params.delegate, params.peer_audio
+        preferences = _preferences(params.codecs)
         pc = self._new_peer_connection()
         self._gate = GatedTrack(source)
-        pc.addTrack(self._gate)
+        transceiver = pc.addTransceiver(self._gate, direction="sendrecv")
+        if preferences:
+            transceiver.setCodecPreferences(preferences)
         await pc.setLocalDescription(await pc.createOffer())
         await self._open(url, {
             "type": "make_call", "token": params.access_token, "my_id": params.my_id,
@@ -195,9 +230,13 @@ class Call:
         self.role = Source.CALLEE
         self.state = "calling"
         self._delegate, self._sink = params.delegate, params.peer_audio
-        self._new_peer_connection()
+        preferences = _preferences(params.codecs)
+        pc = self._new_peer_connection()
         self._gate = GatedTrack(source)
         self._gate.open = params.early_media
+        if preferences:   # a transceiver made before the offer arrives carries the preferences
+            self._transceiver = pc.addTransceiver(self._gate, direction="sendrecv")
+            self._transceiver.setCodecPreferences(preferences)
         await self._open(url, {"type": "verify_call", "cc_param": params.cc_param, "my_id": params.my_id,
                                "my_service_id": params.my_service_id, "media_type": params.media_type})
 
@@ -296,7 +335,7 @@ class Call:
                 return
             if self._sink is not None:
                 try:
-                    self._sink(frame_to_mono(frame))
+                    self._sink(frame_to_mono(frame), frame.sample_rate)
                 except Exception:
                     log.exception("peer_audio sink failed; dropping it")
                     self._sink = None
@@ -345,16 +384,24 @@ class Call:
         elif kind == "verified":
             self.sid = m["sid"]
             self.peer = CallVerifiedParam(m["sid"], m["peer_id"], m["peer_service_id"], m.get("app_server_data"))
-            await pc.setRemoteDescription(RTCSessionDescription(m["sdp"], "offer"))
+            try:
+                await pc.setRemoteDescription(RTCSessionDescription(m["sdp"], "offer"))
+            except Exception as exc:      # e.g. no codec in common with our preferences
+                log.warning("call %s: cannot use the caller's offer: %s", self.sid, exc)
+                await self._send({"type": "end_call", "reason": int(DisconnectReason.INTERNAL_ERROR)})
+                return
             assert self._gate is not None
-            pc.addTrack(self._gate)
+            if self._transceiver is None:
+                pc.addTrack(self._gate)
             await pc.setLocalDescription(await pc.createAnswer())
+            self.codec = negotiated_codec(pc.localDescription.sdp)
             await self._send({"type": "answer", "sdp": pc.localDescription.sdp})
             self.state = "verified"
             self._emit("evt_verified", self.peer)
             self._resolve(self._first)
         elif kind == "sdp":
             await pc.setRemoteDescription(RTCSessionDescription(m["sdp"], "answer"))
+            self.codec = negotiated_codec(m["sdp"])
         elif kind == "wait_connected":
             self._emit("evt_wait_connected")
         elif kind == "connected":

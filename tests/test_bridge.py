@@ -10,6 +10,7 @@ import time
 
 import aiohttp
 import numpy as np
+import pytest
 import yaml
 
 from bridge import callbacks, ccparam
@@ -36,12 +37,16 @@ async def connected_call(bridge: Daemon, alice: Party, callee: str) -> None:
 
 # --- app -> desk phone ---------------------------------------------------------------------
 
-async def test_app_calls_desk_phone_tone_each_way_and_phone_hangs_up(start_bridge, kamailio, baresip_factory):  # noqa: F811
-    bridge = await start_bridge()
+@pytest.mark.parametrize("codecs,expected", [(None, "PCMU"), (["opus"], "opus")])
+async def test_app_calls_desk_phone_tone_each_way_and_phone_hangs_up(start_bridge, kamailio, baresip_factory,  # noqa: F811
+                                                                   codecs, expected):
+    # the sample prefers G.711 on the app leg (no transcoding); Opus takes the resampling path
+    bridge = await start_bridge(lambda d: d["webrtc"].update(codecs=codecs) if codecs else None)
     phone = baresip_factory("2001", kamailio, tone_hz=700)
     alice = Party(bridge.platform_url, "alice", tone=1000)
     await alice.make_call(("desk-2001", "demo-desk"), bridge.token("alice"))
     await asyncio.wait_for(alice.events.connected.wait(), 15)
+    assert alice.call.codec == expected
     assert alice.events.names[:2] == ["wait_connected", "connected"]
     established = await blocking(phone.wait_established, 5)
     assert established["peerdisplayname"] == "alice (app)"
