@@ -405,6 +405,7 @@ class CallRecord:
     failure: str | None = None
     disconnect: str | None = None
     codec: str = ""
+    app_rate: int = RATE                  # sample rate of the app leg's decoded frames (Opus 48k, G.711 8k)
     # received at the far end (app -> SIP): per RTP packet (arrival, seq, ts, payload)
     far_packets: list = field(default_factory=list)
     far_playout: list = field(default_factory=list)    # 8 kHz frames the far end played
@@ -748,6 +749,7 @@ class LoadTest:
         args = self.args
 
         def on_frame(frame: av.AudioFrame) -> None:
+            rec.app_rate = frame.sample_rate
             rec.app_frames.append((frame.pts, frame_to_mono(frame)))
 
         def on_packet(packet) -> None:
@@ -896,10 +898,11 @@ class LoadTest:
         return self._relative(out)
 
     def _direction_app(self, rec: CallRecord) -> dict:
-        """SIP -> app, at the app side's aiortc receiver: Opus packets, decoded frames by pts."""
+        """SIP -> app, at the app side's aiortc receiver: packets, decoded frames by pts (both on
+        the RTP clock of the negotiated codec: 48 kHz Opus or 8 kHz G.711)."""
         assert rec.t0 is not None
         pk = [p for p in rec.app_packets if p[0] >= rec.t0 - 0.2]
-        out = _wire_stats(pk, RATE, rec.t0, self.args.duration)
+        out = _wire_stats(pk, rec.app_rate, rec.t0, self.args.duration)
         arrival = self._app_arrivals(rec)
         stream = []
         unmatched = 0
@@ -910,7 +913,7 @@ class LoadTest:
                 continue
             if a >= rec.t0 - 0.2:
                 stream.append((a, 0, pts, samples))
-        out.update(_latencies(stream, RATE, rec.far_sender, self.far_program, rec.t0))
+        out.update(_latencies(stream, rec.app_rate, rec.far_sender, self.far_program, rec.t0))
         out["frames_without_packet_time"] = unmatched
         out["aiortc_inbound"] = rec.app_stats
         return self._relative(out)
@@ -939,8 +942,10 @@ class LoadTest:
         assert rec.t0 is not None
         arrival = self._app_arrivals(rec)
         frames = [s for pts, s in rec.app_frames if arrival.get(pts % (1 << 32), rec.t0) >= rec.t0 - 0.2]
-        deg48 = np.concatenate(frames or [np.zeros(0, np.int16)])
-        return _pesq(self.far_program.speech8k, _resample(deg48, RATE, SIP_RATE))
+        deg = np.concatenate(frames or [np.zeros(0, np.int16)])
+        if rec.app_rate != SIP_RATE:
+            deg = _resample(deg, rec.app_rate, SIP_RATE)
+        return _pesq(self.far_program.speech8k, deg)
 
     # --- the report ----------------------------------------------------------------------------
     def _report(self, started_at: str, pid: int, health: dict, bridge: dict, per_call: dict) -> dict:
