@@ -349,13 +349,8 @@ class LoadCall(Call):
         super().__init__(url)
         self._on_frame = on_frame
 
-    async def _drain(self, track: MediaStreamTrack) -> None:
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            self._on_frame(frame)
+    def _peer_frame(self, frame: av.AudioFrame) -> None:
+        self._on_frame(frame)
 
     def hook_receiver(self, on_packet) -> bool:
         """Timestamp each RTP packet where aiortc's receiver gets it (after SRTP, before its jitter

@@ -333,12 +333,16 @@ class Call:
                 frame = await track.recv()
             except MediaStreamError:
                 return
-            if self._sink is not None:
-                try:
-                    self._sink(frame_to_mono(frame), frame.sample_rate)
-                except Exception:
-                    log.exception("peer_audio sink failed; dropping it")
-                    self._sink = None
+            self._peer_frame(frame)
+
+    def _peer_frame(self, frame) -> None:
+        """Hand one decoded frame of the peer to the `peer_audio` sink."""
+        if self._sink is not None:
+            try:
+                self._sink(frame_to_mono(frame), frame.sample_rate)
+            except Exception:
+                log.exception("peer_audio sink failed; dropping it")
+                self._sink = None
 
     async def _open(self, url: str, opening: dict) -> None:
         self._session = aiohttp.ClientSession()

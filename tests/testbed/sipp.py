@@ -149,37 +149,26 @@ REGISTER_SCENARIO = HERE / "sipp_register.xml"
 UAS_REPLY_TEMPLATE = HERE / "sipp_uas_reply.xml"
 
 
-class SippUas:
-    """A "desk phone" that declines with any status: sipp UAS registered as ``ext``.
+class RegisteredUas:
+    """A sipp UAS scenario registered at the test-bed Kamailio as extension ``ext``.
 
-    ``SippUas(kamailio, ext, code=603, reason="Decline", ring_ms=300, workdir=None)``:
-    start() launches the UAS (one call) on a free port and registers ``ext`` -> that port
-    with a second, short sipp run (digest auth with the Kamailio user table).  A call to
-    ``ext`` then gets 100, 180, and after ``ring_ms`` the final ``code reason``.
-    wait() -> SippResult once the call is done; stop() kills it (also done by the fixture).
-    (baresip 1.0.0 can only reject with 486, see baresip.py.)
+    start() launches the UAS (one call) on a free port and registers ``ext`` -> that port with a
+    second, short sipp run (digest auth with the Kamailio user table); wait() -> SippResult once
+    the call is done; stop() kills it (also done by the fixture).
     """
 
-    def __init__(self, kamailio, ext: str, code: int = 603, reason: str = "Decline", *,
-                 ring_ms: int = 300, timeout: float = 30.0, workdir=None):
-        if not (300 <= int(code) <= 699):
-            raise ValueError("SippUas sends failure codes (3xx-6xx) only")
+    def __init__(self, kamailio, ext: str, scenario: Path, *, timeout: float, workdir: Path):
         self.kamailio = kamailio
         self.ext = str(ext)
-        self.code = int(code)
-        self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix=f"sipp-uas-{ext}-"))
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        scen = self.workdir / f"uas_reply_{self.code}.xml"
-        scen.write_text(UAS_REPLY_TEMPLATE.read_text().replace("@@CODE@@", str(self.code))
-                        .replace("@@REASON@@", reason).replace("@@RING_MS@@", str(int(ring_ms))))
-        self.uas = SippProcess(scen, None, timeout=timeout, workdir=self.workdir / "uas")
+        self.workdir = workdir
+        self.uas = SippProcess(scenario, None, timeout=timeout, workdir=self.workdir / "uas")
         self.register_result: Optional[SippResult] = None
 
     @property
     def port(self) -> int:
         return self.uas.local_port
 
-    def start(self) -> "SippUas":
+    def start(self):
         self.uas.start()
         self.register_result = run_sipp(
             REGISTER_SCENARIO, self.kamailio.port, auth=(self.ext, self.kamailio.users[self.ext]),
@@ -199,3 +188,24 @@ class SippUas:
 
     def stop(self) -> Optional[SippResult]:
         return self.uas.stop()
+
+
+class SippUas(RegisteredUas):
+    """A "desk phone" that declines with any status: sipp UAS registered as ``ext``.
+
+    ``SippUas(kamailio, ext, code=603, reason="Decline", ring_ms=300, workdir=None)``: a call to
+    ``ext`` gets 100, 180, and after ``ring_ms`` the final ``code reason``.
+    (baresip 1.0.0 can only reject with 486, see baresip.py.)
+    """
+
+    def __init__(self, kamailio, ext: str, code: int = 603, reason: str = "Decline", *,
+                 ring_ms: int = 300, timeout: float = 30.0, workdir=None):
+        if not (300 <= int(code) <= 699):
+            raise ValueError("SippUas sends failure codes (3xx-6xx) only")
+        self.code = int(code)
+        workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix=f"sipp-uas-{ext}-"))
+        workdir.mkdir(parents=True, exist_ok=True)
+        scen = workdir / f"uas_reply_{self.code}.xml"
+        scen.write_text(UAS_REPLY_TEMPLATE.read_text().replace("@@CODE@@", str(self.code))
+                        .replace("@@REASON@@", reason).replace("@@RING_MS@@", str(int(ring_ms))))
+        super().__init__(kamailio, ext, scen, timeout=timeout, workdir=workdir)
