@@ -106,6 +106,7 @@ class BridgeConfig:
 class WebRtcConfig:
     ice_addresses: list[str]
     codecs: tuple[str, ...] = ("PCMU", "PCMA", "opus")   # the bridge's app legs, preferred first
+    receive_prefetch: int | None = 1    # packets aiortc's audio receivers hold back (None: aiortc's own, 4)
 
 
 @dataclass(frozen=True)
@@ -318,9 +319,12 @@ def loads(text: str, path: str = "<config>", env: dict[str, str] | None = None) 
     r.unknown(root, "", {"log_level", "platform", "webrtc", "sip", "notifications", "bridge", "routes"})
     log_level = r.get(root, "log_level", "log_level", _log_level, "info")
     platform = _platform(r, root)
-    w = r.section(root, "webrtc", "webrtc", {"ice_addresses", "codecs"})
+    w = r.section(root, "webrtc", "webrtc", {"ice_addresses", "codecs", "receive_prefetch"})
+    prefetch = w.get("receive_prefetch", 1)
     webrtc = WebRtcConfig(ice_addresses=r.get(w, "ice_addresses", "webrtc.ice_addresses", ip_list, []),
-                          codecs=r.get(w, "codecs", "webrtc.codecs", _webrtc_codecs, ("PCMU", "PCMA", "opus")))
+                          codecs=r.get(w, "codecs", "webrtc.codecs", _webrtc_codecs, ("PCMU", "PCMA", "opus")),
+                          receive_prefetch=None if prefetch == "aiortc" else
+                          r.get(w, "receive_prefetch", "webrtc.receive_prefetch", _prefetch, 1))
     sip = _sip(r, root) if root.get("sip") is not None else None
     notifications = _notifications(r, root) if root.get("notifications") is not None else None
     bridge = _bridge(r, root, platform) if root.get("bridge") is not None else None
@@ -510,6 +514,12 @@ def _sip(r: _Reader, root: _Map) -> SipConfig:
         codecs=r.get(s, "codecs", "sip.codecs", _codecs, ("PCMU", "PCMA")),
         ring_timeout=r.get(s, "ring_timeout", "sip.ring_timeout", duration, 30.0),
     )
+
+
+def _prefetch(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 8:
+        raise ValueError("must be 0..7 packets, or 'aiortc' for aiortc's own buffer")
+    return value
 
 
 def _webrtc_codecs(value: Any) -> tuple[str, ...]:

@@ -16,7 +16,7 @@ import signal
 import uvloop
 from aiohttp import web
 
-from . import config, ice, systemd, token, webapp
+from . import config, ice, rtcjitter, systemd, token, webapp
 from .bridgedcall import Bridge
 from .config import Config
 from .metrics import Metrics
@@ -75,6 +75,7 @@ class Daemon:
     async def serve(self) -> None:
         cfg = self.cfg
         ice.use_host_addresses(cfg.webrtc.ice_addresses)
+        rtcjitter.use(cfg.webrtc.receive_prefetch)
         try:
             await self._start()
         except BaseException:
