@@ -83,6 +83,7 @@ class SipConfig:
     rtp_high: int = 10999
     codecs: tuple[str, ...] = ("PCMU", "PCMA")
     ring_timeout: float = 30.0
+    jitter_target: float = 0.040        # playout delay of the RTP jitter buffer
 
 
 @dataclass(frozen=True)
@@ -487,7 +488,7 @@ def _codecs(value: Any) -> tuple[str, ...]:
 def _sip(r: _Reader, root: _Map) -> SipConfig:
     known = {"registrar", "domain", "username", "auth_username", "password", "password_env", "listen",
              "contact_host", "register", "register_expires", "keepalive", "rtp_ports", "rtp_host",
-             "codecs", "ring_timeout", "transaction_timeout"}
+             "codecs", "ring_timeout", "transaction_timeout", "jitter_target"}
     s = r.section(root, "sip", "sip", known)
     host, port = r.get(s, "registrar", "sip.registrar", hostport, ("127.0.0.1", 5060), required=True)
     bind_host, bind_port = r.get(s, "listen", "sip.listen", _hostport_any, ("127.0.0.1", 5080))
@@ -513,6 +514,7 @@ def _sip(r: _Reader, root: _Map) -> SipConfig:
         rtp_low=low, rtp_high=high,
         codecs=r.get(s, "codecs", "sip.codecs", _codecs, ("PCMU", "PCMA")),
         ring_timeout=r.get(s, "ring_timeout", "sip.ring_timeout", duration, 30.0),
+        jitter_target=r.get(s, "jitter_target", "sip.jitter_target", _jitter_target, 0.040),
     )
 
 
@@ -527,6 +529,15 @@ def _webrtc_codecs(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not value or any(str(v).lower() not in names for v in value):
         raise ValueError("must be a non-empty list of PCMU, PCMA, opus")
     return tuple(names[str(v).lower()] for v in value)
+
+
+def _jitter_target(value: Any) -> float:
+    if value in (0, "0", "0ms"):
+        return 0.0
+    seconds = duration(value)
+    if seconds > 0.18:
+        raise ValueError("must be at most 180ms")
+    return seconds
 
 
 def _hostport_any(value: Any) -> tuple[str, int]:

@@ -28,6 +28,7 @@ from typing import Awaitable, Callable
 
 from . import sdp
 from .config import SipConfig
+from .jitter import JitterBuffer
 from .ports import PortPool
 from .rtp import RtpEndpoint
 from .sipmessage import (METHODS, Party, SipMessage, SipParseError, digest, display_name_of,
@@ -804,7 +805,8 @@ class UserAgent:
             await call.reject(500)
 
     async def _media(self) -> RtpEndpoint:
-        return await RtpEndpoint.create(self.cfg.rtp_host, port_pool=self.ports)
+        jitter = JitterBuffer(target_ms=round(self.cfg.jitter_target * 1000))
+        return await RtpEndpoint.create(self.cfg.rtp_host, port_pool=self.ports, jitter=jitter)
 
     # calling ---------------------------------------------------------------------------
 
