@@ -80,7 +80,6 @@ class Platform:
         self.calls: dict[str, PlatformCall] = {}
         self.active: dict[User, set[str]] = {}
         self.listeners: dict[User, set[web.WebSocketResponse]] = {}
-        self.ended_by_reason: dict[str, int] = {}
         self._tasks: set[asyncio.Task] = set()
         self._http: aiohttp.ClientSession | None = None
         self.accepting = True
@@ -383,7 +382,6 @@ class Platform:
                     sids.discard(call.sid)
                     if not sids:
                         del self.active[user]
-        self.ended_by_reason[reason.name] = self.ended_by_reason.get(reason.name, 0) + 1
         log.info("call %s %s -> %s: ended %s", call.sid, call.caller, call.callee, call.ended)
         for ws in (call.caller_ws, call.callee_ws):
             if ws is not None and not ws.closed:

@@ -604,7 +604,6 @@ class UserAgent:
         self._tasks: set[asyncio.Task] = set()
         self._register_cseq = 0
         self._register_call_id = ""
-        self._wake_registration = asyncio.Event()
         self.local: Addr = ("", 0)
 
     # life ------------------------------------------------------------------------------
@@ -887,12 +886,7 @@ class UserAgent:
                 backoff = 1.0
                 refresh_at = time.monotonic() + max(granted * 0.8, granted - 30, 1)
                 while time.monotonic() < refresh_at:
-                    wait = min(self.cfg.keepalive, refresh_at - time.monotonic())
-                    self._wake_registration.clear()
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(self._wake_registration.wait(), max(wait, 0.01))
-                    if self._wake_registration.is_set():
-                        break
+                    await asyncio.sleep(max(min(self.cfg.keepalive, refresh_at - time.monotonic()), 0.01))
                     if time.monotonic() < refresh_at and not await self._options_ok():
                         reg.set("failed", "registrar not answering keep-alives")
                         break
@@ -900,7 +894,3 @@ class UserAgent:
                 reg.set("failed", f"registrar answered {code}" if code != 408 else "registrar not answering")
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.cfg.max_backoff)
-
-    def reregister(self) -> None:
-        """Register again now (e.g. after the config changed)."""
-        self._wake_registration.set()
