@@ -121,6 +121,8 @@ class GatedTrack(MediaStreamTrack):
     """Sends silence until opened (the call is connected) and while muted.
 
     The source is not read before the gate opens, so a WAV starts at its beginning on answer.
+    A source may give encoded packets (`av.Packet`, as the bridge's relay does): they pass as they
+    are, their timestamps moved on to follow the gate's own; muted, they are not sent at all.
     """
 
     kind = "audio"
@@ -132,14 +134,17 @@ class GatedTrack(MediaStreamTrack):
         self.muted = False
         self._clock = FrameClock(PTIME)
         self._pts = 0
+        self._packet_offset: int | None = None
 
-    async def recv(self) -> av.AudioFrame:
+    async def recv(self) -> av.AudioFrame | av.Packet:
         if self.open and self.source is not None:
             try:
                 frame = await self.source.recv()
             except Exception:
                 self.source = None
                 return await self.recv()
+            if isinstance(frame, av.Packet):
+                return await self.recv() if self.muted else self._follow(frame)
             if self.muted:
                 frame = make_frame(np.zeros(frame.samples, np.int16), 0, frame.sample_rate)
             frame.pts = self._pts * frame.sample_rate // RATE
@@ -150,6 +155,15 @@ class GatedTrack(MediaStreamTrack):
         frame = make_frame(np.zeros(int(rate * PTIME), np.int16), self._pts * rate // RATE, rate)
         self._pts += FRAME
         return frame
+
+    def _follow(self, packet: av.Packet) -> av.Packet:
+        """Shift an encoded packet's pts to continue this track's timeline (gaps kept)."""
+        per_second = packet.time_base.denominator // packet.time_base.numerator
+        if self._packet_offset is None:
+            self._packet_offset = self._pts * per_second // RATE - packet.pts
+        packet.pts += self._packet_offset
+        self._pts = (packet.pts * RATE) // per_second + FRAME
+        return packet
 
     def stop(self) -> None:
         super().stop()

@@ -160,7 +160,8 @@ class BridgedCall:
         self.app = Call(bridge.platform_url)
         self.events = _Events()
         self.sip: SipCall | None = None
-        self.sip_to_app = SipToApp(lambda: self.app.codec)
+        assert bridge.cfg.bridge is not None
+        self.sip_to_app = SipToApp(lambda: self.app.codec, relay=bridge.cfg.bridge.media == "relay")
         self.app_to_sip = AppToSip()
         self.result = "failed"
         self.route: str | None = None
@@ -183,7 +184,10 @@ class BridgedCall:
     async def _bridge_media(self, sip: SipCall) -> None:
         """Audio both ways, and DTMF: app signalling <-> RFC 4733 telephone-events."""
         self.sip_to_app.connect(sip.media)
-        self._pump = asyncio.ensure_future(self.app_to_sip.run(sip.media))
+        if self.sip_to_app.relaying:
+            self.app.tap_peer_packets(self.app_to_sip.relay_to(sip.media))
+        else:
+            self._pump = asyncio.ensure_future(self.app_to_sip.run(sip.media))
         self.events.on_dtmf = lambda digits: self._dtmf_from_app(sip, digits)
         sip.media.on_dtmf = self._dtmf_from_phone
 

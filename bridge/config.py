@@ -101,6 +101,7 @@ class BridgeConfig:
     trusted_platforms: tuple[str, ...]
     max_calls: int = 200
     drain_timeout: float = 30.0
+    media: str = "relay"     # relay: G.711 packets pass as they arrive; transcode: decode, re-clock
 
 
 @dataclass(frozen=True)
@@ -354,7 +355,8 @@ def _notifications(r: _Reader, root: _Map) -> NotificationsConfig:
 
 
 def _bridge(r: _Reader, root: _Map, platform: PlatformConfig) -> BridgeConfig:
-    b = r.section(root, "bridge", "bridge", {"desk_service", "trusted_platforms", "max_calls", "drain_timeout"})
+    b = r.section(root, "bridge", "bridge", {"desk_service", "trusted_platforms", "max_calls", "drain_timeout",
+                                               "media"})
     desk = r.get(b, "desk_service", "bridge.desk_service", _nonempty_str, required=True)
     if desk and desk not in platform.services:
         r.error(b, "desk_service", "bridge.desk_service",
@@ -367,7 +369,14 @@ def _bridge(r: _Reader, root: _Map, platform: PlatformConfig) -> BridgeConfig:
                     "list the platform URLs the bridge trusts (the platform is not embedded)")
     return BridgeConfig(desk_service=desk or "", trusted_platforms=tuple(trusted),
                         max_calls=r.get(b, "max_calls", "bridge.max_calls", positive_int, 200),
-                        drain_timeout=r.get(b, "drain_timeout", "bridge.drain_timeout", duration, 30.0))
+                        drain_timeout=r.get(b, "drain_timeout", "bridge.drain_timeout", duration, 30.0),
+                        media=r.get(b, "media", "bridge.media", _media, "relay"))
+
+
+def _media(value: Any) -> str:
+    if value not in ("relay", "transcode"):
+        raise ValueError("must be relay or transcode")
+    return value
 
 
 def _ws_urls(value: Any) -> list[str]:

@@ -8,6 +8,8 @@ table indexed by the code byte.  No ``audioop``.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 PCMU = "PCMU"
@@ -103,3 +105,16 @@ def payload_type(codec: str) -> int:
         return PAYLOAD_TYPES[codec]
     except KeyError:
         raise ValueError(f"unsupported G.711 codec {codec!r}") from None
+
+
+@functools.lru_cache(maxsize=None)
+def transcoder(source: str, target: str) -> bytes | None:
+    """A `bytes.translate` table from one G.711 law to the other (None: same law, no change).
+
+    G.711 Annex A defines mu-law <-> A-law as a byte-to-byte mapping; going through the linear
+    value of each code is the same mapping, so a packet converts with one `translate` call.
+    """
+    if source == target:
+        return None
+    linear = _tables(source, DECODE_TABLES)[np.arange(256)]
+    return _tables(target, ENCODE_TABLES)[linear.astype(np.int16).view(np.uint16)].tobytes()

@@ -8,14 +8,16 @@ as soon as `prefetch` later packets exist (1 by default: 20 ms) and skips a hole
 Concealment of the hole is left to the decoder (Opus PLC) or, on the SIP side, to bridge's own
 jitter buffer further on.
 
-`use()` installs it for the audio receivers of this process (video keeps aiortc's).
+`use()` installs it for the audio receivers of this process (video keeps aiortc's). `tap()` takes
+one receiver's packets as they arrive, before any buffer or decoder: the bridge relays G.711 that way.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import aiortc.rtcrtpreceiver
+from aiortc.rtp import RtpPacket
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 
 _original = aiortc.rtcrtpreceiver.JitterBuffer
@@ -66,3 +68,27 @@ def use(prefetch: int | None = 1) -> None:
         raise ValueError("prefetch must be 0..7 packets")
     _prefetch = prefetch
     aiortc.rtcrtpreceiver.JitterBuffer = _factory
+
+
+class _Tap:
+    """Stands in for a receiver's jitter buffer: every packet goes to `sink`, nothing is decoded."""
+
+    def __init__(self, sink: Callable[[RtpPacket], None]) -> None:
+        self.sink = sink
+
+    def add(self, packet: RtpPacket) -> tuple[bool, None]:
+        self.sink(packet)
+        return False, None
+
+
+def tap(receiver: aiortc.RTCRtpReceiver, sink: Callable[[RtpPacket], None]) -> None:
+    """From now on hand `receiver`'s RTP packets (payload type, sequence, timestamp, payload) to
+    `sink` as they arrive, after SRTP and RTCP statistics; its track gets no more frames.
+
+    aiortc has no public hook between its receiver and its jitter buffer; this replaces the
+    receiver's (private) buffer, and fails loudly if a new aiortc renames it.
+    """
+    name = "_RTCRtpReceiver__jitter_buffer"
+    if not hasattr(receiver, name):
+        raise RuntimeError("this aiortc has no RTCRtpReceiver jitter buffer to tap")
+    setattr(receiver, name, _Tap(sink))

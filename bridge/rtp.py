@@ -301,6 +301,8 @@ class RtpEndpoint:
         self.relatch_packets = relatch_packets
         self.jitter = jitter or JitterBuffer()
         self.on_dtmf = on_dtmf
+        # Relay: audio packets go here as they arrive instead of into the jitter buffer.
+        self.on_audio: Callable[[RtpPacket], None] | None = None
         # Received digits when no callback is set; bounded, oldest dropped.
         self.dtmf_queue: asyncio.Queue[str] = asyncio.Queue(maxsize=64)
         self.dtmf_gap_frames = dtmf_gap_frames
@@ -416,22 +418,44 @@ class RtpEndpoint:
 
     def write_frame(self, pcm160: np.ndarray) -> None:
         """Send one 20 ms frame (or a pending telephone-event packet in its place)."""
-        samples = len(pcm160)
-        ts = self._ts
-        self._ts = (ts + samples) & 0xFFFFFFFF
-        if not self.sending or self._transport is None:
-            self._marker = True  # new talkspurt when sending resumes
+        ts = self._next_ts(len(pcm160))
+        if ts is None:
             return
-        if self._event is not None or (self._dtmf_out and self._gap == 0):
-            self._send_event_tick(ts, samples)
-            return
-        if self._gap:
-            self._gap -= 1
         pcm = np.asarray(pcm160)
         if pcm.dtype != np.int16:
             pcm = pcm.astype(np.int16)
         self._send(self.payload_type, ts, self._encode(pcm), self._marker)
         self._marker = False
+
+    def write_payload(self, payload: bytes, skipped: int = 0) -> None:
+        """Relay one frame already in the negotiated codec (one byte per sample).
+
+        `skipped`: samples the source did not send before this frame (its loss or a pause); the
+        RTP clock jumps over them, so the receiver sees the gap where it was.
+        """
+        if skipped:
+            self._ts = (self._ts + skipped) & 0xFFFFFFFF
+            self._marker = True
+        ts = self._next_ts(len(payload))
+        if ts is None:
+            return
+        self._send(self.payload_type, ts, payload, self._marker)
+        self._marker = False
+
+    def _next_ts(self, samples: int) -> int | None:
+        """Advance the RTP clock by one frame; its timestamp, or None if this frame is not sent
+        (sending is paused, or a pending telephone-event packet goes in its place)."""
+        ts = self._ts
+        self._ts = (ts + samples) & 0xFFFFFFFF
+        if not self.sending or self._transport is None:
+            self._marker = True  # new talkspurt when sending resumes
+            return None
+        if self._event is not None or (self._dtmf_out and self._gap == 0):
+            self._send_event_tick(ts, samples)
+            return None
+        if self._gap:
+            self._gap -= 1
+        return ts
 
     def send_dtmf(self, digits: str, duration_ms: int = 100, volume: int = 10) -> None:
         """Queue RFC 4733 events; they replace audio on the following write_frame ticks."""
@@ -516,7 +540,10 @@ class RtpEndpoint:
         if not self.receiving:
             return
         if pt == self.payload_type:
-            self.jitter.put(packet)
+            if self.on_audio is not None:
+                self.on_audio(packet)
+            else:
+                self.jitter.put(packet)
         elif pt == self.dtmf_payload_type:
             self._event_received(packet)
 

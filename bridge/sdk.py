@@ -28,8 +28,9 @@ import aiohttp
 from aiortc import (RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver,
                     RTCSessionDescription)
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtp import RtpPacket
 
-from . import ccparam, protocol
+from . import ccparam, protocol, rtcjitter
 from .audio import GatedTrack, Sink, WavTrack, frame_to_mono
 from .reasons import Disconnected, DisconnectReason, Source, StartFailReason
 
@@ -285,6 +286,14 @@ class Call:
         if self.state != "connected":
             raise RuntimeError("send_dtmf needs a connected call")
         await self._send({"type": "dtmf", "digits": digits})
+
+    def tap_peer_packets(self, sink: Callable[[RtpPacket], None]) -> None:
+        """bridge's extension: hand the peer's audio RTP packets to `sink` as they arrive, not
+        decoded (`peer_audio` gets no more frames). Needs the negotiated call (`codec` set)."""
+        receivers = [r for r in self._pc.getReceivers() if r.track.kind == "audio"] if self._pc else []
+        if not receivers or not self.codec:
+            raise RuntimeError("no negotiated audio to tap yet")
+        rtcjitter.tap(receivers[0], sink)
 
     async def wait_disconnected(self, timeout: float | None = None) -> Disconnected:
         async with asyncio.timeout(timeout):

@@ -37,11 +37,19 @@ async def connected_call(bridge: Daemon, alice: Party, callee: str) -> None:
 
 # --- app -> desk phone ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("codecs,expected", [(None, "PCMU"), (["opus"], "opus")])
+@pytest.mark.parametrize("codecs,media,expected", [
+    (None, "relay", "PCMU"),          # the sample: G.711 both legs, packets relayed as they arrive
+    (["PCMA"], "relay", "PCMA"),      # A-law app leg, mu-law phone: relayed through a byte table
+    (None, "transcode", "PCMU"),      # decoded and re-clocked each way
+    (["opus"], "relay", "opus"),      # Opus always takes the decode/resample path
+])
 async def test_app_calls_desk_phone_tone_each_way_and_phone_hangs_up(start_bridge, kamailio, baresip_factory,  # noqa: F811
-                                                                   codecs, expected):
-    # the sample prefers G.711 on the app leg (no transcoding); Opus takes the resampling path
-    bridge = await start_bridge(lambda d: d["webrtc"].update(codecs=codecs) if codecs else None)
+                                                                   codecs, media, expected):
+    def edit(d: dict) -> None:
+        d["bridge"]["media"] = media
+        if codecs:
+            d["webrtc"]["codecs"] = codecs
+    bridge = await start_bridge(edit)
     phone = baresip_factory("2001", kamailio, tone_hz=700)
     alice = Party(bridge.platform_url, "alice", tone=1000)
     await alice.make_call(("desk-2001", "demo-desk"), bridge.token("alice"))
