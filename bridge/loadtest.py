@@ -51,7 +51,7 @@ import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import aiohttp
 import av
@@ -309,35 +309,49 @@ class Sender:
         self.ticks = 0
         self._next_burst = 0
 
-    def next(self, now: float, skipped: int, lateness: float) -> np.ndarray:
+    def next(self, now: float, skipped: int, lateness: float, program: Program | None = None) -> np.ndarray:
+        """The frame for this tick; from `program` if given (the same program at another rate)."""
         self.ticks += 1
+        program = program or self.program
         if lateness > PTIME / 4:
             self.late_ticks += 1
         if self.t0 is None or now < self.t0 - PTIME / 2:
-            return np.zeros(self.program.frame, np.int16)
+            return np.zeros(program.frame, np.int16)
         self.n += 1 + (skipped if self.n >= 0 else 0)
         bursts = self.program.bursts
         while self._next_burst < len(bursts) and bursts[self._next_burst] <= self.n:
             if self.n < bursts[self._next_burst] + BURST_FRAMES:
                 self.burst_sent[self._next_burst] = now
             self._next_burst += 1
-        return self.program.chunk(self.n)
+        return program.chunk(self.n)
 
 
 class ProgramTrack(MediaStreamTrack):
-    """The app side's outgoing audio (48 kHz), paced by its own FrameClock."""
+    """The app side's outgoing audio, paced by its own FrameClock: 48 kHz, or the 8 kHz copy
+    of the program when the leg speaks G.711 (as a browser would: aiortc's G.711 encoder holds
+    a 48 kHz frame back 20 ms in its resampler, which is the endpoint's delay, not the bridge's)."""
 
     kind = "audio"
 
-    def __init__(self, sender: Sender) -> None:
+    def __init__(self, sender: Sender, narrow: Program, codec: Callable[[], str]) -> None:
         super().__init__()
         self.sender = sender
+        self.narrow = narrow
+        self.codec = codec
         self._clock = FrameClock(PTIME)
+
+    @property
+    def rate(self) -> int:
+        """The rate of this track's frames (the SDK's gate sends its silence at this rate too)."""
+        return SIP_RATE if self.codec() in ("PCMU", "PCMA") else RATE
 
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
         tick = await anext(self._clock)
+        if self.rate == SIP_RATE:
+            pcm = self.sender.next(tick.now, tick.skipped, tick.lateness, self.narrow)
+            return make_frame(pcm, tick.index * self.narrow.frame, SIP_RATE)
         pcm = self.sender.next(tick.now, tick.skipped, tick.lateness)
         return make_frame(pcm, tick.index * FRAME)
 
@@ -630,6 +644,7 @@ class LoadTest:
         finally:
             shutil.rmtree(work, ignore_errors=True)
         self.app_program = build_program(app_speech, RATE, APP_TONE_HZ, args.duration)
+        self.app_program8 = build_program(app_speech, SIP_RATE, APP_TONE_HZ, args.duration)
         self.far_program = build_program(far_speech, SIP_RATE, FAR_TONE_HZ, args.duration)
         started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         async with BridgeProbe(self.cfg) as probe:
@@ -757,7 +772,8 @@ class LoadTest:
             await call.make_call(MakeCallParams(
                 my_id=rec.user, my_service_id=self.app_service, peer_id=self.callees[i],
                 peer_service_id=self.desk_service, access_token=token.issue(self.key, rec.user),
-                delegate=_Delegate(rec, loop), audio=ProgramTrack(rec.app_sender)))
+                delegate=_Delegate(rec, loop),
+                audio=ProgramTrack(rec.app_sender, self.app_program8, lambda: call.codec)))
         except StartFailError as exc:
             return self._fail(rec, f"makeCall refused: {exc}")
         rec.t_made = loop.time()

@@ -406,15 +406,16 @@ class Call:
             assert self._gate is not None
             if self._transceiver is None:
                 pc.addTrack(self._gate)
-            await pc.setLocalDescription(await pc.createAnswer())
-            self.codec = negotiated_codec(pc.localDescription.sdp)
+            answer = await pc.createAnswer()
+            self.codec = negotiated_codec(answer.sdp)   # before media starts: tracks pick their rate by it
+            await pc.setLocalDescription(answer)
             await self._send({"type": "answer", "sdp": pc.localDescription.sdp})
             self.state = "verified"
             self._emit("evt_verified", self.peer)
             self._resolve(self._first)
         elif kind == "sdp":
+            self.codec = negotiated_codec(m["sdp"])     # before media starts (inside the next line)
             await pc.setRemoteDescription(RTCSessionDescription(m["sdp"], "answer"))
-            self.codec = negotiated_codec(m["sdp"])
         elif kind == "wait_connected":
             self._emit("evt_wait_connected")
         elif kind == "connected":
