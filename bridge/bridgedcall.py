@@ -188,6 +188,9 @@ class BridgedCall:
             self.app.tap_peer_packets(self.app_to_sip.relay_to(sip.media))
         else:
             self._pump = asyncio.ensure_future(self.app_to_sip.run(sip.media))
+        mode = "relay" if self.sip_to_app.relaying else "transcode"
+        self.bridge.metrics.media.labels(mode).inc()
+        log.info("%s: media %s, app leg %s, SIP leg %s", self.name, mode, self.app.codec, sip.media.codec)
         self.events.on_dtmf = lambda digits: self._dtmf_from_app(sip, digits)
         sip.media.on_dtmf = self._dtmf_from_phone
 

@@ -16,8 +16,11 @@ class Metrics:
         self.setup_seconds = Histogram(
             "bridge_setup_seconds", "Setup steps: notification->INVITE, INVITE->answer, answer->connected",
             ["step"], buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r)
-        self.frames = Counter("bridge_frames", "20 ms frames per direction and outcome",
-                              ["direction", "outcome"], registry=r)
+        self.frames = Counter("bridge_frames", "Frames per direction and outcome (relayed: packets passed "
+                              "on; late: dropped as older than one already sent)", ["direction", "outcome"],
+                              registry=r)
+        self.media = Counter("bridge_media", "Bridged calls by media path: relay (G.711 packets passed on) "
+                             "or transcode (decoded and re-clocked)", ["mode"], registry=r)
         self.notifications = Counter("bridge_notifications", "Notifications received by outcome",
                                      ["outcome"], registry=r)
         self.sip_registered = Gauge("bridge_sip_registered", "1 while the SIP account is registered", registry=r)

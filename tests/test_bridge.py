@@ -68,6 +68,18 @@ async def test_app_calls_desk_phone_tone_each_way_and_phone_hangs_up(start_bridg
     assert (ended.reason, ended.source) == (R.NORMAL, Source.CALLEE)
     freq, snr = await blocking(wav_dominant_frequency, phone.latest_recording("dec"), 1.0)
     assert abs(freq - 1000) < 20 and snr > 20, (freq, snr)  # the app's tone reached the phone
+    async with asyncio.timeout(5):                # counted when the bridged call is over
+        while "bridge_frames_total" not in (text := await bridge.metrics()):
+            await asyncio.sleep(0.1)
+    mode = "transcode" if media == "transcode" or expected == "opus" else "relay"
+    assert f'bridge_media_total{{mode="{mode}"}} 1.0' in text
+    frames = {line.split("{")[1].split("}")[0]: float(line.split()[-1])
+              for line in text.splitlines() if line.startswith("bridge_frames_total")}
+    for direction in ("app_to_sip", "sip_to_app"):      # > 4 s of 20 ms frames each way
+        assert frames[f'direction="{direction}",outcome="frames"'] > 200, frames
+    if mode == "relay":                                 # nothing arrived out of order on loopback
+        assert frames['direction="app_to_sip",outcome="late"'] == 0, frames
+        assert frames['direction="sip_to_app",outcome="late"'] == 0, frames
 
 
 async def test_app_hangs_up_sends_bye(start_bridge, kamailio, baresip_factory):  # noqa: F811
