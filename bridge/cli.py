@@ -110,8 +110,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         ice.use_host_addresses(cfg.webrtc.ice_addresses)
         if args.command == "loadtest":
+            import uvloop
+
             from . import loadtest
-            return asyncio.run(loadtest.main(args, cfg))
+            return uvloop.run(loadtest.main(args, cfg))      # the same loop as the daemon's
         from . import softphone
         runner = softphone.dial if args.command == "dial" else softphone.answer
         return asyncio.run(runner(args, cfg, lambda s, u: _token(cfg, s, u)))

@@ -37,6 +37,8 @@ import argparse
 import asyncio
 import contextlib
 import datetime
+import fractions
+import gc
 import json
 import logging
 import math
@@ -70,6 +72,7 @@ log = logging.getLogger("bridge.loadtest")
 
 PTIME = 0.020
 SIP_RATE = 8000
+G711 = (g711.PCMU, g711.PCMA)
 SIP_FRAME = 160
 APP_TONE_HZ = 1000.0          # app -> SIP bursts
 FAR_TONE_HZ = 440.0           # SIP -> app bursts
@@ -94,22 +97,24 @@ SPEECH_VOICE = {"app": "en-us+f3", "far": "en-us+f2"}
 
 MEASURED_PATH = {
     "app_to_sip": (
-        "from the load test's app-side 20 ms tick that hands a burst's first frame to aiortc, through: "
-        "the load test's Opus encode (aiortc thread pool) and SRTP; loopback UDP; the bridge's SRTP, "
-        "aiortc's receive jitter buffer (prefetch 4 frames: a fixed ~80 ms), Opus decode thread, "
-        "48->8 kHz FIR, the AppToSip FIFO (up to 3 frames) drained by the bridge's own 20 ms clock, "
-        "G.711 encode; loopback UDP; to the packet's arrival at the far end's RTP socket (before the "
-        "far end's own jitter buffer), plus the onset's offset inside that packet"),
+        "from the load test's app-side 20 ms tick that hands a burst's first frame to aiortc (G.711: "
+        "an encoded packet; Opus: a 48 kHz frame, encoded in aiortc's thread pool), its SRTP; loopback "
+        "UDP; in the bridge, relay (G.711 app leg, bridge.media: relay): SRTP, the packet passed on "
+        "(law converted by a table if needed); transcode (Opus, or bridge.media: transcode): SRTP, "
+        "the receive jitter buffer (webrtc.receive_prefetch), the decode thread, 48->8 kHz FIR for "
+        "Opus, the AppToSip FIFO drained on the bridge's 20 ms clock, G.711 encode; loopback UDP; to "
+        "the packet's arrival at the far end's RTP socket, plus the onset's offset inside it"),
     "sip_to_app": (
-        "from the far end's 20 ms tick that sends a burst's first G.711 packet, through: loopback "
-        "UDP; the bridge's RTP jitter buffer (target 40 ms), the SipToApp track pulled on the "
-        "bridge's own 20 ms clock, 8->48 kHz FIR, Opus encode (aiortc thread pool), SRTP; loopback "
-        "UDP; to the packet's arrival in the load test's aiortc receiver after SRTP (before its "
-        "jitter buffer and decoder), plus the onset's offset inside that packet (Opus's 6.5 ms "
+        "from the far end's 20 ms tick that sends a burst's first G.711 packet; loopback UDP; in the "
+        "bridge, relay: the packet passed on to aiortc's sender (SRTP); transcode: the RTP jitter "
+        "buffer (sip.jitter_target), the SipToApp track on the bridge's 20 ms clock, 8->48 kHz FIR "
+        "and Opus encode for Opus, SRTP; loopback UDP; to the packet's arrival in the load test's "
+        "aiortc receiver after SRTP, plus the onset's offset inside the packet (Opus's 6.5 ms "
         "look-ahead shows here)"),
     "not_inside": (
-        "the far end's playout jitter buffer and the app side's aiortc jitter buffer (80 ms) are "
-        "outside the measured path: they belong to the endpoints, not to the bridge"),
+        "both endpoints' playout jitter buffers are outside the measured path: they belong to the "
+        "endpoints, not to the bridge. PESQ is scored on the received packets played out by RTP "
+        "timestamp (a lost packet is silence): content and loss; lateness is the late-frames figure"),
 }
 
 
@@ -343,15 +348,17 @@ class ProgramTrack(MediaStreamTrack):
     @property
     def rate(self) -> int:
         """The rate of this track's frames (the SDK's gate sends its silence at this rate too)."""
-        return SIP_RATE if self.codec() in ("PCMU", "PCMA") else RATE
+        return SIP_RATE if self.codec() in G711 else RATE
 
-    async def recv(self) -> av.AudioFrame:
+    async def recv(self) -> av.AudioFrame | av.Packet:
         if self.readyState != "live":
             raise MediaStreamError
         tick = await anext(self._clock)
-        if self.rate == SIP_RATE:
+        if self.rate == SIP_RATE:          # G.711: encoded here, a table look-up (as bridge's relay)
             pcm = self.sender.next(tick.now, tick.skipped, tick.lateness, self.narrow)
-            return make_frame(pcm, tick.index * self.narrow.frame, SIP_RATE)
+            packet = av.Packet(g711.encode(self.codec(), pcm))
+            packet.pts, packet.time_base = tick.index * self.narrow.frame, fractions.Fraction(1, SIP_RATE)
+            return packet
         pcm = self.sender.next(tick.now, tick.skipped, tick.lateness)
         return make_frame(pcm, tick.index * FRAME)
 
@@ -413,15 +420,16 @@ class CallRecord:
     state: str = "waiting"                # waiting, calling, connected, done, failed
     failure: str | None = None
     disconnect: str | None = None
-    codec: str = ""
+    codec: str = ""                       # the SIP leg's (at the far end)
+    app_codec: str = ""                   # the app leg's
     app_rate: int = RATE                  # sample rate of the app leg's decoded frames (Opus 48k, G.711 8k)
     # received at the far end (app -> SIP): per RTP packet (arrival, seq, ts, payload)
     far_packets: list = field(default_factory=list)
-    far_playout: list = field(default_factory=list)    # 8 kHz frames the far end played
     far_stats: dict = field(default_factory=dict)
     # received at the app side (SIP -> app): per RTP packet (arrival, seq, ts) and decoded frames
     app_packets: list = field(default_factory=list)
     app_frames: list = field(default_factory=list)     # (pts, samples48)
+    app_raw: list = field(default_factory=list)        # G.711: (arrival, seq, ts, payload), not decoded
     app_stats: dict = field(default_factory=dict)
     hooked: bool = False
     sip: IncomingCall | None = None
@@ -580,11 +588,20 @@ class LoadTest:
                 f"service {self.desk_service!r} has one_call_per_user (BUSY on a second call): set "
                 "one_call_per_user: false for it, as config.yaml does, or use {i} in --callee with a "
                 "route that sends those users to extension {ext}")
+        per_route: dict[str, int] = {}
         for i, callee in enumerate(self.callees):
             decision = cfg.router.route_to_sip(self.app_service, f"load-{i}", self.desk_service, callee)
             if isinstance(decision, Denied):
                 raise LoadTestError(f"{callee}@{self.desk_service} from load-{i}@{self.app_service}: {decision} "
                                     f"in {cfg.path}")
+            per_route[decision.route] = per_route.get(decision.route, 0) + 1
+            limit = cfg.router.limit_of(decision.route)
+            if limit is not None and per_route[decision.route] > limit:
+                raise LoadTestError(f"route {decision.route!r} takes at most {limit} calls at once (max_calls in "
+                                    f"{cfg.path}); --calls {args.calls} needs more: raise it for the run")
+            if cfg.bridge is not None and args.calls > cfg.bridge.max_calls:
+                raise LoadTestError(f"bridge.max_calls is {cfg.bridge.max_calls} in {cfg.path}; --calls "
+                                    f"{args.calls} needs more: raise it for the run")
             if decision.targets[0] not in (args.far_end, ) and not decision.targets[0].startswith(
                     f"sip:{args.far_end}@"):
                 raise LoadTestError(f"{callee}@{self.desk_service} is routed to {decision.targets[0]}, "
@@ -596,6 +613,8 @@ class LoadTest:
         self.t_zero = 0.0
         self.ua: UserAgent | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._far_calls: dict[int, tuple[CallRecord, IncomingCall]] = {}
+        self._far_clock: asyncio.Task | None = None
         self._lag_max = 0.0
         self._stop_sampling = asyncio.Event()
         self.pesq_ceiling: dict = {}
@@ -665,7 +684,13 @@ class LoadTest:
                 first_call = loop.time()
                 calls = [asyncio.ensure_future(self._call(i, first_call + i / args.ramp))
                          for i in range(args.calls)]
-                await asyncio.gather(*calls, return_exceptions=True)
+                # Python's cyclic GC walks every packet this process keeps for the analysis; its
+                # pauses (~100 ms at 40 calls, every few seconds) stalled all 2N endpoints at once.
+                gc.disable()
+                try:
+                    await asyncio.gather(*calls, return_exceptions=True)
+                finally:
+                    gc.enable()
                 # the bridge adds a call's frame counters when the call is over: wait for that
                 deadline = loop.time() + 15
                 while loop.time() < deadline:
@@ -714,14 +739,9 @@ class LoadTest:
             return
         rec.t_invite = now
         rec.sip = call
-        media = call.media
-        put = media.jitter.put
         loop = self.loop
-
-        def hooked_put(packet, pcm=None):
-            rec.far_packets.append((loop.time(), packet.sequence_number, packet.timestamp, packet.payload))
-            return put(packet, pcm)
-        media.jitter.put = hooked_put
+        packets = rec.far_packets
+        call.media.on_audio = lambda p: packets.append((loop.time(), p.sequence_number, p.timestamp, p.payload))
         try:
             await call.answer()
         except CallFailed as exc:
@@ -730,19 +750,24 @@ class LoadTest:
         rec.t_far_answered = self.loop.time()
         rec.codec = call.codec
         rec.far_answered.set()
-        self._spawn(self._far_media(rec, call))
+        self._far_calls[rec.index] = (rec, call)
+        if self._far_clock is None:
+            self._far_clock = asyncio.ensure_future(self._far_media())
+            self._tasks.add(self._far_clock)
 
-    async def _far_media(self, rec: CallRecord, call: IncomingCall) -> None:
-        media = call.media
+    async def _far_media(self) -> None:
+        """The far end's sending, one 20 ms clock for all its calls (what it receives is kept
+        by packet, as it arrives)."""
         async for tick in FrameClock(PTIME):
-            if call.ended.done() or media.closed:
-                break
-            media.write_frame(rec.far_sender.next(tick.now, tick.skipped, tick.lateness))
-            rec.far_playout.append((tick.now, media.read_frame()))
-        st = media.stats
-        rec.far_stats = {"packets_received": st.packets_received, "lost": st.lost, "late": st.late,
-                         "concealed": st.concealed, "dropped": st.dropped, "inserted": st.inserted,
-                         "jitter_ms": round(st.jitter_ms, 3), "packets_sent": st.packets_sent}
+            for index, (rec, call) in list(self._far_calls.items()):
+                media = call.media
+                if call.ended.done() or media.closed:
+                    st = media.stats
+                    rec.far_stats = {"packets_received": st.packets_received, "lost": st.lost,
+                                     "jitter_ms": round(st.jitter_ms, 3), "packets_sent": st.packets_sent}
+                    del self._far_calls[index]
+                    continue
+                media.write_frame(rec.far_sender.next(tick.now, tick.skipped, tick.lateness))
 
     def _spawn(self, coro) -> None:
         task = asyncio.ensure_future(coro)
@@ -787,6 +812,10 @@ class LoadTest:
             if not rec.far_answered.is_set():
                 return self._fail(rec, "connected, but the far end never answered a call for it")
             rec.state = "connected"
+            rec.app_codec = call.codec
+            if call.codec in G711:          # keep the packets; decode them after the run
+                call.tap_peer_packets(lambda p: rec.app_raw.append(
+                    (loop.time(), p.sequence_number, p.timestamp, p.payload)))
             t0 = max(rec.t_connected or 0, rec.t_far_answered or 0) + LEAD_S
             rec.app_sender.t0 = rec.far_sender.t0 = t0
             end_at = t0 + args.duration
@@ -912,6 +941,14 @@ class LoadTest:
         """SIP -> app, at the app side's aiortc receiver: packets, decoded frames by pts (both on
         the RTP clock of the negotiated codec: 48 kHz Opus or 8 kHz G.711)."""
         assert rec.t0 is not None
+        if rec.app_raw:
+            pk = [p for p in rec.app_raw if p[0] >= rec.t0 - 0.2]
+            codec = rec.app_codec or g711.PCMU
+            stream = [(a, seq, ts, g711.decode(codec, payload)) for a, seq, ts, payload in pk]
+            out = _wire_stats([(a, seq, ts) for a, seq, ts, _ in stream], SIP_RATE, rec.t0, self.args.duration)
+            out.update(_latencies(stream, SIP_RATE, rec.far_sender, self.far_program, rec.t0))
+            out["aiortc_inbound"] = rec.app_stats
+            return self._relative(out)
         pk = [p for p in rec.app_packets if p[0] >= rec.t0 - 0.2]
         out = _wire_stats(pk, rec.app_rate, rec.t0, self.args.duration)
         arrival = self._app_arrivals(rec)
@@ -946,11 +983,15 @@ class LoadTest:
 
     def _pesq_far(self, rec: CallRecord) -> dict:
         assert rec.t0 is not None
-        deg = np.concatenate([f for t, f in rec.far_playout if t >= rec.t0] or [np.zeros(0, np.int16)])
+        deg = _playout([p for p in rec.far_packets if p[0] >= rec.t0 - 0.2], rec.codec or g711.PCMU)
         return _pesq(self.app_program.speech8k, deg)
 
     def _pesq_app(self, rec: CallRecord) -> dict:
         assert rec.t0 is not None
+        if rec.app_raw:         # played out by RTP timestamp: a gap is silence, as lost audio would be
+            pk = [p for p in rec.app_raw if p[0] >= rec.t0 - 0.2]
+            deg = _playout(pk, rec.app_codec or g711.PCMU)
+            return _pesq(self.far_program.speech8k, deg)
         arrival = self._app_arrivals(rec)
         frames = [s for pts, s in rec.app_frames if arrival.get(pts % (1 << 32), rec.t0) >= rec.t0 - 0.2]
         deg = np.concatenate(frames or [np.zeros(0, np.int16)])
@@ -1088,6 +1129,20 @@ def _dist(values: list) -> dict:
         return {"n": 0}
     return {"n": int(len(v)), "p50": _r(np.percentile(v, 50)), "p99": _r(np.percentile(v, 99)),
             "mean": _r(v.mean()), "min": _r(v.min()), "max": _r(v.max())}
+
+
+def _playout(packets: list[tuple[float, int, int, bytes]], codec: str) -> np.ndarray:
+    """G.711 packets (arrival, seq, ts, payload) decoded and placed by RTP timestamp."""
+    if not packets:
+        return np.zeros(0, np.int16)
+    origin = packets[0][2]
+    offsets = [(ts - origin) & 0xFFFFFFFF for _, _, ts, _ in packets]
+    end = max(o + len(p[3]) for o, p in zip(offsets, packets) if o < 1 << 31)
+    out = np.zeros(end, np.int16)
+    for o, (_, _, _, payload) in zip(offsets, packets):
+        if o < 1 << 31:
+            out[o:o + len(payload)] = g711.decode(codec, payload)
+    return out
 
 
 def _wire_stats(packets: list[tuple[float, int, int]], rate: int, t0: float, duration: float) -> dict:

@@ -173,6 +173,7 @@ class Call:
         self._sink: Sink | None = None
         self.codec = ""          # the negotiated audio codec, once known
         self._tasks: set[asyncio.Task] = set()
+        self._drains: list[asyncio.Task] = []   # readers of the peer's track
         self._first: asyncio.Future | None = None
         self._connected: asyncio.Future | None = None
         self._done = asyncio.Event()
@@ -326,7 +327,7 @@ class Call:
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
             if track.kind == "audio":
-                self._spawn(self._drain(track))
+                self._drains.append(asyncio.ensure_future(self._drain(track)))
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
@@ -452,6 +453,8 @@ class Call:
             self._gate.stop()
         if self._pc is not None:
             await self._pc.close()
+        for task in self._drains:     # a receiver that never started never ends its track
+            task.cancel()
         if self._ws is not None:
             await self._ws.close()
         if self._session is not None:
