@@ -86,7 +86,8 @@ class Daemon:
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         systemd.notify("READY=1", f"STATUS={self.status()}")
-        tasks = [asyncio.ensure_future(systemd.watchdog()), asyncio.ensure_future(self._report())]
+        tasks = [asyncio.ensure_future(systemd.watchdog()), asyncio.ensure_future(self._report()),
+                 asyncio.ensure_future(self._watch_loop())]
         await self._stop.wait()
         log.info("stopping: draining calls")
         systemd.notify("STOPPING=1")
@@ -151,6 +152,14 @@ class Daemon:
         while True:
             await asyncio.sleep(5)
             systemd.notify(f"STATUS={self.status()}")
+
+    async def _watch_loop(self, period: float = 0.05) -> None:
+        """Event-loop lag (bridge_loop_lag_seconds): the one number that says a busy bridge is late."""
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + period
+            await asyncio.sleep(period)
+            self.metrics.loop_lag.observe(max(0.0, loop.time() - due))
 
 
 def run(cfg: Config) -> None:

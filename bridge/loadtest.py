@@ -515,7 +515,7 @@ def proc_sample(pid: int) -> tuple[float, float, int] | None:
 def parse_metrics(text: str) -> dict:
     """The bridge's setup histograms and frame counters, from Prometheus text."""
     from prometheus_client.parser import text_string_to_metric_families
-    out: dict = {"setup": {}, "frames": {}, "calls": {}}
+    out: dict = {"setup": {}, "frames": {}, "calls": {}, "loop_lag": {}}
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
             if s.name == "bridge_setup_seconds_bucket":
@@ -523,6 +523,10 @@ def parse_metrics(text: str) -> dict:
             elif s.name in ("bridge_setup_seconds_sum", "bridge_setup_seconds_count"):
                 key = s.name.rsplit("_", 1)[1]
                 out["setup"].setdefault(s.labels["step"], {})[key] = s.value
+            elif s.name == "bridge_loop_lag_seconds_bucket":
+                out["loop_lag"].setdefault("buckets", {})[s.labels["le"]] = s.value
+            elif s.name in ("bridge_loop_lag_seconds_sum", "bridge_loop_lag_seconds_count"):
+                out["loop_lag"][s.name.rsplit("_", 1)[1]] = s.value
             elif s.name == "bridge_frames_total":
                 out["frames"].setdefault(s.labels["direction"], {})[s.labels["outcome"]] = s.value
             elif s.name == "bridge_calls_total":
@@ -532,23 +536,24 @@ def parse_metrics(text: str) -> dict:
 
 def metrics_delta(before: dict, after: dict) -> dict:
     """What this run added: setup quantiles (from histogram buckets), frames, calls."""
-    setup = {}
-    for step, a in after["setup"].items():
-        b = before["setup"].get(step, {})
+    def histogram(a: dict, b: dict) -> dict:
         count = a.get("count", 0) - b.get("count", 0)
         total = a.get("sum", 0) - b.get("sum", 0)
         buckets = sorted(((float(le), v - b.get("buckets", {}).get(le, 0))
                           for le, v in a.get("buckets", {}).items()), key=lambda kv: kv[0])
-        setup[step] = {"count": int(count), "mean_ms": 1000 * total / count if count else None,
-                       "p50_ms": _hist_quantile(buckets, 0.5), "p99_ms": _hist_quantile(buckets, 0.99),
-                       "buckets": {("+Inf" if math.isinf(le) else f"{le:g}"): int(v) for le, v in buckets}}
+        return {"count": int(count), "mean_ms": 1000 * total / count if count else None,
+                "p50_ms": _hist_quantile(buckets, 0.5), "p99_ms": _hist_quantile(buckets, 0.99),
+                "buckets": {("+Inf" if math.isinf(le) else f"{le:g}"): int(v) for le, v in buckets}}
+
+    setup = {step: histogram(a, before["setup"].get(step, {})) for step, a in after["setup"].items()}
+    loop_lag = histogram(after.get("loop_lag", {}), before.get("loop_lag", {}))
     frames = {}
     for direction, a in after["frames"].items():
         b = before["frames"].get(direction, {})
         frames[direction] = {k: int(v - b.get(k, 0)) for k, v in a.items()}
     calls = {k: int(v - before["calls"].get(k, 0)) for k, v in after["calls"].items()
              if v - before["calls"].get(k, 0)}
-    return {"setup": setup, "frames": frames, "calls": calls}
+    return {"setup": setup, "frames": frames, "calls": calls, "loop_lag": loop_lag}
 
 
 def _hist_quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
@@ -1109,6 +1114,8 @@ class LoadTest:
                            else None,
                            "retained_after_calls": _r(last - baseline) if last and baseline else None},
                 "threads_max": max((x["bridge_threads"] for x in s), default=None),
+                "loop_lag_ms": {k: _r(bridge.get("loop_lag", {}).get(f"{k}_ms")) for k in ("p50", "p99", "mean")}
+                | {"source": "bridge_loop_lag_seconds (50 ms timer, bucket-interpolated)"},
                 "samples": len(s)},
             "loadtest_process": {
                 "cpu_pct": _dist([x["loadtest_cpu_pct"] for x in busy]),
@@ -1341,7 +1348,8 @@ def format_table(report: dict) -> str:
     lines.append(f"bridge process: CPU mean {_fmt(bp['cpu_pct'].get('mean'))} % max {_fmt(bp['cpu_pct'].get('max'))} %, "
                  f"RSS {_fmt(bp['rss_mb']['baseline'])} -> peak {_fmt(bp['rss_mb']['peak'])} MB "
                  f"({_fmt(bp['rss_mb']['per_call'])} MB/call), after {_fmt(bp['rss_mb']['after_calls'])} MB, "
-                 f"threads max {bp['threads_max']}")
+                 f"threads max {bp['threads_max']}, loop lag p50 {_fmt(bp['loop_lag_ms'].get('p50'))} / p99 "
+                 f"{_fmt(bp['loop_lag_ms'].get('p99'))} ms")
     lines.append(f"load test process: CPU mean {_fmt(lt['cpu_pct'].get('mean'))} %, loop lag p99 "
                  f"{_fmt(lt['loop_lag_ms'].get('p99'))} ms, late send ticks {lt['late_send_ticks']}/{lt['send_ticks']}")
     lines.append("")

@@ -21,6 +21,10 @@ class Metrics:
                               registry=r)
         self.media = Counter("bridge_media", "Bridged calls by media path: relay (G.711 packets passed on) "
                              "or transcode (decoded and re-clocked)", ["mode"], registry=r)
+        self.loop_lag = Histogram(
+            "bridge_loop_lag_seconds", "How late the event loop ran a 50 ms timer: every packet and "
+            "SIP message waited as long", buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r)
         self.notifications = Counter("bridge_notifications", "Notifications received by outcome",
                                      ["outcome"], registry=r)
         self.sip_registered = Gauge("bridge_sip_registered", "1 while the SIP account is registered", registry=r)

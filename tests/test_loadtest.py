@@ -90,6 +90,7 @@ async def test_loadtest_two_calls_report_and_chart(bridge_stack, tmp_path):
     assert bp["samples"] >= 10
     assert bp["cpu_pct"]["n"] > 0 and 0 < bp["cpu_pct"]["mean"] < 100 * m["cores"]
     assert 10 < bp["rss_mb"]["baseline"] <= bp["rss_mb"]["peak"] < 4000
+    assert 0 < bp["loop_lag_ms"]["p50"] <= bp["loop_lag_ms"]["p99"] < 1000, bp["loop_lag_ms"]
     samples = report["samples"]
     assert all({"t", "active", "bridge_cpu_pct", "bridge_rss_mb"} <= set(x) for x in samples)
     assert max(x["active"] for x in samples) == 2
