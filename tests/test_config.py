@@ -130,3 +130,12 @@ def test_route_command_prints_the_decision():
                  ("--dialed", "9011442079460000")):                                 # toll fraud attempt
         denied = route(*args)
         assert denied.returncode == 1 and denied.stdout.startswith("denied:"), (args, denied.stdout)
+
+
+def test_bridge_media_must_be_relay_or_transcode(tmp_path):
+    text = (ROOT / "config.yaml").read_text()
+    line = next(i for i, x in enumerate(text.splitlines(), 1) if x.strip().startswith("media: relay"))
+    with pytest.raises(config.ConfigError) as exc:
+        config.loads(text.replace("media: relay", "media: passthrough"), "c.yaml", env={})
+    assert exc.value.errors == [f"c.yaml:{line}: bridge.media: must be relay or transcode"], exc.value.errors
+    assert config.loads(text.replace("media: relay", "media: transcode"), "c.yaml", env={}).bridge.media == "transcode"

@@ -5,8 +5,9 @@ report's fields must be there and plausible, and the chart a PNG."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import json
+import shutil
+import subprocess
 import sys
 
 import pytest
@@ -98,3 +99,12 @@ async def test_loadtest_two_calls_report_and_chart(bridge_stack, tmp_path):
     for call in report["calls"]:
         assert call["state"] == "done" and call["codec"] in ("PCMU", "PCMA"), call["failure"]
         assert call["setup_ms"]["make_call_to_connected"] > call["setup_ms"]["make_call_to_invite"] > 0
+
+
+def test_loadtest_refuses_more_calls_than_the_route_takes():
+    # the sample's desk route takes 50 calls: a bigger run says which key to raise, before it starts
+    run = subprocess.run([sys.executable, "-m", "bridge", "loadtest", "-c", str(ROOT / "config.yaml"),
+                          "--calls", "60", "--duration", "20"], capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 2, run.stderr
+    assert "route 'desk-phones' takes at most 50 calls at once (max_calls in" in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr
