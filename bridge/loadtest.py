@@ -594,19 +594,23 @@ class LoadTest:
                 "one_call_per_user: false for it, as config.yaml does, or use {i} in --callee with a "
                 "route that sends those users to extension {ext}")
         per_route: dict[str, int] = {}
+        # calls at once, at most: a call lasts `duration` (+ a few seconds to set up and end)
+        peak = min(args.calls, math.ceil(args.ramp * (args.duration + 3)))
         for i, callee in enumerate(self.callees):
             decision = cfg.router.route_to_sip(self.app_service, f"load-{i}", self.desk_service, callee)
             if isinstance(decision, Denied):
                 raise LoadTestError(f"{callee}@{self.desk_service} from load-{i}@{self.app_service}: {decision} "
                                     f"in {cfg.path}")
+            if i >= peak:
+                continue
             per_route[decision.route] = per_route.get(decision.route, 0) + 1
             limit = cfg.router.limit_of(decision.route)
             if limit is not None and per_route[decision.route] > limit:
                 raise LoadTestError(f"route {decision.route!r} takes at most {limit} calls at once (max_calls in "
-                                    f"{cfg.path}); --calls {args.calls} needs more: raise it for the run")
-            if cfg.bridge is not None and args.calls > cfg.bridge.max_calls:
-                raise LoadTestError(f"bridge.max_calls is {cfg.bridge.max_calls} in {cfg.path}; --calls "
-                                    f"{args.calls} needs more: raise it for the run")
+                                    f"{cfg.path}); this run has up to {peak}: raise it for the run")
+        if cfg.bridge is not None and peak > cfg.bridge.max_calls:
+            raise LoadTestError(f"bridge.max_calls is {cfg.bridge.max_calls} in {cfg.path}; this run has up to "
+                                f"{peak} calls at once: raise it for the run")
             if decision.targets[0] not in (args.far_end, ) and not decision.targets[0].startswith(
                     f"sip:{args.far_end}@"):
                 raise LoadTestError(f"{callee}@{self.desk_service} is routed to {decision.targets[0]}, "

@@ -104,7 +104,9 @@ async def test_loadtest_two_calls_report_and_chart(bridge_stack, tmp_path):
 def test_loadtest_refuses_more_calls_than_the_route_takes():
     # the sample's desk route takes 50 calls: a bigger run says which key to raise, before it starts
     run = subprocess.run([sys.executable, "-m", "bridge", "loadtest", "-c", str(ROOT / "config.yaml"),
-                          "--calls", "60", "--duration", "20"], capture_output=True, text=True, cwd=ROOT)
+                          "--calls", "60", "--duration", "20", "--ramp", "10"],
+                         capture_output=True, text=True, cwd=ROOT)
     assert run.returncode == 2, run.stderr
     assert "route 'desk-phones' takes at most 50 calls at once (max_calls in" in run.stderr, run.stderr
+    assert "this run has up to 60" in run.stderr, run.stderr
     assert "Traceback" not in run.stderr
