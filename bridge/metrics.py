@@ -25,6 +25,10 @@ class Metrics:
             "bridge_loop_lag_seconds", "How late the event loop ran a 50 ms timer: every packet and "
             "SIP message waited as long", buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
             registry=r)
+        self.gc_pause = Histogram(
+            "bridge_gc_pause_seconds", "Python's cyclic garbage collector: how long each collection stopped "
+            "the process", ["generation"], buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+            registry=r)
         self.notifications = Counter("bridge_notifications", "Notifications received by outcome",
                                      ["outcome"], registry=r)
         self.sip_registered = Gauge("bridge_sip_registered", "1 while the SIP account is registered", registry=r)

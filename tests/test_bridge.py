@@ -329,6 +329,10 @@ async def test_health_and_metrics(start_bridge, kamailio, baresip_factory):  # n
     assert calls == ['bridge_calls_total{direction="app_to_sip",result="normal"} 1.0'], calls
     assert "bridge_setup_seconds_count{step=\"notification_to_invite\"} 1.0" in text
     assert "bridge_sip_registered 1.0" in text
+    counts = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+              if line.startswith(("bridge_loop_lag_seconds_count", "bridge_gc_pause_seconds_count"))}
+    assert counts["bridge_loop_lag_seconds_count"] > 0, counts            # a 50 ms timer
+    assert counts['bridge_gc_pause_seconds_count{generation="0"}'] > 0, counts  # a call collects garbage
 
 
 # --- the notification endpoint ------------------------------------------------------------------
