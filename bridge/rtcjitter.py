@@ -10,6 +10,9 @@ jitter buffer further on.
 
 `use()` installs it for the audio receivers of this process (video keeps aiortc's). `tap()` takes
 one receiver's packets as they arrive, before any buffer or decoder: the bridge relays G.711 that way.
+`no_send_history()` stops an audio sender from keeping its last 128 packets for retransmission
+(nobody NACKs audio: aiortc's own receivers only do for video, and the SDP offers no nack for audio);
+those 256 objects per call were live for the garbage collector to walk in every full collection.
 """
 
 from __future__ import annotations
@@ -92,3 +95,18 @@ def tap(receiver: aiortc.RTCRtpReceiver, sink: Callable[[RtpPacket], None]) -> N
     if not hasattr(receiver, name):
         raise RuntimeError("this aiortc has no RTCRtpReceiver jitter buffer to tap")
     setattr(receiver, name, _Tap(sink))
+
+
+class _NoHistory(dict):
+    """A retransmission history that keeps nothing."""
+
+    def __setitem__(self, key, value) -> None:
+        pass
+
+
+def no_send_history(sender: aiortc.RTCRtpSender) -> None:
+    """Keep no retransmission history in this (audio) sender."""
+    name = "_RTCRtpSender__rtp_history"
+    if not hasattr(sender, name):
+        raise RuntimeError("this aiortc has no RTCRtpSender history to turn off")
+    setattr(sender, name, _NoHistory())

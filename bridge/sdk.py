@@ -209,6 +209,7 @@ class Call:
         pc = self._new_peer_connection()
         self._gate = GatedTrack(source)
         transceiver = pc.addTransceiver(self._gate, direction="sendrecv")
+        rtcjitter.no_send_history(transceiver.sender)
         if preferences:
             transceiver.setCodecPreferences(preferences)
         await pc.setLocalDescription(await pc.createOffer())
@@ -238,6 +239,7 @@ class Call:
         self._gate.open = params.early_media
         if preferences:   # a transceiver made before the offer arrives carries the preferences
             self._transceiver = pc.addTransceiver(self._gate, direction="sendrecv")
+            rtcjitter.no_send_history(self._transceiver.sender)
             self._transceiver.setCodecPreferences(preferences)
         await self._open(url, {"type": "verify_call", "cc_param": params.cc_param, "my_id": params.my_id,
                                "my_service_id": params.my_service_id, "media_type": params.media_type})
@@ -406,7 +408,7 @@ class Call:
                 return
             assert self._gate is not None
             if self._transceiver is None:
-                pc.addTrack(self._gate)
+                rtcjitter.no_send_history(pc.addTrack(self._gate))
             answer = await pc.createAnswer()
             self.codec = negotiated_codec(answer.sdp)   # before media starts: tracks pick their rate by it
             await pc.setLocalDescription(answer)

@@ -1,11 +1,16 @@
-"""The app leg's receive jitter buffer: 20 ms instead of aiortc's 80 ms, and no stall on loss."""
+"""The app leg's receive jitter buffer: 20 ms instead of aiortc's 80 ms, and no stall on loss; and
+audio senders that keep no retransmission history."""
 
 from __future__ import annotations
 
+import asyncio
+
+from aiortc import RTCPeerConnection
 from aiortc.jitterbuffer import JitterBuffer
 from aiortc.rtp import RtpPacket
 
-from bridge.rtcjitter import AudioJitterBuffer
+from bridge.audio import ToneTrack
+from bridge.rtcjitter import AudioJitterBuffer, no_send_history
 
 
 def packet(seq: int) -> RtpPacket:
@@ -47,3 +52,22 @@ def test_sequence_wrap_and_reordering():
     released = [frame for _, frame in feed(AudioJitterBuffer(), seqs) if frame is not None]
     assert released == sorted(released) and len(released) == len(set(released))
     assert 65536 in released and 65537 in released                    # the swapped pair kept
+
+
+async def test_an_audio_sender_without_retransmission_history_still_sends():
+    a, b = RTCPeerConnection(), RTCPeerConnection()
+    sender = a.addTrack(ToneTrack(1000))
+    no_send_history(sender)
+    received = asyncio.get_running_loop().create_future()
+    b.on("track", lambda track: received.set_result(track))
+    await a.setLocalDescription(await a.createOffer())
+    await b.setRemoteDescription(a.localDescription)
+    await b.setLocalDescription(await b.createAnswer())
+    await a.setRemoteDescription(b.localDescription)
+    track = await asyncio.wait_for(received, 5)
+    frames = [await asyncio.wait_for(track.recv(), 5) for _ in range(10)]
+    assert len(frames) == 10
+    assert len(sender._RTCRtpSender__rtp_history) == 0                # nothing kept per packet
+    await sender._retransmit(1234)                                    # a NACK finds nothing, quietly
+    await a.close()
+    await b.close()
