@@ -601,6 +601,10 @@ class LoadTest:
             if isinstance(decision, Denied):
                 raise LoadTestError(f"{callee}@{self.desk_service} from load-{i}@{self.app_service}: {decision} "
                                     f"in {cfg.path}")
+            if decision.targets[0] not in (args.far_end, ) and not decision.targets[0].startswith(
+                    f"sip:{args.far_end}@"):
+                raise LoadTestError(f"{callee}@{self.desk_service} is routed to {decision.targets[0]}, "
+                                    f"not to the far end {args.far_end}")
             if i >= peak:
                 continue
             per_route[decision.route] = per_route.get(decision.route, 0) + 1
@@ -611,10 +615,6 @@ class LoadTest:
         if cfg.bridge is not None and peak > cfg.bridge.max_calls:
             raise LoadTestError(f"bridge.max_calls is {cfg.bridge.max_calls} in {cfg.path}; this run has up to "
                                 f"{peak} calls at once: raise it for the run")
-            if decision.targets[0] not in (args.far_end, ) and not decision.targets[0].startswith(
-                    f"sip:{args.far_end}@"):
-                raise LoadTestError(f"{callee}@{self.desk_service} is routed to {decision.targets[0]}, "
-                                    f"not to the far end {args.far_end}")
         self.records: dict[int, CallRecord] = {}
         self.samples: list[dict] = []
         self.events: list[tuple[float, str]] = []

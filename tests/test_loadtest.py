@@ -110,3 +110,9 @@ def test_loadtest_refuses_more_calls_than_the_route_takes():
     assert "route 'desk-phones' takes at most 50 calls at once (max_calls in" in run.stderr, run.stderr
     assert "this run has up to 60" in run.stderr, run.stderr
     assert "Traceback" not in run.stderr
+    # and a callee routed elsewhere than to the load test's own far end
+    run = subprocess.run([sys.executable, "-m", "bridge", "loadtest", "-c", str(ROOT / "config.yaml"),
+                          "--calls", "2", "--duration", "20", "--far-end", "2001", "--callee", "desk-2002"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 2, run.stderr
+    assert "desk-2002@demo-desk is routed to 2002, not to the far end 2001" in run.stderr, run.stderr
