@@ -18,6 +18,8 @@ PT_PCMU = 0
 PT_PCMA = 8
 CLOCK_RATE = 8000
 PAYLOAD_TYPES: dict[str, int] = {PCMU: PT_PCMU, PCMA: PT_PCMA}
+CODECS: tuple[str, ...] = tuple(PAYLOAD_TYPES)
+CODEC_OF_PAYLOAD_TYPE: dict[int, str] = {pt: codec for codec, pt in PAYLOAD_TYPES.items()}
 # Code bytes of digital silence (encode(0)).
 SILENCE_BYTE: dict[str, int] = {PCMU: 0xFF, PCMA: 0xD5}
 
@@ -107,14 +109,14 @@ def payload_type(codec: str) -> int:
         raise ValueError(f"unsupported G.711 codec {codec!r}") from None
 
 
-@functools.lru_cache(maxsize=None)
-def transcoder(source: str, target: str) -> bytes | None:
-    """A `bytes.translate` table from one G.711 law to the other (None: same law, no change).
+def convert(payload: bytes, source: str, target: str) -> bytes:
+    """G.711 code bytes of law `source` in law `target` (the same bytes if the laws agree)."""
+    return payload if source == target else payload.translate(_translation(source, target))
 
-    G.711 Annex A defines mu-law <-> A-law as a byte-to-byte mapping; going through the linear
-    value of each code is the same mapping, so a packet converts with one `translate` call.
-    """
-    if source == target:
-        return None
+
+@functools.lru_cache(maxsize=None)
+def _translation(source: str, target: str) -> bytes:
+    """A `bytes.translate` table between the laws. G.711 Annex A defines mu-law <-> A-law as a
+    byte-to-byte mapping; going through the linear value of each code is the same mapping."""
     linear = _tables(source, DECODE_TABLES)[np.arange(256)]
     return _tables(target, ENCODE_TABLES)[linear.astype(np.int16).view(np.uint16)].tobytes()

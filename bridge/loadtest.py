@@ -72,7 +72,6 @@ log = logging.getLogger("bridge.loadtest")
 
 PTIME = 0.020
 SIP_RATE = 8000
-G711 = (g711.PCMU, g711.PCMA)
 SIP_FRAME = 160
 APP_TONE_HZ = 1000.0          # app -> SIP bursts
 FAR_TONE_HZ = 440.0           # SIP -> app bursts
@@ -348,7 +347,7 @@ class ProgramTrack(MediaStreamTrack):
     @property
     def rate(self) -> int:
         """The rate of this track's frames (the SDK's gate sends its silence at this rate too)."""
-        return SIP_RATE if self.codec() in G711 else RATE
+        return SIP_RATE if self.codec() in g711.CODECS else RATE
 
     async def recv(self) -> av.AudioFrame | av.Packet:
         if self.readyState != "live":
@@ -822,7 +821,7 @@ class LoadTest:
                 return self._fail(rec, "connected, but the far end never answered a call for it")
             rec.state = "connected"
             rec.app_codec = call.codec
-            if call.codec in G711:          # keep the packets; decode them after the run
+            if call.codec in g711.CODECS:   # keep the packets; decode them after the run
                 call.tap_peer_packets(lambda p: rec.app_raw.append(
                     (loop.time(), p.sequence_number, p.timestamp, p.payload)))
             t0 = max(rec.t_connected or 0, rec.t_far_answered or 0) + LEAD_S
@@ -937,29 +936,30 @@ class LoadTest:
 
     def _direction_far(self, rec: CallRecord) -> dict:
         """app -> SIP, at the far end's socket: G.711 packets."""
-        assert rec.t0 is not None
-        pk = [p for p in rec.far_packets if p[0] >= rec.t0 - 0.2]
-        codec = rec.codec or g711.PCMU
-        stream = [(a, seq, ts, g711.decode(codec, payload)) for a, seq, ts, payload in pk]
-        out = _wire_stats([(a, seq, ts) for a, seq, ts, _ in stream], SIP_RATE, rec.t0, self.args.duration)
-        out.update(_latencies(stream, SIP_RATE, rec.app_sender, self.app_program, rec.t0))
+        out = self._g711_direction(rec, rec.far_packets, rec.codec, rec.app_sender, self.app_program)
         out["far_end_rtp"] = rec.far_stats
         return self._relative(out)
+
+    def _g711_direction(self, rec: CallRecord, packets: list, codec: str, sender: Sender,
+                        program: Program) -> dict:
+        """Wire statistics and burst latencies of one direction received as G.711 packets
+        (arrival, seq, ts, payload), from shortly before the programs started."""
+        assert rec.t0 is not None
+        stream = [(a, seq, ts, g711.decode(codec or g711.PCMU, payload))
+                  for a, seq, ts, payload in _since(packets, rec.t0)]
+        out = _wire_stats([(a, seq, ts) for a, seq, ts, _ in stream], SIP_RATE, rec.t0, self.args.duration)
+        out.update(_latencies(stream, SIP_RATE, sender, program, rec.t0))
+        return out
 
     def _direction_app(self, rec: CallRecord) -> dict:
         """SIP -> app, at the app side's aiortc receiver: packets, decoded frames by pts (both on
         the RTP clock of the negotiated codec: 48 kHz Opus or 8 kHz G.711)."""
         assert rec.t0 is not None
         if rec.app_raw:
-            pk = [p for p in rec.app_raw if p[0] >= rec.t0 - 0.2]
-            codec = rec.app_codec or g711.PCMU
-            stream = [(a, seq, ts, g711.decode(codec, payload)) for a, seq, ts, payload in pk]
-            out = _wire_stats([(a, seq, ts) for a, seq, ts, _ in stream], SIP_RATE, rec.t0, self.args.duration)
-            out.update(_latencies(stream, SIP_RATE, rec.far_sender, self.far_program, rec.t0))
+            out = self._g711_direction(rec, rec.app_raw, rec.app_codec, rec.far_sender, self.far_program)
             out["aiortc_inbound"] = rec.app_stats
             return self._relative(out)
-        pk = [p for p in rec.app_packets if p[0] >= rec.t0 - 0.2]
-        out = _wire_stats(pk, rec.app_rate, rec.t0, self.args.duration)
+        out = _wire_stats(_since(rec.app_packets, rec.t0), rec.app_rate, rec.t0, self.args.duration)
         arrival = self._app_arrivals(rec)
         stream = []
         unmatched = 0
@@ -992,14 +992,13 @@ class LoadTest:
 
     def _pesq_far(self, rec: CallRecord) -> dict:
         assert rec.t0 is not None
-        deg = _playout([p for p in rec.far_packets if p[0] >= rec.t0 - 0.2], rec.codec or g711.PCMU)
+        deg = _playout(_since(rec.far_packets, rec.t0), rec.codec or g711.PCMU)
         return _pesq(self.app_program.speech8k, deg)
 
     def _pesq_app(self, rec: CallRecord) -> dict:
         assert rec.t0 is not None
         if rec.app_raw:         # played out by RTP timestamp: a gap is silence, as lost audio would be
-            pk = [p for p in rec.app_raw if p[0] >= rec.t0 - 0.2]
-            deg = _playout(pk, rec.app_codec or g711.PCMU)
+            deg = _playout(_since(rec.app_raw, rec.t0), rec.app_codec or g711.PCMU)
             return _pesq(self.far_program.speech8k, deg)
         arrival = self._app_arrivals(rec)
         frames = [s for pts, s in rec.app_frames if arrival.get(pts % (1 << 32), rec.t0) >= rec.t0 - 0.2]
@@ -1140,6 +1139,11 @@ def _dist(values: list) -> dict:
         return {"n": 0}
     return {"n": int(len(v)), "p50": _r(np.percentile(v, 50)), "p99": _r(np.percentile(v, 99)),
             "mean": _r(v.mean()), "min": _r(v.min()), "max": _r(v.max())}
+
+
+def _since(packets: list, t0: float) -> list:
+    """Packets (arrival first) from 0.2 s before the programs started at `t0`."""
+    return [p for p in packets if p[0] >= t0 - 0.2]
 
 
 def _playout(packets: list[tuple[float, int, int, bytes]], codec: str) -> np.ndarray:

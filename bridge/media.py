@@ -21,9 +21,8 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable
-
 from fractions import Fraction
+from typing import Callable
 
 import av
 import numpy as np
@@ -36,8 +35,6 @@ from .resample import Downsampler, Upsampler
 from .rtp import RtpEndpoint, RtpPacket
 
 SIP_FRAME = 160
-G711 = (g711.PCMU, g711.PCMA)
-G711_PT = {g711.PT_PCMU: g711.PCMU, g711.PT_PCMA: g711.PCMA}
 TIME_BASE = Fraction(1, 8000)
 MAX_GAP = 2 * 8000        # a timestamp jump beyond this (samples) starts a new stream
 RELAY_QUEUE = 8           # packets waiting for the app leg's sender, at most
@@ -54,8 +51,8 @@ class _Timeline:
 
     `place(ssrc, ts, samples)` gives how many samples the source skipped since its previous
     packet (0 for the next one in line), or None for a packet older than one already placed.
-    A new source, or a jump beyond MAX_GAP (hold, restart), starts afresh: `skipped` is None
-    too then, and `restarted` is set.
+    A new source, or a jump beyond MAX_GAP (hold, restart), starts afresh: it gives 0 then, and
+    sets `restarted`.
     """
 
     def __init__(self) -> None:
@@ -125,11 +122,11 @@ class SipToApp(MediaStreamTrack):
 
     @property
     def rate(self) -> int:
-        return 8000 if self.codec() in G711 else RATE
+        return 8000 if self.codec() in g711.CODECS else RATE
 
     @property
     def relaying(self) -> bool:
-        return self.relay and self.codec() in G711
+        return self.relay and self.codec() in g711.CODECS
 
     def play_ringback(self) -> None:
         if self.mode == "silence":
@@ -153,9 +150,7 @@ class SipToApp(MediaStreamTrack):
             now = int((asyncio.get_running_loop().time() - self._t0) * 8000)
             skipped = max(0, now - self._pts)
         assert self.rtp is not None
-        table = g711.transcoder(self.rtp.codec, self.codec())
-        if table is not None:
-            payload = payload.translate(table)
+        payload = g711.convert(payload, self.rtp.codec, self.codec())
         if self._packets.qsize() >= RELAY_QUEUE:             # the sender is not keeping up
             self._packets.get_nowait()
             self.stats.overruns += 1
@@ -229,7 +224,7 @@ class AppToSip:
     def from_app(self, packet: RtpPacket) -> None:
         """Relay one of the app leg's RTP packets (aiortc's or bridge's RtpPacket) to the phone."""
         rtp = self._rtp
-        codec = G711_PT.get(packet.payload_type)
+        codec = g711.CODEC_OF_PAYLOAD_TYPE.get(packet.payload_type)
         if rtp is None or rtp.closed or codec is None:
             return
         payload = packet.payload
@@ -237,9 +232,7 @@ class AppToSip:
         if skipped is None:
             self.stats.late += 1
             return
-        table = g711.transcoder(codec, rtp.codec)
-        if table is not None:
-            payload = payload.translate(table)
+        payload = g711.convert(payload, codec, rtp.codec)
         self.stats.frames += 1
         rtp.write_payload(payload, skipped)
 
