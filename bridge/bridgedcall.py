@@ -23,7 +23,7 @@ from .metrics import Metrics
 from .reasons import Disconnected, DisconnectReason as R
 from .routing import Denied, Router
 from .sdk import Call, CallDelegate, MakeCallParams, StartFailError, VerifyCallParams
-from .sipua import CallFailed, IncomingCall, SipCall, SipResult, UserAgent
+from .sip import CallFailed, IncomingCall, SipCall, SipResult, UserAgent
 
 log = logging.getLogger("bridge.call")
 
@@ -112,6 +112,18 @@ class Bridge:
         self._seen_sids[sid] = now
         return False
 
+    def spawn(self, coro, what: str) -> asyncio.Task:
+        """A background step of a call (a DTMF send...): kept, and its failure logged, not lost."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.warning("%s failed: %s", what, t.exception())
+        task.add_done_callback(done)
+        return task
+
     def start(self, call: "BridgedCall") -> None:
         self.calls.add(call)
         self.metrics.active_calls.labels(call.direction).inc()
@@ -190,7 +202,8 @@ class BridgedCall:
             self._pump = asyncio.ensure_future(self.app_to_sip.run(sip.media))
         mode = "relay" if self.sip_to_app.relaying else "transcode"
         self.bridge.metrics.media.labels(mode).inc()
-        log.info("%s: media %s, app leg %s, SIP leg %s", self.name, mode, self.app.codec, sip.media.codec)
+        log.info("%s: media %s, app leg %s, SIP leg %s, RTP %s <-> %s", self.name, mode, self.app.codec,
+                 sip.media.codec, "%s:%d" % sip.media.local_address, sip.media.remote_address)
         self.events.on_dtmf = lambda digits: self._dtmf_from_app(sip, digits)
         sip.media.on_dtmf = self._dtmf_from_phone
 
@@ -202,7 +215,7 @@ class BridgedCall:
 
     def _dtmf_from_phone(self, digit: str) -> None:
         if digit in "0123456789*#ABCD" and self.app.state == "connected":
-            asyncio.ensure_future(self.app.send_dtmf(digit))
+            self.bridge.spawn(self.app.send_dtmf(digit), f"{self.name}: DTMF to the app")
 
     async def _talk(self, sip: SipCall) -> None:
         """Both legs up: wait for either side (or a stop) to end it, then end the other."""
@@ -380,6 +393,7 @@ class DeskToAppCall(BridgedCall):
         try:
             await sip.answer()
         except CallFailed:
-            self.result = "no_ack"
+            self.result = "no_ack"                 # the PBX never confirmed: end the app side too
+            await self.app.end_call(reason=R.NETWORK_UNSTABLE)
             return
         await self._talk(sip)

@@ -7,6 +7,7 @@ Secrets may be given inline (development) or by environment: for a secret key `X
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import re
@@ -65,7 +66,7 @@ class PlatformConfig:
 @dataclass(frozen=True)
 class SipConfig:
     registrar_host: str
-    registrar_port: int
+    registrar_port: int | None          # None: RFC 3263 SRV lookup, then 5060
     domain: str
     username: str
     auth_username: str
@@ -84,6 +85,18 @@ class SipConfig:
     codecs: tuple[str, ...] = ("PCMU", "PCMA")
     ring_timeout: float = 30.0
     jitter_target: float = 0.040        # playout delay of the RTP jitter buffer
+    trusted_peers: tuple[str, ...] = ()           # besides the registrar: who may send out-of-dialog requests
+    untrusted: str = "reject"                     # reject (403) or drop requests from others
+    media_networks: tuple[str, ...] | None = None  # where RTP may go; None: the trusted peers and the PBX
+    media_timeout: float = 30.0                   # no RTP for this long ends an answered call (0: off)
+    session_expires: int = 1800                   # RFC 4028 session interval offered (0: no session timers)
+    min_se: int = 90
+    t1: float = 0.5                               # RFC 3261 timers
+    t2: float = 4.0
+    t4: float = 5.0
+    dns_servers: list[tuple[str, int]] | None = None   # None: the system's resolver
+    max_transactions: int = 5000                  # server transactions kept at once
+    journal: str | None = None                    # crash journal file (None: none)
 
 
 @dataclass(frozen=True)
@@ -497,9 +510,11 @@ def _codecs(value: Any) -> tuple[str, ...]:
 def _sip(r: _Reader, root: _Map) -> SipConfig:
     known = {"registrar", "domain", "username", "auth_username", "password", "password_env", "listen",
              "contact_host", "register", "register_expires", "keepalive", "rtp_ports", "rtp_host",
-             "codecs", "ring_timeout", "transaction_timeout", "jitter_target"}
+             "codecs", "ring_timeout", "transaction_timeout", "jitter_target", "trusted_peers", "untrusted",
+             "media_networks", "media_timeout", "session_expires", "min_se", "timers", "dns_servers",
+             "max_transactions", "journal"}
     s = r.section(root, "sip", "sip", known)
-    host, port = r.get(s, "registrar", "sip.registrar", hostport, ("127.0.0.1", 5060), required=True)
+    host, port = r.get(s, "registrar", "sip.registrar", _sip_host, ("127.0.0.1", 5060), required=True)
     bind_host, bind_port = r.get(s, "listen", "sip.listen", _hostport_any, ("127.0.0.1", 5080))
     contact = r.get(s, "contact_host", "sip.contact_host", _ip, None)
     if contact is None:
@@ -508,6 +523,17 @@ def _sip(r: _Reader, root: _Map) -> SipConfig:
         contact = bind_host
     username = r.get(s, "username", "sip.username", _nonempty_str, "bridge")
     low, high = r.get(s, "rtp_ports", "sip.rtp_ports", port_range, (10000, 10999))
+    t = r.section(s, "timers", "sip.timers", {"t1", "t2", "t4"})
+    t1 = r.get(t, "t1", "sip.timers.t1", duration, 0.5)
+    t2 = r.get(t, "t2", "sip.timers.t2", duration, 4.0)
+    if t2 < t1:
+        r.error(t, "t2", "sip.timers.t2", "must not be shorter than t1")
+    min_se = r.get(s, "min_se", "sip.min_se", duration, 90)
+    if min_se < 90:
+        r.error(s, "min_se", "sip.min_se", "must be at least 90s (RFC 4028)")
+    session_expires = r.get(s, "session_expires", "sip.session_expires", _duration_or_off, 1800)
+    if session_expires and session_expires < min_se:
+        r.error(s, "session_expires", "sip.session_expires", "must be at least sip.min_se (90s), or off")
     return SipConfig(
         registrar_host=host, registrar_port=port,
         domain=r.get(s, "domain", "sip.domain", _nonempty_str, host),
@@ -524,7 +550,86 @@ def _sip(r: _Reader, root: _Map) -> SipConfig:
         codecs=r.get(s, "codecs", "sip.codecs", _codecs, ("PCMU", "PCMA")),
         ring_timeout=r.get(s, "ring_timeout", "sip.ring_timeout", duration, 30.0),
         jitter_target=r.get(s, "jitter_target", "sip.jitter_target", _jitter_target, 0.040),
+        trusted_peers=tuple(r.get(s, "trusted_peers", "sip.trusted_peers", _networks, [])),
+        untrusted=r.get(s, "untrusted", "sip.untrusted", _untrusted, "reject"),
+        media_networks=r.get(s, "media_networks", "sip.media_networks",
+                             lambda v: tuple(_networks(v)), None),
+        media_timeout=r.get(s, "media_timeout", "sip.media_timeout", _duration_or_off, 30.0),
+        session_expires=int(session_expires), min_se=int(min_se),
+        t1=t1, t2=t2, t4=r.get(t, "t4", "sip.timers.t4", duration, 5.0),
+        dns_servers=r.get(s, "dns_servers", "sip.dns_servers", _dns_servers, None),
+        max_transactions=r.get(s, "max_transactions", "sip.max_transactions", positive_int, 5000),
+        journal=r.get(s, "journal", "sip.journal", _journal, _default_journal(r.path)),
     )
+
+
+def _sip_host(value: Any) -> tuple[str, int | None]:
+    """host:port, or a host name alone (DNS SRV decides the port)."""
+    text = str(value).strip()
+    if text.startswith("[") or text.count(":") == 1:
+        return hostport(text)
+    if ":" in text:                                 # a bare IPv6 address
+        return _ip(text), None
+    if not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?", text):
+        raise ValueError(f"{text!r} is not a host name, IP address or host:port")
+    return text, None
+
+
+def _networks(value: Any) -> list[str]:
+    if not isinstance(value, list):
+        raise ValueError("must be a list of IP addresses or CIDR networks")
+    for item in value:
+        try:
+            ipaddress.ip_network(str(item), strict=False)
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or CIDR network") from None
+    return [str(v) for v in value]
+
+
+def _untrusted(value: Any) -> str:
+    if value not in ("reject", "drop"):
+        raise ValueError("must be reject (403) or drop")
+    return value
+
+
+def _duration_or_off(value: Any) -> float:
+    if value is False or value in ("off", 0, "0"):
+        return 0.0
+    return duration(value)
+
+
+def _dns_servers(value: Any) -> list[tuple[str, int]]:
+    if not isinstance(value, list) or not value:
+        raise ValueError("must be a list of IP addresses (optionally ip:port)")
+    servers = []
+    for item in value:
+        text = str(item)
+        try:
+            servers.append((str(ipaddress.ip_address(text.strip("[]"))), 53))
+        except ValueError:
+            h, p = hostport(text)
+            servers.append((_ip(h), p))
+    if len({p for _, p in servers}) > 1:
+        raise ValueError("all DNS servers must use the same port")
+    return servers
+
+
+def _journal(value: Any) -> str | None:
+    if value is False or value == "off":
+        return None
+    if not isinstance(value, str) or not value:
+        raise ValueError("must be a file path, or off")
+    return value
+
+
+def _default_journal(config_path: str) -> str:
+    """Under systemd's StateDirectory, else ~/.local/state/bridge, one file per config file."""
+    state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if state:
+        return str(Path(state) / "sip-dialogs.jsonl")
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    digest = hashlib.sha1(str(Path(config_path).resolve()).encode()).hexdigest()[:10]
+    return str(Path(base) / "bridge" / f"sip-dialogs-{digest}.jsonl")
 
 
 def _prefetch(value: Any) -> int:

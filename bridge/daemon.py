@@ -24,7 +24,7 @@ from .config import Config
 from .metrics import Metrics
 from .notifications import NotificationServer
 from .platform import Platform
-from .sipua import UserAgent
+from .sip import JournalError, UserAgent
 
 log = logging.getLogger("bridge.daemon")
 
@@ -108,9 +108,13 @@ class Daemon:
             await self._listen(app, p.host, p.port, f"platform (public URL {p.public_url})")
         if cfg.bridge is not None:
             assert cfg.sip is not None and cfg.notifications is not None
-            self.ua = UserAgent(cfg.sip, self._on_incoming)
+            self.ua = UserAgent(cfg.sip, self._on_incoming, journal=cfg.sip.journal)
             self.bridge = Bridge(cfg, self.ua, self.metrics, self.token_for)
-            await self.ua.start()
+            self.metrics.watch_sip(self.ua.counters)
+            try:
+                await self.ua.start()
+            except JournalError as exc:
+                raise SystemExit(f"bridge: {exc}") from None
             server = NotificationServer(cfg.notifications, self.bridge, self.metrics, self.health,
                                         self.refresh_gauges)
             n = cfg.notifications
@@ -146,8 +150,14 @@ class Daemon:
         systemd.notify("READY=1", f"STATUS={self.status()}")
 
     def refresh_gauges(self) -> None:
+        m = self.metrics
+        m.tasks.set(len(asyncio.all_tasks()))
         if self.ua is not None:
-            self.metrics.sip_registered.set(1 if self.ua.registration.state == "registered" else 0)
+            m.sip_registered.set(1 if self.ua.registration.state == "registered" else 0)
+            m.rtp_ports.set(self.ua.ports.in_use)
+            m.sip_calls.set(len(self.ua.calls))
+            m.sip_transactions.labels("client").set(len(self.ua.layer.client))
+            m.sip_transactions.labels("server").set(len(self.ua.layer.server))
         if self.platform is not None:
             self.metrics.platform_calls.set(self.platform.active_calls)
 

@@ -66,7 +66,7 @@ from .clock import FrameClock
 from .config import Config, SipConfig
 from .sdk import Call, CallDelegate, MakeCallParams, StartFailError
 from .routing import Denied
-from .sipua import CallFailed, IncomingCall, UserAgent
+from .sip import CallFailed, IncomingCall, UserAgent
 
 log = logging.getLogger("bridge.loadtest")
 

@@ -38,6 +38,7 @@ SIP_FRAME = 160
 TIME_BASE = Fraction(1, 8000)
 MAX_GAP = 2 * 8000        # a timestamp jump beyond this (samples) starts a new stream
 RELAY_QUEUE = 8           # packets waiting for the app leg's sender, at most
+_WAKE = av.Packet(b"")     # wakes a relaying recv() when the track goes back to ringback
 
 
 def _signed(delta: int) -> int:
@@ -129,8 +130,13 @@ class SipToApp(MediaStreamTrack):
         return self.relay and self.codec() in g711.CODECS
 
     def play_ringback(self) -> None:
-        if self.mode == "silence":
-            self.mode = "ringback"
+        """Ringback until `connect`; also after an early-media target failed (a fallback rings)."""
+        if self.mode == "sip":
+            if self.rtp is not None:
+                self.rtp.on_audio = None
+                self.rtp = None
+            self._packets.put_nowait(_WAKE)    # a relaying recv() waits for packets: go on the clock
+        self.mode = "ringback"
 
     def connect(self, rtp: RtpEndpoint) -> None:
         """From now on carry the phone's audio (early media or the answered call)."""
@@ -177,8 +183,9 @@ class SipToApp(MediaStreamTrack):
             packet = await self._packets.get()
             if packet is None:
                 raise MediaStreamError
-            self.stats.frames += 1
-            return packet
+            if packet is not _WAKE:
+                self.stats.frames += 1
+                return packet
         tick = await anext(self._clock)
         self.stats.frames += 1
         if tick.lateness > PTIME / 4:

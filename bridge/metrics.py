@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from collections import Counter as Tally
+from typing import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 
 class Metrics:
@@ -33,6 +38,33 @@ class Metrics:
                                      ["outcome"], registry=r)
         self.sip_registered = Gauge("bridge_sip_registered", "1 while the SIP account is registered", registry=r)
         self.platform_calls = Gauge("bridge_platform_active_calls", "Calls on the embedded platform", registry=r)
+        # what every failure path must give back (the hostile-input tests read these)
+        self.rtp_ports = Gauge("bridge_rtp_ports_in_use", "RTP ports (and sockets) held by SIP calls", registry=r)
+        self.sip_calls = Gauge("bridge_sip_calls", "SIP calls (dialogs and calls being set up) held", registry=r)
+        self.sip_transactions = Gauge("bridge_sip_transactions", "SIP transactions held", ["side"], registry=r)
+        self.tasks = Gauge("bridge_asyncio_tasks", "asyncio tasks alive in the daemon", registry=r)
+        ProcessCollector(registry=r)     # process_open_fds, process_resident_memory_bytes, ...
+
+    def watch_sip(self, counters: Tally[str]) -> None:
+        """Export the SIP user agent's own tallies (refused, malformed, media timeouts...)."""
+        self.registry.register(_SipCollector(counters))
 
     def text(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _SipCollector(Collector):
+    """bridge_sip_events_total{event}: what the SIP leg refused or noticed, read at scrape time."""
+
+    def __init__(self, counters: Tally[str]) -> None:
+        self.counters = counters
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "bridge_sip_events", "SIP leg events: untrusted (out-of-dialog request from a source that is not "
+            "the PBX or a trusted peer), foreign_source (in-dialog request or ACK from elsewhere), malformed, "
+            "media_policy (SDP address refused), refused_invites, transaction_limit, media_timeouts, "
+            "stray_responses, rtp_foreign (RTP packets from unlatched sources)", labels=["event"])
+        for event, count in sorted(self.counters.items()):
+            family.add_metric([event], count)
+        yield family

@@ -145,6 +145,8 @@ _FROM_SIP = {
     "rejected": DisconnectReason.USER_ERROR,
     "server_error": DisconnectReason.SERVICE_INTERNAL_ERROR,
     "failed": DisconnectReason.INTERNAL_ERROR,
+    "media_timeout": DisconnectReason.NETWORK_UNSTABLE,
+    "session_expired": DisconnectReason.NETWORK_UNSTABLE,
 }
 
 

@@ -193,7 +193,8 @@ class RtpStats:
     dropped: int = 0       # 20 ms frames dropped by the jitter buffer (drift/overflow)
     inserted: int = 0      # 20 ms frames inserted by the jitter buffer (underrun/drift)
     malformed: int = 0
-    ignored: int = 0       # foreign source, unknown payload type, unknown event, RTCP
+    ignored: int = 0       # unknown payload type, unknown event, RTCP
+    foreign: int = 0       # from a source other than the latched one (or one the policy refuses)
     dtmf_sent: int = 0
     dtmf_received: int = 0
     jitter_ms: float = 0.0  # RFC 3550 interarrival jitter
@@ -279,9 +280,12 @@ class RtpEndpoint:
     """One call's RTP media: G.711 audio + RFC 4733 events over one UDP socket.
 
     Create with ``await RtpEndpoint.create(...)``.  ``remote`` is the address from the
-    remote SDP; with ``symmetric`` (default) the endpoint sends to wherever valid packets
-    actually come from once the first one arrived (NAT), and re-latches only after
-    ``relatch_packets`` consecutive packets from a new source.
+    remote SDP. With ``symmetric`` (default) the endpoint latches once, to the source of the
+    first valid packet that ``source_allowed`` accepts (or that comes from the SDP address),
+    and then sends there (NAT). Packets from any other source are dropped and counted in
+    ``stats.foreign``: a third party cannot take the stream over mid-call. Only signalling
+    moves it: :meth:`set_remote` with a new address (a re-INVITE) latches anew, and packets
+    from the SDP address itself are always taken.
     """
 
     def __init__(
@@ -292,13 +296,13 @@ class RtpEndpoint:
         dtmf_payload_type: int | None = DEFAULT_DTMF_PT,
         remote: tuple[str, int] | None = None,
         symmetric: bool = True,
-        relatch_packets: int = 5,
+        source_allowed: Callable[[str], bool] | None = None,
         jitter: JitterBuffer | None = None,
         on_dtmf: Callable[[str], None] | None = None,
         dtmf_gap_frames: int = 2,
     ) -> None:
         self.symmetric = symmetric
-        self.relatch_packets = relatch_packets
+        self.source_allowed = source_allowed
         self.jitter = jitter or JitterBuffer()
         self.on_dtmf = on_dtmf
         # Relay: audio packets go here as they arrive instead of into the jitter buffer.
@@ -311,8 +315,7 @@ class RtpEndpoint:
         self.set_codec(codec, payload_type, dtmf_payload_type)
         self._sdp_remote = remote
         self._latched: tuple[str, int] | None = None
-        self._candidate: tuple[str, int] | None = None
-        self._candidate_count = 0
+        self._extra_dtmf_pt: int | None = None
         self._transport: asyncio.DatagramTransport | None = None
         self._pool: PortPool | None = None
         self._port = 0
@@ -383,7 +386,6 @@ class RtpEndpoint:
         if remote != self._sdp_remote:
             self._sdp_remote = remote
             self._latched = None
-            self._candidate, self._candidate_count = None, 0
 
     def set_codec(
         self,
@@ -399,6 +401,10 @@ class RtpEndpoint:
         table_dec = g711.DECODE_TABLES[codec]
         self._encode = lambda pcm: table_enc[pcm.view(np.uint16)].tobytes()
         self.jitter.decode = lambda payload: table_dec[np.frombuffer(payload, dtype=np.uint8)]
+
+    def accept_dtmf_payload_type(self, pt: int) -> None:
+        """Also take telephone-events on `pt` (the one we offered, when the answer named another)."""
+        self._extra_dtmf_pt = pt if pt != self.dtmf_payload_type else None
 
     def set_direction(self, direction: str) -> None:
         """SDP direction (hold/resume) on the same socket and the same RTP stream."""
@@ -523,7 +529,6 @@ class RtpEndpoint:
             self.stats.malformed += 1
             return
         if not self._accept_source(addr[:2]):
-            self.stats.ignored += 1
             return
         # every packet of the stream counts for sequence/loss/jitter (RFC 3550 A.3), even one
         # whose payload type we then ignore: its sequence number is no loss
@@ -532,6 +537,8 @@ class RtpEndpoint:
         st.lost = self._recv.lost
         st.jitter_ms = self._recv.jitter / 8.0
         pt = packet.payload_type
+        if pt == self._extra_dtmf_pt:
+            pt = self.dtmf_payload_type
         if pt != self.payload_type and pt != self.dtmf_payload_type and pt != PT_CN:
             st.ignored += 1
             return
@@ -548,24 +555,16 @@ class RtpEndpoint:
             self._event_received(packet)
 
     def _accept_source(self, addr: tuple[str, int]) -> bool:
-        """Symmetric RTP latching."""
-        if not self.symmetric:
+        """Symmetric RTP, latched once to an allowed source (see the class docstring)."""
+        if not self.symmetric or addr == self._latched:
             return True
-        if self._latched is None:
+        if addr == self._sdp_remote or (self._latched is None and (
+                self.source_allowed is None or self.source_allowed(addr[0]))):
+            if self._latched is not None:
+                logger.info("RTP source moved %s -> %s (the signalled address)", self._latched, addr)
             self._latched = addr
             return True
-        if addr == self._latched:
-            self._candidate, self._candidate_count = None, 0
-            return True
-        if addr == self._candidate:
-            self._candidate_count += 1
-        else:
-            self._candidate, self._candidate_count = addr, 1
-        if self._candidate_count >= self.relatch_packets:
-            logger.info("RTP source moved %s -> %s", self._latched, addr)
-            self._latched = addr
-            self._candidate, self._candidate_count = None, 0
-            return True
+        self.stats.foreign += 1
         return False
 
     def _event_received(self, packet: RtpPacket) -> None:
@@ -586,6 +585,10 @@ class RtpEndpoint:
         if len(self._events_order) > 32:
             self._events_seen.discard(self._events_order.popleft())
         self.stats.dtmf_received += 1
+        self.deliver_dtmf(char)
+
+    def deliver_dtmf(self, char: str) -> None:
+        """A received digit (from RFC 4733 here, or SIP INFO) to `on_dtmf` or `dtmf_queue`."""
         if self.on_dtmf is not None:
             try:
                 self.on_dtmf(char)

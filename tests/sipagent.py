@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from bridge.config import SipConfig
-from bridge.sipua import IncomingCall, UserAgent
+from bridge.sip import IncomingCall, UserAgent
 from stack import BRIDGE_PW, BRIDGE_USER
 
 
@@ -21,9 +21,10 @@ def sip_config(kamailio_port: int, **kw) -> SipConfig:
 class Agent:
     """A started UserAgent; incoming calls land in `incoming`."""
 
-    def __init__(self, kamailio, **kw) -> None:
+    def __init__(self, kamailio, journal: str | None = None, **kw) -> None:
+        """`kamailio`: the registrar (a Kamailio, or anything with a `port`, like a SipPeer)."""
         self.incoming: asyncio.Queue[IncomingCall] = asyncio.Queue()
-        self.ua = UserAgent(sip_config(kamailio.port, **kw), self._on_incoming)
+        self.ua = UserAgent(sip_config(kamailio.port, **kw), self._on_incoming, journal=journal)
         self.kamailio = kamailio
 
     async def _on_incoming(self, call: IncomingCall) -> None:
@@ -34,6 +35,10 @@ class Agent:
         if registered:
             await self.wait_registered()
         return self
+
+    @property
+    def addr(self) -> tuple[str, int]:
+        return self.ua.local
 
     async def wait_registered(self, count: int = 1, timeout: float = 10.0) -> None:
         async with asyncio.timeout(timeout):

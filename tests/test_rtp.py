@@ -406,37 +406,51 @@ async def test_dtmf_queue_when_no_callback():
         b.close()
 
 
+def raw_socket_on(host: str) -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((host, 0))
+    s.setblocking(False)
+    return s
+
+
 @pytest.mark.asyncio
-async def test_symmetric_rtp_latches_to_actual_source():
+async def test_symmetric_rtp_latches_once_and_cannot_be_hijacked():
     dead = raw_socket()                                        # the address from SDP (NATed)
     real = raw_socket()                                        # where packets really come from
-    other = raw_socket()
-    ep = await RtpEndpoint.create(HOST, remote=dead.getsockname(), relatch_packets=3)
+    other = raw_socket()                                       # an attacker on an allowed network
+    outsider = raw_socket_on("127.0.0.2")                      # an attacker outside the media networks
+    ep = await RtpEndpoint.create(HOST, remote=dead.getsockname(), source_allowed=lambda ip: ip == HOST)
     try:
         assert ep.remote_address == dead.getsockname()
-        real.sendto(audio(0).serialize(), ep.local_address)
+        outsider.sendto(audio(0).serialize(), ep.local_address)        # not allowed: never latched
+        await wait_until(lambda: ep.stats.foreign == 1)
+        assert ep.remote_address == dead.getsockname() and ep.stats.packets_received == 0
+        real.sendto(audio(1).serialize(), ep.local_address)            # the first allowed source
         await wait_until(lambda: ep.stats.packets_received == 1)
         assert ep.remote_address == real.getsockname()
         ep.write_frame(np.zeros(N, dtype=np.int16))
         assert len(await recv_all(real)) == 1
         assert await recv_all(dead, 0.02) == []
-        # a stray packet from elsewhere does not steal the stream ...
-        other.sendto(audio(1).serialize(), ep.local_address)
-        await wait_until(lambda: ep.stats.ignored == 1)
-        assert ep.remote_address == real.getsockname()
-        # ... a source that keeps sending does (NAT rebinding)
-        for k in range(2, 5):
+        # a source that keeps sending does not take the stream over, however long it tries
+        for k in range(2, 22):
             other.sendto(audio(k).serialize(), ep.local_address)
-        await wait_until(lambda: ep.stats.packets_received == 3)   # relatched on the 3rd
-        assert ep.remote_address == other.getsockname() and ep.stats.ignored == 2
-        # a re-INVITE with the same address keeps the latch; a new address is learnt again
-        ep.set_remote(dead.getsockname())
-        assert ep.remote_address == other.getsockname()
+        await wait_until(lambda: ep.stats.foreign == 21)
+        assert ep.remote_address == real.getsockname() and ep.stats.packets_received == 1
+        ep.write_frame(np.zeros(N, dtype=np.int16))
+        assert len(await recv_all(real)) == 1 and await recv_all(other, 0.02) == []
+        # packets from the signalled address itself are always taken
+        dead.sendto(audio(30).serialize(), ep.local_address)
+        await wait_until(lambda: ep.stats.packets_received == 2)
+        assert ep.remote_address == dead.getsockname()
+        # signalling moves the stream: a new SDP address latches anew (to an allowed source)
         ep.set_remote(real.getsockname())
         assert ep.remote_address == real.getsockname()
+        other.sendto(audio(31).serialize(), ep.local_address)
+        await wait_until(lambda: ep.stats.packets_received == 3)
+        assert ep.remote_address == other.getsockname()
     finally:
         ep.close()
-        for s in (dead, real, other):
+        for s in (dead, real, other, outsider):
             s.close()
 
 

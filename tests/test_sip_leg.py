@@ -12,7 +12,7 @@ import pytest
 
 from bridge.audio import tone, tone_analysis
 from bridge.clock import FrameClock
-from bridge.sipua import SipResult
+from bridge.sip import SipResult
 from sipagent import Agent, blocking, sip_config
 from stack import BRIDGE_USER, kamailio  # noqa: F401  (fixture)
 from testbed import wav_dominant_frequency

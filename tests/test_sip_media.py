@@ -23,7 +23,7 @@ import numpy as np
 
 from bridge.audio import tone_analysis
 from bridge.clock import FrameClock
-from bridge.sipua import SipResult
+from bridge.sip import SipResult
 from sipagent import Agent, blocking
 from stack import kamailio  # noqa: F401  (fixture)
 from testbed.fixtures import kamailio_factory  # noqa: F401

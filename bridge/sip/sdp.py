@@ -44,8 +44,13 @@ class Audio:
         return None
 
     @property
+    def held_by_address(self) -> bool:
+        """RFC 2543 hold: connection address 0.0.0.0 (or ::)."""
+        return self.address in ("0.0.0.0", "::")
+
+    @property
     def on_hold(self) -> bool:
-        return self.direction in ("sendonly", "inactive") or self.address in ("0.0.0.0", "::")
+        return self.direction in ("sendonly", "inactive") or self.held_by_address
 
 
 def parse(body: bytes | str) -> Audio:

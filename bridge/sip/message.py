@@ -1,17 +1,22 @@
 """SIP messages: pyVoIP's parser, mended, and the builders the user agent needs.
 
-`SipMessage` subclasses pyVoIP 1.6.8's `SIPMessage` and keeps its header parsing for Via, From,
-To, CSeq and digest challenges. It mends, measured against pyVoIP 1.6.8:
+`SipMessage` subclasses pyVoIP 1.6.8's `SIPMessage` and keeps its parsers for Via, CSeq and
+digest challenges. It mends, measured against pyVoIP 1.6.8:
 - requests other than INVITE/ACK/BYE/CANCEL raised SIPParseError, so OPTIONS/INFO/UPDATE were
   never answered (defect 13): every method parses here;
 - compact header names (`v:`, `f:`, `t:`, `i:`, `m:`, `l:`, ...) and `Name:value` without a space
   were not recognised, and any SDP that is not plain RTP/AVP, or has an extra rtpmap, raised and
   dropped the whole INVITE (defect 16): headers are normalised here and the body is kept as
-  bytes for `bridge.sdp`, which is tolerant;
+  bytes for `bridge.sip.sdp`, which is tolerant;
 - only the first of repeated headers was kept (Record-Route, Route, Via lists), which loses the
   route set: every field is kept in order in `fields`;
+- From and To with `sips:` or `tel:` URIs raised IndexError, and a `<` without `>` was taken
+  as a URI: both are parsed by `bridge.sip.uri.NameAddr`, which refuses what it cannot read;
 - 407's `Proxy-Authenticate` was not parsed (defect 11);
 - a status code pyVoIP has no name for raised ValueError: any 1xx-6xx parses here.
+
+Limits (RFC 3261 18.3 and common sense): a datagram whose Content-Length is larger than its
+body is refused (it was truncated); at most 200 header fields and 64 KiB per message.
 """
 
 from __future__ import annotations
@@ -19,29 +24,33 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyVoIP.VoIP  # noqa: F401  (pyVoIP 1.6.8: importing pyVoIP.SIP first is a circular import)
 from pyVoIP.SIP import SIPMessage, SIPMessageType, SIPStatus
 
+from .uri import NameAddr, SipParseError, SipUri
+
+__all__ = ["METHODS", "SipMessage", "SipParseError", "Request", "render", "response", "digest",
+           "new_tag", "new_branch", "new_call_id", "bad_request", "USER_AGENT"]
+
+USER_AGENT = "bridge"
 METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "INFO", "UPDATE", "PRACK",
            "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "PUBLISH")
 COMPACT = {"v": "Via", "f": "From", "t": "To", "i": "Call-ID", "m": "Contact", "l": "Content-Length",
            "c": "Content-Type", "k": "Supported", "s": "Subject", "e": "Content-Encoding",
-           "o": "Event", "r": "Refer-To", "u": "Allow-Events", "x": "Session-Expires"}
+           "o": "Event", "r": "Refer-To", "u": "Allow-Events", "x": "Session-Expires", "b": "Referred-By"}
 _CANONICAL = {n.lower(): n for n in (
     "Via", "From", "To", "Call-ID", "CSeq", "Contact", "Content-Length", "Content-Type", "Max-Forwards",
     "Record-Route", "Route", "WWW-Authenticate", "Proxy-Authenticate", "Authorization",
-    "Proxy-Authorization", "Expires", "Allow", "Supported", "Require", "User-Agent", "Server",
-    "Reason", "Event", "Accept", "Min-Expires", "Session-Expires", "Remote-Party-ID", "P-Asserted-Identity")}
-_LISTS = ("Via", "Record-Route", "Route")
-_TOKEN = re.compile(r"[A-Za-z!%*_+`'~.-]+")
-_URI_USER = re.compile(r"^(?:sips?|tel):(?:([^@;>]+)@)?([^;>?]+)")
+    "Proxy-Authorization", "Expires", "Allow", "Supported", "Require", "Proxy-Require", "User-Agent",
+    "Server", "Reason", "Event", "Accept", "Min-Expires", "Session-Expires", "Min-SE", "Remote-Party-ID",
+    "P-Asserted-Identity", "Unsupported", "Retry-After", "Refer-To", "Referred-By", "Replaces",
+    "Subscription-State", "RSeq", "RAck", "Allow-Events")}
+_LISTS = ("Via", "Record-Route", "Route", "Contact", "Supported", "Require", "Proxy-Require")
+_TOKEN = re.compile(r"[A-Za-z0-9!%*_+`'~.-]+")
 MAX_MESSAGE = 65535
-
-
-class SipParseError(ValueError):
-    """Not a SIP message bridge can use."""
+MAX_FIELDS = 200
 
 
 def _canonical(name: str) -> str:
@@ -51,7 +60,7 @@ def _canonical(name: str) -> str:
     return _CANONICAL.get(name.lower(), name)
 
 
-def _split_list(value: str) -> list[str]:
+def split_list(value: str) -> list[str]:
     """Split a comma-separated header value, respecting <...> and quotes."""
     parts, depth, quoted, start = [], 0, False, 0
     for i, ch in enumerate(value):
@@ -110,6 +119,7 @@ class SipMessage(SIPMessage):
             self.type = SIPMessageType.MESSAGE
             self.method = start[0].upper()
             self.uri = start[1]
+            self.request_uri = SipUri.parse(self.uri)
         else:
             raise SipParseError(f"not a SIP start line: {lines[0][:60]!r}")
         self.version = "SIP/2.0"
@@ -119,30 +129,42 @@ class SipMessage(SIPMessage):
                 unfolded[-1] += " " + line.strip()
             elif line.strip():
                 unfolded.append(line)
+        if len(unfolded) > MAX_FIELDS:
+            raise SipParseError(f"more than {MAX_FIELDS} header fields")
         for line in unfolded:
             name, colon, value = line.partition(":")
-            if not colon or not name.strip():
+            if not colon or not name.strip() or not _TOKEN.fullmatch(name.strip()):
                 raise SipParseError(f"bad header line: {line[:60]!r}")
             name, value = _canonical(name), value.strip()
-            values = _split_list(value) if name in _LISTS else [value]
+            values = split_list(value) if name in _LISTS else [value]
             self.fields.extend((name, v) for v in values)
         for name in ("Call-ID", "From", "To", "CSeq", "Via"):
             if not self.all(name):
                 raise SipParseError(f"missing {name} header")
-        # pyVoIP's own parsers for the headers it handles well
-        self.parse_header("Via", self.all("Via"))
-        for name in ("From", "To", "CSeq"):
-            self.parse_header(name, self.first(name))
+        self.parse_header("Via", self.all("Via"))        # pyVoIP's own parsers for what they do well
+        self.parse_header("CSeq", self.first("CSeq"))
         cseq = self.headers["CSeq"]
-        if not cseq["check"].isdigit():
+        if not cseq["check"].isdigit() or len(cseq["check"]) > 10 or not _TOKEN.fullmatch(cseq["method"]):
             raise SipParseError("bad CSeq")
+        if self.is_request and cseq["method"].upper() != self.method:
+            raise SipParseError("CSeq method differs from the request method")
+        self.from_ = NameAddr.parse(self.first("From") or "")
+        self.to = NameAddr.parse(self.first("To") or "")
+        self.contact: NameAddr | None = None
+        contact = self.first("Contact")
+        if contact and contact.strip() != "*":
+            self.contact = NameAddr.parse(contact)
         for name in ("WWW-Authenticate", "Proxy-Authenticate"):
             if self.first(name):
                 self.parse_header("WWW-Authenticate", self.first(name))
         for name, value in self.fields:
             self.headers.setdefault(name, value)
         length = self.first("Content-Length")
-        if length is not None and length.isdigit():
+        if length is not None:
+            if not length.isdigit():
+                raise SipParseError("bad Content-Length")
+            if int(length) > len(body):
+                raise SipParseError("Content-Length larger than the body (truncated datagram)")
             body = body[:int(length)]
         self.body_bytes = body
 
@@ -161,6 +183,10 @@ class SipMessage(SIPMessage):
     def all(self, name: str) -> list[str]:
         return [v for n, v in self.fields if n == name]
 
+    def tokens(self, name: str) -> set[str]:
+        """Option tags and the like of a list header (Require, Supported), lower case."""
+        return {v.strip().lower() for v in self.all(name) if v.strip()}
+
     @property
     def call_id(self) -> str:
         return self.first("Call-ID") or ""
@@ -171,57 +197,37 @@ class SipMessage(SIPMessage):
 
     @property
     def from_tag(self) -> str:
-        return self.headers["From"]["tag"].split(";")[0]
+        return self.from_.tag
 
     @property
     def to_tag(self) -> str:
-        return self.headers["To"]["tag"].split(";")[0]
+        return self.to.tag
+
+    @property
+    def top_via(self) -> str:
+        return self.all("Via")[0]
 
     @property
     def branch(self) -> str:
         return str(self.headers["Via"][0].get("branch", "")) if self.headers["Via"] else ""
 
     @property
+    def sent_by(self) -> str:
+        """The top Via's sent-by (host[:port]), as written."""
+        parts = self.top_via.split(";")[0].split()
+        return parts[1].lower() if len(parts) > 1 else ""
+
+    @property
     def contact_uri(self) -> str | None:
-        contact = self.first("Contact")
-        return uri_of(contact) if contact else None
+        return self.contact.uri_text if self.contact else None
 
     @property
     def challenge(self) -> dict[str, str]:
         return self.authentication
 
-
-def uri_of(name_addr: str) -> str:
-    """The URI inside a name-addr (`"Bob" <sip:b@h>;tag=x`) or an addr-spec."""
-    if "<" in name_addr:
-        return name_addr[name_addr.index("<") + 1:name_addr.index(">")]
-    return name_addr.split(";")[0].strip()
-
-
-def user_of(uri: str) -> str | None:
-    match = _URI_USER.match(uri_of(uri))
-    return match.group(1) if match else None
-
-
-def display_name_of(name_addr: str) -> str | None:
-    if "<" not in name_addr:
-        return None
-    name = name_addr[:name_addr.index("<")].strip().strip('"').strip()
-    return name or None
-
-
-def host_port_of(uri: str, default_port: int = 5060) -> tuple[str, int]:
-    """Where a SIP URI points (no DNS SRV: bridge talks to a known PBX)."""
-    match = _URI_USER.match(uri_of(uri))
-    if not match:
-        raise SipParseError(f"not a SIP URI: {uri[:60]!r}")
-    hostport = match.group(2)
-    if hostport.startswith("["):
-        host, _, rest = hostport[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ""
-    else:
-        host, _, port = hostport.partition(":")
-    return host, int(port) if port.isdigit() else default_port
+    @property
+    def content_type(self) -> str:
+        return (self.first("Content-Type") or "").split(";")[0].strip().lower()
 
 
 # --- building ---------------------------------------------------------------------------
@@ -238,12 +244,18 @@ def new_call_id(host: str) -> str:
     return f"{secrets.token_hex(12)}@{host}"
 
 
+_PHRASES = {487: "Request Terminated", 480: "Temporarily Unavailable", 604: "Does Not Exist Anywhere",
+            420: "Bad Extension", 421: "Extension Required", 422: "Session Interval Too Small",
+            482: "Loop Detected", 491: "Request Pending", 488: "Not Acceptable Here"}
+
+
 def phrase(code: int) -> str:
+    if code in _PHRASES:
+        return _PHRASES[code]
     try:
         return SIPStatus(code).phrase
     except ValueError:
-        return {487: "Request Terminated", 480: "Temporarily Unavailable", 604: "Does Not Exist Anywhere"}.get(
-            code, "Unknown")
+        return "Unknown"
 
 
 def render(start: str, headers: list[tuple[str, str]], body: bytes | str = b"") -> bytes:
@@ -254,20 +266,46 @@ def render(start: str, headers: list[tuple[str, str]], body: bytes | str = b"") 
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
+def _reason_phrase(reason: str) -> str:
+    return "".join(ch for ch in reason if " " <= ch < "\x7f")[:80]
+
+
 def response(request: SipMessage, code: int, *, to_tag: str | None = None,
              headers: list[tuple[str, str]] | None = None, body: bytes | str = b"",
-             reason: str | None = None) -> bytes:
+             reason: str | None = None, content_type: str = "application/sdp") -> bytes:
     """A response to `request`: Via, From, To (+ our tag), Call-ID, CSeq copied (RFC 3261 8.2.6)."""
     to = request.first("To") or ""
-    if to_tag and ";tag=" not in to and code > 100:
+    if to_tag and not request.to_tag and code > 100:
         to = f"{to};tag={to_tag}"
     fields = [("Via", v) for v in request.all("Via")]
     fields += [("From", request.first("From") or ""), ("To", to), ("Call-ID", request.call_id),
                ("CSeq", request.first("CSeq") or "")]
     if request.method in ("INVITE", "SUBSCRIBE") and 100 < code < 300:
         fields += [("Record-Route", rr) for rr in request.all("Record-Route")]
-    fields += headers or []
-    return render(f"SIP/2.0 {code} {reason or phrase(code)}", fields, body)
+    fields += (headers or []) + [("Server", USER_AGENT)]
+    if body:
+        fields.append(("Content-Type", content_type))
+    return render(f"SIP/2.0 {code} {_reason_phrase(reason or phrase(code))}", fields, body)
+
+
+def bad_request(data: bytes, why: str) -> bytes | None:
+    """A stateless 400 for a request that did not parse, if it has what a response needs."""
+    head = data.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
+    lines = head.split("\r\n")
+    start = lines[0].split(" ")
+    if len(start) != 3 or start[0] == "SIP/2.0" or start[2] != "SIP/2.0" or not _TOKEN.fullmatch(start[0]):
+        return None                                   # a response, or not SIP at all: drop
+    copied: dict[str, list[str]] = {}
+    for line in lines[1:MAX_FIELDS]:
+        name, colon, value = line.partition(":")
+        canonical = _canonical(name) if colon else ""
+        if canonical in ("Via", "From", "To", "Call-ID", "CSeq") and len(value) < 1024:
+            copied.setdefault(canonical, []).append(value.strip())
+    if any(name not in copied for name in ("Via", "From", "To", "Call-ID", "CSeq")) or start[0] == "ACK":
+        return None
+    fields = [("Via", v) for v in copied["Via"]]
+    fields += [(n, copied[n][0]) for n in ("From", "To", "Call-ID", "CSeq")] + [("Server", USER_AGENT)]
+    return render(f"SIP/2.0 400 {_reason_phrase(why) or 'Bad Request'}", fields)
 
 
 def digest(challenge: dict[str, str], method: str, uri: str, username: str, password: str,
@@ -297,6 +335,39 @@ def digest(challenge: dict[str, str], method: str, uri: str, username: str, pass
     return header, "Digest " + ", ".join(parts)
 
 
+@dataclass
+class Request:
+    """An outgoing request, kept structured so ACK and CANCEL can be derived from it."""
+
+    method: str
+    uri: str
+    via: str
+    from_: str
+    to: str
+    call_id: str
+    cseq: int
+    routes: list[str] = field(default_factory=list)
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: str = ""
+    content_type: str = "application/sdp"
+
+    @property
+    def branch(self) -> str:
+        return self.via.split("branch=")[1].split(";")[0]
+
+    def credentials(self) -> list[tuple[str, str]]:
+        return [(n, v) for n, v in self.headers if n in ("Authorization", "Proxy-Authorization")]
+
+    def render(self) -> bytes:
+        fields = [("Via", self.via), ("Max-Forwards", "70"), ("From", self.from_), ("To", self.to),
+                  ("Call-ID", self.call_id), ("CSeq", f"{self.cseq} {self.method}")]
+        fields += [("Route", r) for r in self.routes]
+        fields += self.headers + [("User-Agent", USER_AGENT)]
+        if self.body:
+            fields.append(("Content-Type", self.content_type))
+        return render(f"{self.method} {self.uri} SIP/2.0", fields, self.body)
+
+
 @dataclass(frozen=True)
 class Party:
     """A SIP party as shown to a user: number (URI user part) and display name."""
@@ -304,3 +375,7 @@ class Party:
     number: str | None
     display_name: str | None
     uri: str
+
+    @classmethod
+    def of(cls, name_addr: NameAddr) -> "Party":
+        return cls(name_addr.uri.user, name_addr.display_name, name_addr.uri_text)

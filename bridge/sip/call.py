@@ -1,0 +1,280 @@
+"""A SIP call: one dialog, its RTP endpoint, and what both directions share.
+
+`OutgoingCall` (`bridge.sip.outgoing`) and `IncomingCall` (`bridge.sip.incoming`) add how a
+call starts; this module holds how it goes on and ends: in-dialog requests (BYE, re-INVITE and
+UPDATE for hold, resume, a moved peer and session refresh; INFO DTMF; OPTIONS), the media
+policy for every SDP, session timers, and BYE with credentials. A call is marked ended before
+anything is sent, so no network or DNS trouble can leave it half-ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+from ..logsafe import safe
+from ..rtp import RtpEndpoint
+from . import dtmf, sdp
+from .dialog import Dialog
+from .message import METHODS, SipMessage
+from .sessiontimer import SessionTimer
+from .transaction import ServerTransaction
+
+if TYPE_CHECKING:
+    from .useragent import UserAgent
+
+log = logging.getLogger("bridge.sip")
+
+
+class SipResult(str, enum.Enum):
+    """How a SIP call ended, in terms a bridge can map to the app side."""
+
+    NORMAL = "normal"               # answered, then hung up (BYE)
+    BUSY = "busy"                   # 486, 600
+    DECLINED = "declined"           # 603
+    NOT_FOUND = "not_found"         # 404, 484, 604
+    UNAVAILABLE = "unavailable"     # 480, 408, transaction timeout
+    NO_ANSWER = "no_answer"         # ring timeout (we cancelled)
+    CANCELLED = "cancelled"         # cancelled before answer (by us on request, or by the caller)
+    AUTH_FAILED = "auth_failed"     # 401/407 after credentials, or 403
+    REJECTED = "rejected"           # other 4xx/6xx
+    SERVER_ERROR = "server_error"   # 5xx
+    FAILED = "failed"               # local trouble (media, no common codec, no ACK, ...)
+    MEDIA_TIMEOUT = "media_timeout"       # no RTP from the peer for sip.media_timeout
+    SESSION_EXPIRED = "session_expired"   # RFC 4028: the session was not refreshed in time
+
+
+_RESULTS = {486: SipResult.BUSY, 600: SipResult.BUSY, 603: SipResult.DECLINED,
+            404: SipResult.NOT_FOUND, 484: SipResult.NOT_FOUND, 604: SipResult.NOT_FOUND,
+            480: SipResult.UNAVAILABLE, 408: SipResult.UNAVAILABLE, 410: SipResult.NOT_FOUND,
+            401: SipResult.AUTH_FAILED, 407: SipResult.AUTH_FAILED, 403: SipResult.AUTH_FAILED,
+            487: SipResult.CANCELLED}
+
+
+def result_of(code: int) -> SipResult:
+    if code in _RESULTS:
+        return _RESULTS[code]
+    return SipResult.SERVER_ERROR if 500 <= code < 600 else SipResult.REJECTED
+
+
+@dataclass(frozen=True)
+class CallEnd:
+    result: SipResult
+    code: int          # the SIP status that ended it (0 for BYE / local)
+    by: str            # "local" or "remote"
+
+    def __str__(self) -> str:
+        code = f" {self.code}" if self.code else ""
+        return f"{self.result.value}{code} by {self.by}"
+
+
+class CallFailed(Exception):
+    def __init__(self, end: CallEnd) -> None:
+        super().__init__(str(end))
+        self.end = end
+
+
+_ANSWER_DIRECTION = {"sendonly": "recvonly", "recvonly": "sendonly", "inactive": "inactive"}
+
+
+class SipCall:
+    """One SIP call with its own RTP endpoint; see OutgoingCall and IncomingCall."""
+
+    direction = ""
+
+    def __init__(self, ua: "UserAgent", media: RtpEndpoint, call_id: str) -> None:
+        self.ua = ua
+        self.media = media
+        self.call_id = call_id
+        self.dialog: Dialog | None = None
+        self.state = "new"     # new, ringing, answered, ended
+        loop = asyncio.get_running_loop()
+        self.answered: asyncio.Future[None] = loop.create_future()
+        self.ended: asyncio.Future[CallEnd] = loop.create_future()
+        self.on_ringing: Callable[[bool], None] | None = None   # arg: early media present
+        self.on_hold: Callable[[bool], None] | None = None
+        self.codec = ""
+        self.on_hold_now = False
+        self.signalling_peer: str | None = None      # the address SIP for this call came from
+        self.session_timer: SessionTimer | None = None
+        self._session = sdp.SessionVersion()
+        self._remote_sdp: sdp.Audio | None = None
+        self._offered_dtmf_pt: int | None = None
+        self._awaiting_answer = False      # we offered in a 2xx (delayed offer): the ACK answers
+
+    # media -----------------------------------------------------------------------------
+
+    def _local_sdp(self, codecs: list[tuple[str, int]], telephone_event: int | None,
+                   direction: str = "sendrecv") -> str:
+        _, port = self.media.local_address
+        return sdp.build(self.ua.cfg.contact_host, port, codecs, session=self._session,
+                         telephone_event=telephone_event, direction=direction)
+
+    def check_media_address(self, audio: sdp.Audio) -> None:
+        """The media policy: raise SdpError unless RTP may go where this SDP says."""
+        self.ua.check_media_address(audio, self.signalling_peer)
+
+    def _apply_remote_sdp(self, audio: sdp.Audio, codec: tuple[str, int] | None = None) -> None:
+        if codec is not None:
+            self.codec = codec[0]
+            self.media.set_codec(codec[0], codec[1], audio.telephone_event)
+            if self._offered_dtmf_pt is not None and audio.telephone_event is not None:
+                self.media.accept_dtmf_payload_type(self._offered_dtmf_pt)
+        if not audio.held_by_address and audio.port:
+            self.media.set_remote((audio.address, audio.port))
+        self.media.set_direction(_ANSWER_DIRECTION.get(audio.direction, "sendrecv"))
+        hold = audio.on_hold
+        if hold != self.on_hold_now:
+            self.on_hold_now = hold
+            log.info("call %s: %s by the remote party", self.call_id, "held" if hold else "resumed")
+            if self.on_hold is not None:
+                self.on_hold(hold)
+        self._remote_sdp = audio
+
+    @staticmethod
+    def _answer_direction(offer: sdp.Audio) -> str:
+        return _ANSWER_DIRECTION.get(offer.direction, "sendrecv")
+
+    # ending ----------------------------------------------------------------------------
+
+    def _finish(self, end: CallEnd) -> None:
+        if self.ended.done():
+            return
+        self.state = "ended"
+        log.info("call %s (%s): ended %s", self.call_id, self.direction, end)
+        if not self.answered.done():
+            self.answered.set_exception(CallFailed(end))
+            self.answered.exception()  # retrieved: nobody has to await it
+        if self.session_timer is not None:
+            self.session_timer.stop()
+        self.ended.set_result(end)
+        self.media.close()
+        self.ua.forget(self)
+
+    async def _bye(self, end: CallEnd | None = None) -> None:
+        """End the call (first), then send BYE; its answer is awaited in the background."""
+        self._finish(end or CallEnd(SipResult.NORMAL, 0, "local"))
+        dialog = self.dialog
+        if dialog is None:
+            return
+        request = dialog.request("BYE", self.ua.via(), dialog.credentials)
+        tx = await self.ua.send_in_dialog(dialog, request)
+        if tx is not None:
+            self.ua.spawn(self._bye_answered(dialog, request, tx))
+
+    async def _bye_answered(self, dialog: Dialog, request, tx) -> None:
+        """A 401/407 to our BYE is answered once with credentials (RFC 3261 22)."""
+        reply = await tx.next()
+        if reply is not None and reply.code in (401, 407):
+            creds = self.ua.credentials(reply, "BYE", request.uri)
+            if creds:
+                tx = await self.ua.send_in_dialog(dialog, dialog.request("BYE", self.ua.via(), creds))
+                reply = await tx.next() if tx is not None else None
+        if reply is None:
+            log.warning("call %s: BYE not answered", self.call_id)
+        elif reply.code >= 300:
+            log.info("call %s: BYE answered %d", self.call_id, reply.code)
+
+    def end_locally(self, result: SipResult) -> None:
+        """End an answered call from our side for `result` (media timeout, session expiry)."""
+        if self.state == "answered":
+            log.warning("call %s: %s: hanging up", self.call_id, result.value.replace("_", " "))
+            self.ua.spawn(self._bye(CallEnd(result, 0, "local")))
+
+    # in-dialog requests ----------------------------------------------------------------
+
+    def on_request(self, msg: SipMessage, tx: ServerTransaction) -> None:
+        """A request inside this call's dialog (the user agent checked its source and tags)."""
+        assert self.dialog is not None
+        ua = self.ua
+        if not self.dialog.accept_remote_seq(msg.cseq[0], msg.method):
+            ua.reply(tx, 500, reason="Out Of Order CSeq")
+            return
+        method = msg.method
+        if method == "BYE":
+            ua.reply(tx, 200)
+            self._remote_bye()
+        elif method in ("INVITE", "UPDATE"):
+            self._reoffer(msg, tx)
+        elif method == "INFO":
+            self._info(msg, tx)
+        elif method == "OPTIONS":
+            ua.reply(tx, 200, headers=ua.capabilities())
+        else:
+            ua.reply(tx, 405 if method in METHODS else 501, headers=ua.capabilities())
+
+    def _remote_bye(self) -> None:
+        self._finish(CallEnd(SipResult.NORMAL, 0, "remote"))
+
+    def on_ack(self, msg: SipMessage) -> None:
+        """An ACK for one of our 2xx responses (a new transaction, matched by the dialog)."""
+        if self._awaiting_answer and msg.body_bytes:
+            self._awaiting_answer = False
+            try:
+                answer = sdp.parse(msg.body_bytes)
+                sdp.choose(answer, (self.codec,))
+                self.check_media_address(answer)
+            except sdp.SdpError as exc:
+                log.warning("call %s: the answer in the ACK is unusable (%s): hanging up", self.call_id, safe(exc))
+                self.ua.spawn(self._bye(CallEnd(SipResult.FAILED, 0, "local")))
+                return
+            self._apply_remote_sdp(answer)
+
+    def _info(self, msg: SipMessage, tx: ServerTransaction) -> None:
+        digits = dtmf.from_info(msg.content_type, msg.body_bytes)
+        if digits is None:
+            self.ua.reply(tx, 415 if msg.body_bytes else 200,
+                          headers=[("Accept", ", ".join(dtmf.INFO_TYPES))] if msg.body_bytes else [])
+            return
+        self.ua.reply(tx, 200)
+        for digit in digits:
+            self.media.deliver_dtmf(digit)
+
+    def _reoffer(self, msg: SipMessage, tx: ServerTransaction) -> None:
+        """re-INVITE / UPDATE: hold, resume, new address or session refresh; same RTP socket.
+
+        Without SDP, a re-INVITE gets our offer in the 200 (the answer comes in the ACK) and an
+        UPDATE (a session refresh) gets a 200 without SDP."""
+        assert self.dialog is not None
+        direction = self.media.direction
+        if msg.body_bytes:
+            try:
+                offer = sdp.parse(msg.body_bytes)
+                sdp.choose(offer, (self.codec,))
+                self.check_media_address(offer)
+            except sdp.SdpError as exc:
+                log.info("call %s: re-offer refused: %s", self.call_id, safe(exc))
+                self.ua.reply(tx, 488, reason=str(exc))
+                return
+            self._apply_remote_sdp(offer)
+            direction = self._answer_direction(offer)
+        elif msg.method == "INVITE":
+            self._awaiting_answer = True
+        if self.dialog.refresh_target(msg.contact):
+            log.info("call %s: remote target moved to %s", self.call_id, safe(self.dialog.remote_target))
+            self.ua.add_peers(self.dialog)
+        headers = self.ua.contact_headers()
+        if self.session_timer is not None:
+            headers += self.session_timer.refreshed_by_peer(msg)
+        body = ""
+        if msg.body_bytes or msg.method == "INVITE":
+            body = self._local_sdp([(self.codec, self.media.payload_type)], self.media.dtmf_payload_type, direction)
+        self.ua.reply(tx, 200, body=body, headers=headers)
+
+    async def hangup(self) -> None:
+        """End the call from our side: BYE if answered, else CANCEL (outgoing) / 480 (incoming)."""
+        raise NotImplementedError
+
+    # session timers --------------------------------------------------------------------
+
+    def start_session_timer(self, msg: SipMessage, we_are: str) -> list[tuple[str, str]]:
+        """Arm RFC 4028 timers from a 2xx (UAC) or an INVITE (UAS); headers for our 2xx."""
+        timer = SessionTimer.negotiate(self, msg, we_are, self.ua.cfg.session_expires, self.ua.cfg.min_se)
+        if timer is None:
+            return []
+        self.session_timer = timer
+        timer.start()
+        return timer.response_headers()

@@ -1,0 +1,122 @@
+"""A call the PBX sends the bridge: dialed number, caller, and ringing, answer or reject.
+
+The INVITE server transaction stays in Proceeding while the app user rings, however long that
+takes, so a late CANCEL is matched and answered 487. The 200 OK is resent until its ACK; no
+ACK within 64*T1 ends the call with BYE. A BYE before the answer (an early-dialog BYE) gets 200
+and the INVITE gets 487 (RFC 3261 15.1.2). An INVITE without SDP (delayed offer) is answered
+with our offer, and the ACK carries the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from ..rtp import RtpEndpoint
+from . import sdp
+from .call import CallEnd, CallFailed, SipCall, SipResult, result_of
+from .dialog import Dialog
+from .message import Party, SipMessage, new_tag
+from .transaction import InviteServerTransaction
+
+if TYPE_CHECKING:
+    from .useragent import UserAgent
+
+log = logging.getLogger("bridge.sip")
+
+
+class IncomingCall(SipCall):
+    direction = "incoming"
+
+    def __init__(self, ua: "UserAgent", media: RtpEndpoint, invite: SipMessage, tx: InviteServerTransaction,
+                 offer: sdp.Audio | None, codec: tuple[str, int] | None) -> None:
+        super().__init__(ua, media, invite.call_id)
+        self.invite = invite
+        self.tx = tx
+        self.offer = offer
+        self.chosen = codec
+        self.signalling_peer = tx.addr[0]
+        self.caller = Party.of(invite.from_)
+        self.dialed = invite.to.uri.user or invite.request_uri.user or ""
+        self.dialog = Dialog(invite.call_id, new_tag(), invite.from_tag, invite.to.without_params(),
+                             invite.from_.without_params(), invite.contact_uri or invite.from_.uri_text,
+                             invite.all("Record-Route"), 0, remote_seq=invite.cseq[0])
+
+    def _respond(self, code: int, **kw) -> None:
+        assert self.dialog is not None
+        self.ua.reply(self.tx, code, to_tag=self.dialog.local_tag, **kw)
+
+    async def ringing(self) -> None:
+        if self.state == "new":
+            self.state = "ringing"
+            self._respond(180, headers=self.ua.contact_headers())
+            self.ua.journal_ringing(self)
+
+    async def answer(self) -> None:
+        """200 OK with our SDP; returns when the caller's ACK arrives (raises CallFailed if not)."""
+        if self.state not in ("new", "ringing"):
+            raise CallFailed(self.ended.result() if self.ended.done() else CallEnd(SipResult.FAILED, 0, "local"))
+        if self.offer is not None and self.chosen is not None:
+            self._apply_remote_sdp(self.offer, self.chosen)
+            body = self._local_sdp([self.chosen], self.offer.telephone_event, self._answer_direction(self.offer))
+        else:                                         # delayed offer: we offer, the ACK answers
+            codecs = [(c, sdp.STATIC_PT[c]) for c in self.ua.cfg.codecs]
+            self._offered_dtmf_pt = 101
+            self.media.set_codec(codecs[0][0], codecs[0][1], 101)
+            self.codec = codecs[0][0]
+            self._awaiting_answer = True
+            body = self._local_sdp(codecs, 101)
+        self.state = "answered"
+        headers = self.ua.contact_headers() + self.start_session_timer(self.invite, "uas")
+        self._respond(200, body=body, headers=headers)
+        self.ua.journal_up(self)
+        await asyncio.wait([self.tx.confirmed, self.ended], return_when=asyncio.FIRST_COMPLETED)
+        acked = self.tx.confirmed.done() and self.tx.confirmed.result()
+        if not acked or self.ended.done():
+            if not self.ended.done():
+                log.warning("call %s: no ACK for our 200 OK; hanging up", self.call_id)
+                await self._bye(CallEnd(SipResult.FAILED, 0, "remote"))
+            raise CallFailed(self.ended.result())
+        log.info("call %s: answered (%s)", self.call_id, self.codec)
+        if not self.answered.done():
+            self.answered.set_result(None)
+
+    def on_ack(self, msg: SipMessage) -> None:
+        self.tx.ack()
+        if self._awaiting_answer and self.offer is None:
+            self._awaiting_answer = False
+            try:
+                answer = sdp.parse(msg.body_bytes)
+                codec = sdp.choose(answer, self.ua.cfg.codecs)
+                self.check_media_address(answer)
+            except sdp.SdpError as exc:
+                log.warning("call %s: the ACK's answer is unusable (%s): hanging up", self.call_id, exc)
+                self.ua.spawn(self._bye(CallEnd(SipResult.FAILED, 0, "local")))
+                return
+            self._apply_remote_sdp(answer, codec)
+            return
+        super().on_ack(msg)
+
+    async def reject(self, code: int = 486) -> None:
+        if self.state in ("new", "ringing"):
+            self._respond(code)
+            self._finish(CallEnd(result_of(code), code, "local"))
+
+    async def hangup(self) -> None:
+        if self.state == "answered":
+            await self._bye()
+        else:
+            await self.reject(480)
+
+    def remote_cancel(self) -> None:
+        if self.state in ("new", "ringing"):
+            self._respond(487)
+            self._finish(CallEnd(SipResult.CANCELLED, 487, "remote"))
+
+    def _remote_bye(self) -> None:
+        if self.state in ("new", "ringing"):            # BYE in the early dialog (15.1.2)
+            self._respond(487)
+            self._finish(CallEnd(SipResult.CANCELLED, 0, "remote"))
+            return
+        super()._remote_bye()

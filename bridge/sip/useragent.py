@@ -1,0 +1,564 @@
+"""The SIP user agent: bridge's account at the PBX. It registers, places calls, takes calls.
+
+Everything runs on the asyncio loop, nothing blocks. What arrives is checked in this order,
+and whatever fails a check is answered (or dropped) before it can take anything:
+1. parsing (`bridge.sip.message`): unparsable requests from trusted peers get a stateless 400,
+   anything else unparsable is dropped and counted;
+2. transactions (`bridge.sip.transaction`): retransmissions are absorbed, responses go to the
+   transaction that sent their request, and only if they come from where it went;
+3. dialogs: a request with a To-tag must match a dialog and come from that dialog's peers (481
+   or dropped otherwise); an ACK for a 2xx and a CANCEL must match what they refer to;
+4. trust (`bridge.sip.trust`): out-of-dialog requests only from the PBX or `sip.trusted_peers`;
+   `Require` with an option we do not support gets 420;
+5. an INVITE is validated whole (headers, SDP, media policy, session interval) before an RTP
+   port is taken, and every failure after that gives the port back.
+A crash journal (`bridge.sip.journal`) lets the next start end what this process left open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import socket
+import time
+from typing import Awaitable, Callable
+
+from ..config import SipConfig
+from ..jitter import JitterBuffer
+from ..logsafe import safe
+from ..ports import PortPool, PortPoolExhausted
+from ..rtp import RtpEndpoint
+from . import sdp
+from .call import CallEnd, SipCall, SipResult
+from .dialog import Dialog
+from .incoming import IncomingCall
+from .journal import Journal, dialog_of
+from .message import (METHODS, Request, SipMessage, SipParseError, bad_request, digest, new_branch,
+                      new_tag, response)
+from .outgoing import OutgoingCall
+from .registration import Registration, RegistrationState
+from .resolver import ResolveError, Resolver
+from .sessiontimer import MIN_SE_FLOOR, SessionTimer, parse_expires
+from .transaction import ClientTransaction, ServerTransaction, Timers, TransactionLayer
+from .transport import UdpTransport
+from .trust import TrustPolicy, networks
+from .uri import SipUri, hostport, is_ip
+
+log = logging.getLogger("bridge.sip")
+
+Addr = tuple[str, int]
+IncomingHandler = Callable[[IncomingCall], Awaitable[None]]
+SUPPORTED = ("timer",)
+ACCEPT = "application/sdp, application/dtmf-relay, application/dtmf"
+
+
+class UserAgent:
+    """bridge's SIP account: registers, places calls, receives calls."""
+
+    allow = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE"
+
+    def __init__(self, cfg: SipConfig, on_incoming: IncomingHandler | None = None,
+                 journal: str | None = None) -> None:
+        self.cfg = cfg
+        self.on_incoming = on_incoming
+        self.timers = Timers(cfg.t1, cfg.t2, cfg.t4)
+        self.transport = UdpTransport(self._on_message)
+        self.layer = TransactionLayer(self.transport, self.timers, cfg.max_transactions)
+        self.resolver = Resolver(socket.AF_INET6 if ":" in cfg.bind_host else socket.AF_INET, cfg.dns_servers)
+        media = networks(cfg.media_networks) if cfg.media_networks is not None else None
+        self.policy = TrustPolicy(networks(cfg.trusted_peers), media, cfg.untrusted)
+        self.registrar = Registration(self)
+        self.ports = PortPool(cfg.rtp_low, cfg.rtp_high, cfg.rtp_host)
+        self.calls: dict[str, SipCall] = {}
+        self.counters: collections.Counter[str] = collections.Counter()
+        self.journal = Journal(journal) if journal else None
+        self.recovered = 0
+        self._tasks: set[asyncio.Task] = set()
+        self._proxy: list[Addr] = []
+        self._silence: dict[str, tuple[int, float]] = {}
+        self.local: Addr = ("", 0)
+
+    @property
+    def registration(self) -> RegistrationState:
+        return self.registrar.state
+
+    # life ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        recover: list[dict] = []
+        if self.journal is not None:
+            recover = self.journal.open()              # raises JournalError: refuse to start
+        await self.transport.open(self.cfg.bind_host, self.cfg.bind_port)
+        self.local = self.transport.local
+        with contextlib.suppress(ResolveError):
+            await self.proxy_addresses()
+        log.info("SIP on udp %s, registrar %s", hostport(*self.local),
+                 hostport(self.cfg.registrar_host, self.cfg.registrar_port))
+        if recover:
+            self.spawn(self._recover(recover))
+        if self.cfg.register:
+            self.spawn(self.registrar.run())
+        if self.cfg.media_timeout:
+            self.spawn(self._watch_media())
+
+    async def stop(self) -> None:
+        """Hang up every call (BYE/CANCEL/480), unregister, then close: bounded to a few seconds."""
+        hangups = [asyncio.ensure_future(call.hangup()) for call in list(self.calls.values())]
+        if hangups:
+            await asyncio.wait(hangups, timeout=3)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.registrar.unregister(), 2)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=1)
+        self.layer.close()
+        self.transport.close()
+        for call in list(self.calls.values()):
+            call.media.close()
+        if self.journal is not None and not self.calls:
+            self.journal.close()
+
+    def spawn(self, coro) -> asyncio.Task:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("SIP task failed", exc_info=task.exception())
+
+    # what we are -----------------------------------------------------------------------
+
+    def via(self) -> str:
+        return f"SIP/2.0/UDP {hostport(self.cfg.contact_host, self.local[1])};branch={new_branch()};rport"
+
+    def contact_uri(self) -> SipUri:
+        return SipUri("sip", self.cfg.username, self.cfg.contact_host, self.local[1])
+
+    def contact_header(self) -> str:
+        return f"<{self.contact_uri()}>"
+
+    def contact_headers(self) -> list[tuple[str, str]]:
+        return [("Contact", self.contact_header()), ("Allow", self.allow), ("Supported", ", ".join(SUPPORTED))]
+
+    def capabilities(self) -> list[tuple[str, str]]:
+        return [("Allow", self.allow), ("Accept", ACCEPT), ("Supported", ", ".join(SUPPORTED))]
+
+    def timer_headers(self, min_se: int | None = None) -> list[tuple[str, str]]:
+        """Session-Expires and Min-SE for an INVITE (RFC 4028), if session timers are on."""
+        if not self.cfg.session_expires:
+            return []
+        floor = max(min_se or 0, self.cfg.min_se)
+        return [("Session-Expires", str(max(self.cfg.session_expires, floor))), ("Min-SE", str(floor))]
+
+    def digest(self, challenge: dict[str, str], method: str, uri: str, header: str) -> tuple[str, str]:
+        return digest(challenge, method, uri, self.cfg.auth_username, self.cfg.password, header)
+
+    def credentials(self, reply: SipMessage, method: str, uri: str) -> list[tuple[str, str]]:
+        """Credentials answering a 401/407 (empty if the challenge is unusable)."""
+        header = "Authorization" if reply.code == 401 else "Proxy-Authorization"
+        try:
+            return [self.digest(reply.challenge, method, uri, header)]
+        except SipParseError:
+            return []
+
+    # where things go -------------------------------------------------------------------
+
+    async def proxy_addresses(self) -> list[Addr]:
+        """The registrar/outbound proxy, resolved (RFC 3263), the last failed one last."""
+        found = await self.resolver.resolve(self.cfg.registrar_host, self.cfg.registrar_port)
+        if set(found) != set(self._proxy):
+            self._proxy = found
+            self.policy.set_pbx(host for host, _ in found)
+        return list(self._proxy)
+
+    def proxy_failed(self, dest: Addr | None = None) -> None:
+        """A request to the proxy got no answer: resolve again next time, and check the registration."""
+        self.resolver.forget(self.cfg.registrar_host)
+        if dest in self._proxy and len(self._proxy) > 1:
+            self._proxy.remove(dest)
+            self._proxy.append(dest)
+        self.registrar.check_now()
+
+    async def next_hop(self, dialog: Dialog) -> Addr:
+        uri = dialog.next_hop()
+        found = await self.resolver.resolve(uri.host, uri.port, uri.transport)
+        return found[0]
+
+    async def send_in_dialog(self, dialog: Dialog, request: Request) -> ClientTransaction | None:
+        """Send a request inside `dialog`; None (logged) if its next hop cannot be reached."""
+        try:
+            dest = await self.next_hop(dialog)
+        except (ResolveError, SipParseError) as exc:
+            log.warning("call %s: cannot send %s: %s", dialog.call_id, request.method, safe(exc))
+            return None
+        if request.method == "INVITE":
+            return self.layer.invite(request, dest)
+        return self.layer.request(request, dest)
+
+    async def send_ack(self, dialog: Dialog, ack: Request) -> tuple[bytes, Addr] | None:
+        """ACK a 2xx (no transaction: RFC 3261 13.2.2.4); returns what was sent, and where."""
+        try:
+            dest = await self.next_hop(dialog)
+        except (ResolveError, SipParseError) as exc:
+            log.warning("call %s: cannot send ACK: %s", dialog.call_id, safe(exc))
+            return None
+        data = ack.render()
+        self.transport.send(data, dest)
+        return data, dest
+
+    def add_peers(self, dialog: Dialog) -> None:
+        """The addresses that may send requests in `dialog`: its next hop and remote target."""
+        uris: list[SipUri] = []
+        for get in (lambda: SipUri.parse(dialog.remote_target), dialog.next_hop):
+            with contextlib.suppress(SipParseError):
+                uris.append(get())
+        for uri in uris:
+            if is_ip(uri.host):
+                dialog.peers.add(uri.host)
+            else:
+                self.spawn(self._resolve_peer(dialog, uri))
+
+    async def _resolve_peer(self, dialog: Dialog, uri: SipUri) -> None:
+        with contextlib.suppress(ResolveError):
+            dialog.peers.update(host for host, _ in await self.resolver.resolve(uri.host, uri.port, uri.transport))
+
+    def check_media_address(self, audio: sdp.Audio, peer: str | None) -> None:
+        """The media policy (DESIGN.md 8): RTP only to the signalling peer or `sip.media_networks`."""
+        if audio.held_by_address:
+            return
+        if not is_ip(audio.address):
+            self.counters["media_policy"] += 1
+            raise sdp.SdpError(f"the SDP connection address {audio.address[:60]!r} is not an IP address")
+        if not self.policy.media_allowed(audio.address, peer):
+            self.counters["media_policy"] += 1
+            raise sdp.SdpError(f"media to {audio.address} is not allowed (not the signalling peer, "
+                               "not in sip.media_networks)")
+
+    # answering -------------------------------------------------------------------------
+
+    def reply(self, tx: ServerTransaction, code: int, *, to_tag: str | None = None,
+              headers: list[tuple[str, str]] | None = None, body: str = "", reason: str | None = None) -> None:
+        tx.respond(response(tx.request, code, to_tag=to_tag, headers=headers, body=body, reason=reason), code)
+
+    def reply_stateless(self, msg: SipMessage, addr: Addr, code: int, *, headers: list[tuple[str, str]] | None = None,
+                        reason: str | None = None, to_tag: str = "") -> None:
+        """A response that keeps no state (RFC 3261 8.2.7): a retransmitted request gets another."""
+        self.transport.send(response(msg, code, to_tag=to_tag or new_tag(), headers=headers,
+                                     reason=reason), addr)
+
+    # receiving -------------------------------------------------------------------------
+
+    def _on_message(self, data: bytes, addr: Addr) -> None:
+        try:
+            msg = SipMessage(data)
+        except SipParseError as exc:
+            self.counters["malformed"] += 1
+            if self.policy.trusted(addr[0]):
+                answer = bad_request(data, str(exc))
+                if answer is not None:
+                    self.transport.send(answer, addr)
+            if self.policy.should_log(addr[0]):
+                log.info("dropped a bad SIP message from %s: %s", hostport(*addr), safe(exc))
+            return
+        try:
+            if msg.is_request:
+                self._on_request(msg, addr)
+            else:
+                self._on_response(msg, addr)
+        except Exception:
+            self.counters["errors"] += 1
+            log.exception("error handling SIP %s from %s", msg.method or msg.code, hostport(*addr))
+
+    def _on_response(self, msg: SipMessage, addr: Addr) -> None:
+        if self.layer.on_response(msg, addr) is None:
+            self.counters["stray_responses"] += 1
+
+    def _dialog_call(self, msg: SipMessage) -> SipCall | None:
+        call = self.calls.get(msg.call_id)
+        d = call.dialog if call is not None else None
+        if d is None or d.local_tag != msg.to_tag or (d.remote_tag and d.remote_tag != msg.from_tag):
+            return None
+        return call
+
+    def _from_peer(self, call: SipCall, addr: Addr) -> bool:
+        assert call.dialog is not None
+        host = addr[0]
+        return host in call.dialog.peers or host == call.signalling_peer or self.policy.trusted(host)
+
+    def _on_request(self, msg: SipMessage, addr: Addr) -> None:
+        method = msg.method
+        tx = self.layer.find_server(msg)
+        if tx is not None:
+            if tx.addr[0] != addr[0]:
+                self.counters["foreign_source"] += 1
+            elif method == "ACK":
+                tx.ack()                                # ACK for a non-2xx final, same branch
+            elif method != "ACK":
+                tx.retransmission()
+            return
+        if method == "ACK":                             # ACK for a 2xx: a transaction of its own
+            call = self._dialog_call(msg)
+            if call is not None and self._from_peer(call, addr):
+                call.on_ack(msg)
+            return
+        if method == "CANCEL":
+            self._on_cancel(msg, addr)
+            return
+        if msg.to_tag:                                  # inside a dialog
+            call = self._dialog_call(msg)
+            if call is None:
+                if self.policy.trusted(addr[0]):
+                    self.reply_stateless(msg, addr, 481)
+                return
+            if not self._from_peer(call, addr):
+                self.counters["foreign_source"] += 1
+                self.policy.refused(addr[0], f"in-dialog {method}")
+                return
+            stx = self._server_transaction(msg, addr)
+            if stx is not None:
+                call.on_request(msg, stx)
+            return
+        if not self.policy.trusted(addr[0]):
+            self.counters["untrusted"] += 1
+            self.policy.refused(addr[0], method)
+            if self.policy.action == "reject":
+                self.reply_stateless(msg, addr, 403, reason="Forbidden (not a trusted peer)")
+            return
+        unsupported = msg.tokens("Require") - set(SUPPORTED)
+        if unsupported:
+            self.reply_stateless(msg, addr, 420, headers=[("Unsupported", ", ".join(sorted(unsupported)))])
+            return
+        if method == "INVITE":
+            self._on_invite(msg, addr)
+        elif method == "OPTIONS":
+            self.reply_stateless(msg, addr, 200, headers=self.capabilities())
+        elif method in ("BYE", "PRACK", "UPDATE", "INFO"):
+            self.reply_stateless(msg, addr, 481)
+        else:
+            self.reply_stateless(msg, addr, 405 if method in METHODS else 501, headers=[("Allow", self.allow)])
+
+    def _server_transaction(self, msg: SipMessage, addr: Addr) -> ServerTransaction | None:
+        if self.layer.full:
+            self.counters["transaction_limit"] += 1
+            self.reply_stateless(msg, addr, 503, headers=[("Retry-After", "5")])
+            return None
+        return self.layer.new_server(msg, addr)
+
+    def _on_cancel(self, msg: SipMessage, addr: Addr) -> None:
+        invite_tx = self.layer.find_server(msg, "INVITE")
+        if invite_tx is None or invite_tx.addr[0] != addr[0]:
+            self.reply_stateless(msg, addr, 481)
+            return
+        stx = self._server_transaction(msg, addr)
+        if stx is None:
+            return
+        self.reply(stx, 200)
+        call = self.calls.get(msg.call_id)
+        if isinstance(call, IncomingCall) and call.tx is invite_tx:
+            call.remote_cancel()
+        elif invite_tx.state == "proceeding":          # cancelled before the call was set up
+            invite_tx.respond(response(invite_tx.request, 487, to_tag=new_tag()), 487)
+
+    def _on_invite(self, msg: SipMessage, addr: Addr) -> None:
+        if self.layer.full:
+            self.counters["transaction_limit"] += 1
+            self.reply_stateless(msg, addr, 503, headers=[("Retry-After", "5")])
+            return
+        if msg.call_id in self.calls:                  # a forked copy or a looped request
+            self.reply_stateless(msg, addr, 482)
+            return
+        refused = self._check_invite(msg, addr)
+        if refused is not None:
+            code, reason, headers = refused
+            self.counters["refused_invites"] += 1
+            log.info("incoming INVITE from %s refused %d: %s", hostport(*addr), code, safe(reason))
+            self.reply_stateless(msg, addr, code, reason=reason, headers=headers)
+            return
+        offer, codec = self._offer(msg)
+        tx = self.layer.new_server(msg, addr)
+        self.reply(tx, 100)
+        self.spawn(self._incoming(msg, tx, offer, codec))
+
+    def _check_invite(self, msg: SipMessage, addr: Addr) -> tuple[int, str, list[tuple[str, str]]] | None:
+        """Why an INVITE is refused before anything is taken: (code, reason, headers), or None."""
+        if self.on_incoming is None:
+            return 480, "Temporarily Unavailable", []
+        if msg.body_bytes and msg.content_type != "application/sdp":
+            return 415, "Unsupported Media Type", [("Accept", "application/sdp")]
+        given = parse_expires(msg.first("Session-Expires"))
+        if given is not None and self.cfg.session_expires and given[0] < max(self.cfg.min_se, MIN_SE_FLOOR):
+            return 422, "Session Interval Too Small", [("Min-SE", str(max(self.cfg.min_se, MIN_SE_FLOOR)))]
+        if msg.body_bytes:
+            try:
+                offer = sdp.parse(msg.body_bytes)
+                sdp.choose(offer, self.cfg.codecs)
+                self.check_media_address(offer, addr[0])
+            except sdp.SdpError as exc:
+                return 488, str(exc), []
+        return None
+
+    def _offer(self, msg: SipMessage) -> tuple[sdp.Audio | None, tuple[str, int] | None]:
+        if not msg.body_bytes:
+            return None, None                          # delayed offer
+        offer = sdp.parse(msg.body_bytes)
+        return offer, sdp.choose(offer, self.cfg.codecs)
+
+    async def _incoming(self, msg: SipMessage, tx, offer: sdp.Audio | None, codec: tuple[str, int] | None) -> None:
+        try:
+            media = await self._media()
+        except (PortPoolExhausted, OSError) as exc:
+            log.error("no RTP port for an incoming call: %s", exc)
+            self.reply(tx, 503, to_tag=new_tag(), headers=[("Retry-After", "5")])
+            return
+        if tx.state != "proceeding":                   # cancelled while we took the port
+            media.close()
+            return
+        try:
+            call = IncomingCall(self, media, msg, tx, offer, codec)
+        except Exception:
+            media.close()
+            self.reply(tx, 500, to_tag=new_tag())
+            raise
+        self.calls[call.call_id] = call
+        self.add_peers(call.dialog)  # type: ignore[arg-type]
+        log.info("call %s: incoming from %s (%s) to %s", safe(call.call_id), safe(call.caller.number),
+                 safe(call.caller.display_name or "-"), safe(call.dialed))
+        assert self.on_incoming is not None
+        try:
+            await self.on_incoming(call)
+        except Exception:
+            log.exception("incoming call handler failed")
+            await call.reject(500)
+
+    async def _media(self) -> RtpEndpoint:
+        jitter = JitterBuffer(target_ms=round(self.cfg.jitter_target * 1000))
+        return await RtpEndpoint.create(self.cfg.rtp_host, port_pool=self.ports, jitter=jitter,
+                                        source_allowed=self.policy.media_allowed)
+
+    def forget(self, call: SipCall) -> None:
+        """The call ended: drop it, and close its journal entry."""
+        if self.calls.get(call.call_id) is call:
+            del self.calls[call.call_id]
+        self._silence.pop(call.call_id, None)
+        if self.journal is not None:
+            self.journal.down(call.call_id)
+
+    # calling ---------------------------------------------------------------------------
+
+    async def call(self, target: str, *, caller: str | None = None, display_name: str | None = None,
+                   ring_timeout: float | None = None) -> OutgoingCall:
+        """Place a call to an extension or SIP URI; watch `answered` and `ended`."""
+        media = await self._media()
+        try:
+            call = OutgoingCall(self, media, target, caller or self.cfg.username, display_name,
+                                ring_timeout or self.cfg.ring_timeout)
+        except Exception:
+            media.close()
+            raise
+        self.calls[call.call_id] = call
+        log.info("call %s: calling %s", call.call_id, safe(target))
+        task = self.spawn(call.run())
+        task.add_done_callback(lambda t: call._finish(CallEnd(SipResult.FAILED, 0, "local"))
+                               if t.cancelled() or t.exception() else None)
+        return call
+
+    async def refresh_session(self, call: SipCall, timer: SessionTimer) -> tuple[int, SipMessage | None]:
+        """Send one session refresh (UPDATE, or a re-INVITE with our SDP); (status, response)."""
+        dialog = call.dialog
+        assert dialog is not None
+        headers = [("Contact", self.contact_header())] + timer.request_headers() + list(dialog.credentials)
+        for attempt in range(2):
+            if timer.peer_allows_update:
+                request = dialog.request("UPDATE", self.via(), headers)
+            else:
+                body = call._local_sdp([(call.codec, call.media.payload_type)], call.media.dtmf_payload_type,
+                                       call.media.direction)
+                request = dialog.request("INVITE", self.via(), headers, body)
+            tx = await self.send_in_dialog(dialog, request)
+            if tx is None:
+                return 0, None
+            reply = await tx.next()
+            while reply is not None and reply.code < 200:
+                reply = await tx.next()
+            if reply is None:
+                return 0, None
+            if request.method == "INVITE" and 200 <= reply.code < 300:
+                await self.send_ack(dialog, dialog.request("ACK", self.via(), dialog.credentials, cseq=request.cseq))
+            if reply.code in (401, 407) and attempt == 0:
+                creds = self.credentials(reply, request.method, request.uri)
+                dialog.credentials = creds
+                headers = [h for h in headers if h[0] not in ("Authorization", "Proxy-Authorization")] + creds
+                continue
+            if 200 <= reply.code < 300:
+                dialog.refresh_target(reply.contact)
+            return reply.code, reply
+        return 0, None
+
+    # watching ----------------------------------------------------------------------------
+
+    async def _watch_media(self) -> None:
+        """End answered calls whose peer sent no RTP for `sip.media_timeout` (hold excepted)."""
+        timeout = self.cfg.media_timeout
+        period = min(1.0, timeout / 4)
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            for call in list(self.calls.values()):
+                if call.state != "answered":
+                    continue
+                received = call.media.stats.packets_received
+                last = self._silence.get(call.call_id)
+                if last is None or last[0] != received or not call.media.receiving:
+                    self._silence[call.call_id] = (received, now)
+                elif now - last[1] >= timeout:
+                    self.counters["media_timeouts"] += 1
+                    self._silence.pop(call.call_id, None)
+                    call.end_locally(SipResult.MEDIA_TIMEOUT)
+
+    # the crash journal -------------------------------------------------------------------
+
+    def journal_invite(self, call: OutgoingCall, invite: Request, dest: Addr) -> None:
+        if self.journal is not None:
+            self.journal.invite(call.call_id, invite.render(), dest)
+
+    def journal_ringing(self, call: IncomingCall) -> None:
+        if self.journal is not None and call.dialog is not None:
+            data = response(call.invite, 480, to_tag=call.dialog.local_tag)
+            self.journal.ringing(call.call_id, data, call.tx.addr)
+
+    def journal_up(self, call: SipCall) -> None:
+        if self.journal is not None and call.dialog is not None:
+            self.journal.up(call.dialog)
+
+    async def _recover(self, entries: list[dict]) -> None:
+        """End what a previous process left open: BYE, CANCEL, or 480 to a ringing INVITE."""
+        log.warning("ending %d SIP call(s) left open by a previous run (crash or kill)", len(entries))
+        waits = []
+        for entry in entries:
+            try:
+                op, dest = entry["op"], (str(entry.get("dest", ["", 0])[0]), int(entry.get("dest", ["", 0])[1]))
+                if op == "up":
+                    dialog = dialog_of(entry)
+                    dialog.local_seq += 100               # above any request the old process sent
+                    tx = await self.send_in_dialog(dialog, dialog.request("BYE", self.via()))
+                    if tx is not None:
+                        waits.append(tx.next())
+                elif op == "invite":
+                    invite = SipMessage(entry["request"].encode())
+                    cancel = Request("CANCEL", invite.uri, invite.top_via, invite.first("From") or "",
+                                     invite.first("To") or "", invite.call_id, invite.cseq[0], invite.all("Route"))
+                    waits.append(self.layer.request(cancel, dest).next())
+                elif op == "ringing":
+                    self.transport.send(entry["response"].encode(), dest)
+                self.recovered += 1
+            except (KeyError, TypeError, ValueError, SipParseError) as exc:
+                log.warning("crash journal: skipped an unreadable entry: %s", safe(exc))
+        if waits:
+            await asyncio.wait([asyncio.ensure_future(w) for w in waits], timeout=5)
+
