@@ -157,7 +157,7 @@ class BridgedCall:
 
     def __init__(self, bridge: Bridge) -> None:
         self.bridge = bridge
-        self.app = Call(bridge.platform_url)
+        self.app = Call(bridge.platform_url, liveness_timeout=bridge.cfg.webrtc.liveness_timeout)
         self.events = _Events()
         self.sip: SipCall | None = None
         assert bridge.cfg.bridge is not None
@@ -210,7 +210,8 @@ class BridgedCall:
         if self.events.ended.is_set():
             log.info("%s: app side ended (%s): hanging up the phone", self.name, self.events.param)
             await sip.hangup()
-            self.result = "normal"
+            lost = self.events.param is not None and self.events.param.reason is R.NETWORK_UNSTABLE
+            self.result = "network_unstable" if lost else "normal"
         elif sip.ended.done():
             end = sip.ended.result()
             log.info("%s: phone side ended (%s): ending the app call", self.name, end)

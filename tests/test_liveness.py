@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 
+from bridge import config
 from bridge.audio import ToneTrack
 from bridge.liveness import Liveness
+from conftest import platform_yaml
 
 
 async def connected(direction: str) -> tuple[RTCPeerConnection, RTCPeerConnection]:
@@ -90,3 +93,12 @@ async def test_a_deaf_peer_is_reported_once_within_the_timeout():
     await a.close()
     await b.close()
 
+
+def test_liveness_timeout_is_configured_under_webrtc():
+    def load(extra: str):
+        return config.loads(platform_yaml(8080) + extra, "t.yaml").webrtc.liveness_timeout
+    assert load("") == 8.0
+    assert load("webrtc: {liveness_timeout: 3s}\n") == 3.0
+    assert load("webrtc: {liveness_timeout: off}\n") is None
+    with pytest.raises(config.ConfigError, match=r"t.yaml:\d+: webrtc.liveness_timeout: must be 2s to 60s"):
+        load("webrtc: {liveness_timeout: 1s}\n")
