@@ -66,7 +66,20 @@ class CallCount:
 
 
 @dataclass(frozen=True)
-class SipRoute:
+class _Counted:
+    """A route's limit and its call count: its own from the start, or its previous version's
+    (Router.replace)."""
+
+    max_calls: int | None = field(default=None, kw_only=True)
+    calls: CallCount = field(default=None, compare=False, repr=False, kw_only=True)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.calls is None:
+            object.__setattr__(self, "calls", CallCount(self.max_calls))
+
+
+@dataclass(frozen=True)
+class SipRoute(_Counted):
     """app -> desk phone."""
 
     name: str
@@ -78,13 +91,7 @@ class SipRoute:
     fallback: tuple[str, ...] = ()
     caller_id: str = "{caller_user}"
     display_name: str | None = None
-    max_calls: int | None = None
     ring_timeout: float | None = None
-    calls: CallCount = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
-
-    def __post_init__(self) -> None:
-        if self.calls is None:
-            object.__setattr__(self, "calls", CallCount(self.max_calls))
 
     @property
     def match(self) -> tuple:
@@ -94,7 +101,7 @@ class SipRoute:
 
 
 @dataclass(frozen=True)
-class AppRoute:
+class AppRoute(_Counted):
     """desk phone -> app."""
 
     name: str
@@ -104,12 +111,6 @@ class AppRoute:
     user: str
     caller_service: str
     caller_id: str = "{caller}"
-    max_calls: int | None = None
-    calls: CallCount = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
-
-    def __post_init__(self) -> None:
-        if self.calls is None:
-            object.__setattr__(self, "calls", CallCount(self.max_calls))
 
     @property
     def match(self) -> tuple:
