@@ -77,6 +77,16 @@ async def bridge_metric(bridge: Daemon, line: str, timeout: float = 5) -> str:
     return text
 
 
+async def talking_to_the_phone(bridge: Daemon, phone) -> Party:
+    """alice (in this process, 1000 Hz) in a call with `phone` (desk-2001), media flowing."""
+    alice = Party(bridge.platform_url, "alice", tone=1000)
+    await alice.make_call(("desk-2001", "demo-desk"), bridge.token("alice"))
+    await asyncio.wait_for(alice.events.connected.wait(), 15)
+    await blocking(phone.wait_established, 5)
+    await asyncio.sleep(3)                                         # baresip's audio starts late
+    return alice
+
+
 async def test_a_frozen_app_caller_is_noticed_and_the_phone_gets_bye(start_bridge, kamailio, baresip_factory):  # noqa: F811
     bridge = await start_bridge()
     phone = baresip_factory("2001", kamailio, tone_hz=700)
@@ -129,11 +139,7 @@ async def test_an_sdk_user_notices_its_frozen_peer(start_bridge, kamailio):  # n
 async def test_a_muted_app_user_is_not_cut_off(start_bridge, kamailio, baresip_factory):  # noqa: F811
     bridge = await start_bridge()
     phone = baresip_factory("2001", kamailio, tone_hz=700)
-    alice = Party(bridge.platform_url, "alice", tone=1000)
-    await alice.make_call(("desk-2001", "demo-desk"), bridge.token("alice"))
-    await asyncio.wait_for(alice.events.connected.wait(), 15)
-    await blocking(phone.wait_established, 5)
-    await asyncio.sleep(3)
+    alice = await talking_to_the_phone(bridge, phone)
     mark = phone.mark()
     alice.call.mute_my_audio(True)
     await asyncio.sleep(15)                                        # twice the liveness timeout
@@ -157,11 +163,7 @@ async def test_an_sdk_user_notices_a_frozen_bridge_and_the_bridge_recovers(start
     thawed, the bridge ends its side and the phone gets its BYE."""
     bridge = await start_bridge()
     phone = baresip_factory("2001", kamailio)
-    alice = Party(bridge.platform_url, "alice", tone=1000)
-    await alice.make_call(("desk-2001", "demo-desk"), bridge.token("alice"))
-    await asyncio.wait_for(alice.events.connected.wait(), 15)
-    await blocking(phone.wait_established, 5)
-    await asyncio.sleep(2)
+    alice = await talking_to_the_phone(bridge, phone)
     mark = phone.mark()
     bridge.signal(signal.SIGSTOP)
     frozen_at = time.monotonic()
