@@ -96,7 +96,7 @@ class Liveness:
             silent = self.silent_for
             if silent >= self.timeout:
                 self.lost_after = silent
-                log.warning("peer silent for %.1f s (consent checks: %d sent, %d answered): lost",
+                log.info("peer silent for %.1f s (consent checks: %d sent, %d answered): lost",
                             silent, self.probes, self.answers)
                 if self._probe is not None:
                     self._probe.cancel()

@@ -347,7 +347,10 @@ class Call:
         async def on_state() -> None:
             if pc.connectionState == "connected" and self.liveness_timeout and self._liveness is None:
                 self._liveness = Liveness(pc, self.liveness_timeout, self._peer_lost)
-                self._liveness.start()
+                try:
+                    self._liveness.start()
+                except RuntimeError as exc:       # an aiortc this module does not know
+                    log.error("call %s: no liveness watch, a dead peer is noticed late: %s", self.sid, exc)
             elif pc.connectionState == "failed" and self.state != "disconnected":
                 log.warning("call %s: media connection failed", self.sid)
                 await self._end_unstable()
