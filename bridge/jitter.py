@@ -181,6 +181,9 @@ class JitterBuffer:
             self.stats.duplicates += 1
             return False
         end = ts + n
+        if end - self._play > self.max_depth and step > 0:
+            self.stats.resyncs += 1   # after a long loss: carry on right after what is buffered
+            return self._start(packet, samples)
         if end <= self._play or end - self._play > self.max_depth:
             self.stats.late += 1  # too late, or a stray far from the stream
             self._remember(seq)

@@ -207,6 +207,19 @@ def test_sequence_and_timestamp_restart_resyncs_at_once(seq0, ts0):
     assert jb.stats.resyncs == 1
 
 
+@pytest.mark.parametrize("lost", [8, 15, 60])
+def test_audio_resumes_after_a_long_burst_loss(lost):
+    """160 ms to 1.2 s lost in a row (numbering continuous): playout picks the stream up again."""
+    jb = JitterBuffer(target_ms=40, max_ms=200)
+    end = 20 + lost + 40
+    sched = {t: [packet(t)] for t in range(end) if not 20 <= t < 20 + lost}
+    ids = run(jb, sched, end + 4)
+    assert played(ids)[:20] == list(range(20))
+    resumed = played(ids)[20:]
+    assert resumed == [k % 100 for k in range(20 + lost, end)], resumed
+    assert ids.index((20 + lost) % 100, 22) - (20 + lost) <= 3   # within a frame or two of arriving
+
+
 def test_a_stray_packet_with_a_wild_sequence_number_is_ignored():
     jb = JitterBuffer(target_ms=40)
     sched = {t: [packet(t)] for t in range(40)}
