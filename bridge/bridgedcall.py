@@ -21,7 +21,7 @@ from .config import Config
 from .media import AppToSip, SipToApp, cancel_quietly
 from .metrics import Metrics
 from .reasons import Disconnected, DisconnectReason as R
-from .routing import Denied, Router
+from .routing import Denied, Route, Router
 from .sdk import Call, CallDelegate, MakeCallParams, StartFailError, VerifyCallParams
 from .sip import CallFailed, IncomingCall, SipCall, SipResult, UserAgent
 
@@ -169,14 +169,14 @@ class BridgedCall:
 
     def __init__(self, bridge: Bridge) -> None:
         self.bridge = bridge
-        self.app = Call(bridge.platform_url)
+        self.app = Call(bridge.platform_url, liveness_timeout=bridge.cfg.webrtc.liveness_timeout)
         self.events = _Events()
         self.sip: SipCall | None = None
         assert bridge.cfg.bridge is not None
         self.sip_to_app = SipToApp(lambda: self.app.codec, relay=bridge.cfg.bridge.media == "relay")
         self.app_to_sip = AppToSip()
         self.result = "failed"
-        self.route: str | None = None
+        self.route: Route | None = None     # the route this call is counted on
         self._pump: asyncio.Task | None = None
         self._stop = asyncio.Event()
 
@@ -223,7 +223,8 @@ class BridgedCall:
         if self.events.ended.is_set():
             log.info("%s: app side ended (%s): hanging up the phone", self.name, self.events.param)
             await sip.hangup()
-            self.result = "normal"
+            lost = self.events.param is not None and self.events.param.reason is R.NETWORK_UNSTABLE
+            self.result = "network_unstable" if lost else "normal"
         elif sip.ended.done():
             end = sip.ended.result()
             log.info("%s: phone side ended (%s): ending the app call", self.name, end)
@@ -237,7 +238,8 @@ class BridgedCall:
         await cancel_quietly(self._pump)
         self.sip_to_app.stop()
         if self.route is not None:
-            self.bridge.router.release(self.route)
+            self.route.calls.release()
+            self.route = None
         if self.app.state not in ("idle", "disconnected"):
             await self.app.end_call()
         if self.sip is not None and not self.sip.ended.done():
@@ -280,9 +282,9 @@ class AppToDeskCall(BridgedCall):
             self.result = "no_route"
             await self.app.end_call(reason=R.SERVICE_INVALID_ID)
             return
-        limit = bridge.router.limit_of(decision.route)
-        if not bridge.router.acquire(decision.route, limit):
-            log.warning("call %s: route %s is at its limit of %s calls", p.sid, decision.route, limit)
+        if not decision.route.calls.acquire():
+            log.warning("call %s: route %s is at its limit of %s calls", p.sid, decision.route.name,
+                        decision.route.calls.limit)
             self.result = "route_limit"
             await self.app.end_call(reason=R.SERVICE_BUSY)
             return
@@ -357,7 +359,7 @@ class DeskToAppCall(BridgedCall):
             self.result = "no_route"
             await sip.reject(404)
             return
-        if not bridge.router.acquire(decision.route, bridge.router.limit_of(decision.route)):
+        if not decision.route.calls.acquire():
             self.result = "route_limit"
             await sip.reject(503)
             return

@@ -122,6 +122,7 @@ class WebRtcConfig:
     ice_addresses: list[str]
     codecs: tuple[str, ...] = ("PCMU", "PCMA", "opus")   # the bridge's app legs, preferred first
     receive_prefetch: int | None = 1    # packets aiortc's audio receivers hold back (None: aiortc's own, 4)
+    liveness_timeout: float | None = 8.0   # an app leg silent this long (media, consent) ends (None: off)
 
 
 @dataclass(frozen=True)
@@ -334,12 +335,14 @@ def loads(text: str, path: str = "<config>", env: dict[str, str] | None = None) 
     r.unknown(root, "", {"log_level", "platform", "webrtc", "sip", "notifications", "bridge", "routes"})
     log_level = r.get(root, "log_level", "log_level", _log_level, "info")
     platform = _platform(r, root)
-    w = r.section(root, "webrtc", "webrtc", {"ice_addresses", "codecs", "receive_prefetch"})
+    w = r.section(root, "webrtc", "webrtc", {"ice_addresses", "codecs", "receive_prefetch", "liveness_timeout"})
     prefetch = w.get("receive_prefetch", 1)
     webrtc = WebRtcConfig(ice_addresses=r.get(w, "ice_addresses", "webrtc.ice_addresses", ip_list, []),
                           codecs=r.get(w, "codecs", "webrtc.codecs", _webrtc_codecs, ("PCMU", "PCMA", "opus")),
                           receive_prefetch=None if prefetch == "aiortc" else
-                          r.get(w, "receive_prefetch", "webrtc.receive_prefetch", _prefetch, 1))
+                          r.get(w, "receive_prefetch", "webrtc.receive_prefetch", _prefetch, 1),
+                          liveness_timeout=r.get(w, "liveness_timeout", "webrtc.liveness_timeout",
+                                                 _liveness_timeout, 8.0))
     sip = _sip(r, root) if root.get("sip") is not None else None
     notifications = _notifications(r, root) if root.get("notifications") is not None else None
     bridge = _bridge(r, root, platform) if root.get("bridge") is not None else None
@@ -636,6 +639,15 @@ def _prefetch(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 8:
         raise ValueError("must be 0..7 packets, or 'aiortc' for aiortc's own buffer")
     return value
+
+
+def _liveness_timeout(value: Any) -> float | None:
+    if value is False:
+        return None
+    seconds = duration(value)
+    if not 2 <= seconds <= 60:
+        raise ValueError("must be 2s to 60s, or off")
+    return seconds
 
 
 def _webrtc_codecs(value: Any) -> tuple[str, ...]:

@@ -12,8 +12,12 @@ on its own 20 ms clock and always receives exactly ``frame_samples`` samples:
   if the held frames turn out to be lost when audio resumes, that delay is given back;
 * when at least one spare frame stayed buffered for a whole ``window`` of frames (remote
   clock faster, delay left over from a spike), one 20 ms frame is dropped;
-* an SSRC change or a timestamp jump (sequence continuing) resets sequence/timestamp tracking
-  and the new audio continues right after what is still buffered: no gap, no pile-up;
+* a discontinuity re-synchronises: the new audio continues right after what is still
+  buffered (no gap, no pile-up, nothing of it lost). A discontinuity is a new SSRC, the return
+  of an earlier one (music on hold switched back), a timestamp jump with the sequence going on,
+  or a sequence jump (a restart) that the next packet confirms (RFC 3550 A.1: a lone packet
+  with a wild sequence number is dropped and changes nothing). A packet of an earlier SSRC
+  that is older than the last one seen from it is a straggler: it is dropped;
 * never more than ``max_ms`` is buffered: an over-full buffer is cut back to the target.
 """
 
@@ -31,6 +35,9 @@ from . import g711
 FRAME_SAMPLES = 160
 _SEQ_MOD = 1 << 16
 _TS_MOD = 1 << 32
+MAX_DROPOUT = 3000     # packets ahead that are still the same run (RFC 3550 A.1)
+MAX_MISORDER = 100     # packets behind that are still the same run
+SOURCES = 4            # earlier SSRCs remembered, to tell their stragglers from their return
 
 
 class _Packet(Protocol):
@@ -40,11 +47,15 @@ class _Packet(Protocol):
     payload: bytes
 
 
+def _signed(delta: int, modulus: int) -> int:
+    """A wrapping counter's difference as the nearest signed number."""
+    half = modulus >> 1
+    return (delta + half) % modulus - half
+
+
 def _unwrap(value: int, last_value: int, last_ext: int, modulus: int) -> int:
     """Extend a wrapping counter to an unbounded int nearest to the previous extended value."""
-    half = modulus >> 1
-    delta = (value - last_value + half) % modulus - half
-    return last_ext + delta
+    return last_ext + _signed(value - last_value, modulus)
 
 
 @dataclass
@@ -57,7 +68,7 @@ class JitterStats:
     concealed: int = 0     # frames produced by loss concealment
     dropped: int = 0       # 20 ms frames dropped to shrink the delay (drift, over-full buffer)
     inserted: int = 0      # 20 ms frames inserted by holding playout (underrun, drift)
-    resyncs: int = 0       # playout re-primed (timestamp jump)
+    resyncs: int = 0       # re-synchronised on the same SSRC (timestamp jump, sequence restart)
     ssrc_changes: int = 0
     frames: int = 0        # frames handed to the consumer
 
@@ -97,7 +108,8 @@ class JitterBuffer:
 
     def _reset(self, ssrc: int | None) -> None:
         self.ssrc = ssrc
-        self._old_ssrc: int | None = None
+        self._sources: dict[int, tuple[int, int]] = {}   # earlier SSRC -> its newest (seq, ts)
+        self._pending: tuple[_Packet, np.ndarray] | None = None   # a sequence jump, unconfirmed
         self._starts: list[int] = []              # sorted extended timestamps
         self._packets: dict[int, np.ndarray] = {}  # extended ts -> pcm
         self._play: int | None = None              # extended ts of the next sample to play
@@ -133,58 +145,101 @@ class JitterBuffer:
     # -- producer side ----------------------------------------------------------------------
 
     def put(self, packet: _Packet, pcm: np.ndarray | None = None) -> bool:
-        """Add one audio packet; returns False when it was discarded (dup, late, stale SSRC)."""
-        rebase = False
-        if packet.ssrc != self.ssrc:
-            if self.ssrc is not None:
-                if packet.ssrc == self._old_ssrc:
-                    return False  # straggler of the previous source
-                self._old_ssrc = self.ssrc
-                self.stats.ssrc_changes += 1
-            self.ssrc = packet.ssrc
-            self._seen.clear()
-            self._seen_order.clear()
-            rebase = True
-        if rebase or self._play is None:
-            seq = packet.sequence_number
-            ts = packet.timestamp
-            newer = True
-        else:
-            seq = _unwrap(packet.sequence_number, self._last_seq, self._high_seq, _SEQ_MOD)
-            ts = _unwrap(packet.timestamp, self._last_ts, self._last_ts_ext, _TS_MOD)
-            if seq in self._seen:
-                self.stats.duplicates += 1
-                return False
-            newer = seq > self._high_seq
+        """Add one audio packet; returns False when it was discarded (dup, late, straggler, or a
+        sequence jump waiting for the next packet to confirm it)."""
         samples = self.decode(packet.payload) if pcm is None else pcm
         n = len(samples)
         if n == 0:
             return False
-        play = self._play
-        if play is not None and not rebase:
-            end = ts + n
-            newest = self._newest_end if self._newest_end is not None else play
-            if newer and abs(ts - newest) > self.max_depth:
-                rebase = True  # timestamp jump while the sequence moves on
+        if packet.ssrc != self.ssrc:
+            if self._straggler(packet, n):
+                self.stats.late += 1
+                return False
+            if self.ssrc is not None:
+                self._sources.pop(packet.ssrc, None)
+                self._sources[self.ssrc] = (self._last_seq, self._last_ts)
+                if len(self._sources) > SOURCES:
+                    del self._sources[next(iter(self._sources))]
+                self.stats.ssrc_changes += 1
+            self.ssrc = packet.ssrc
+            return self._start(packet, samples)
+        if self._play is None:
+            return self._start(packet, samples)
+        seq = _unwrap(packet.sequence_number, self._last_seq, self._high_seq, _SEQ_MOD)
+        ts = _unwrap(packet.timestamp, self._last_ts, self._last_ts_ext, _TS_MOD)
+        step = seq - self._high_seq
+        in_step = abs(ts - self._last_ts_ext - step * n) <= self.max_depth
+        if not -MAX_MISORDER <= step < MAX_DROPOUT:
+            return self._sequence_jump(packet, samples)
+        if not in_step:
+            if step > 0:         # a timestamp jump while the sequence goes on
                 self.stats.resyncs += 1
-            elif end <= play or end - play > self.max_depth:
-                self.stats.late += 1  # too late, or a stray far from the stream
-                self._remember(seq)
-                return False
-            elif ts in self._packets:
-                self.stats.duplicates += 1
-                return False
-        if rebase:
-            ts = self._anchor()
-        if newer:
+                return self._start(packet, samples)
+            return self._sequence_jump(packet, samples)   # an older number, a foreign timestamp
+        self._pending = None
+        if seq in self._seen:
+            self.stats.duplicates += 1
+            return False
+        end = ts + n
+        if end - self._play > self.max_depth and step > 0:
+            self.stats.resyncs += 1   # after a long loss: carry on right after what is buffered
+            return self._start(packet, samples)
+        if end <= self._play or end - self._play > self.max_depth:
+            self.stats.late += 1  # too late, or a stray far from the stream
+            self._remember(seq)
+            return False
+        if ts in self._packets:
+            self.stats.duplicates += 1
+            return False
+        if seq > self._high_seq:
             self._high_seq, self._last_seq = seq, packet.sequence_number
             self._last_ts, self._last_ts_ext = packet.timestamp, ts
+        return self._insert(seq, ts, samples)
+
+    def _straggler(self, packet: _Packet, n: int) -> bool:
+        """A late packet of an earlier SSRC: not newer than the last one seen from it, and its
+        timestamp in step with that one (else the source came back, or restarted)."""
+        last = self._sources.get(packet.ssrc)
+        if last is None:
+            return False
+        step = _signed(packet.sequence_number - last[0], _SEQ_MOD)
+        late = _signed(packet.timestamp - last[1], _TS_MOD)
+        return -MAX_MISORDER <= step <= 0 and abs(late - step * n) <= self.max_depth
+
+    def _sequence_jump(self, packet: _Packet, samples: np.ndarray) -> bool:
+        """A packet out of this run's numbering: a restart once the next packet follows it."""
+        pending, self._pending = self._pending, (packet, samples)
+        if pending is None:
+            return False
+        first, pcm = pending
+        follows = (packet.sequence_number - first.sequence_number) % _SEQ_MOD == 1
+        in_step = abs(_signed(packet.timestamp - first.timestamp, _TS_MOD) - len(pcm)) <= self.max_depth
+        if not (follows and in_step):
+            return False
+        self._pending = None
+        self.stats.resyncs += 1
+        self._start(first, pcm)
+        return self.put(packet, samples)
+
+    def _start(self, packet: _Packet, samples: np.ndarray) -> bool:
+        """Begin a run (the first packet, a new source, a re-synchronisation) with `packet`."""
+        self._pending = None
+        self._seen.clear()
+        self._seen_order.clear()
+        ts = self._anchor()
+        self._high_seq = self._last_seq = packet.sequence_number
+        self._last_ts, self._last_ts_ext = packet.timestamp, ts
+        return self._insert(packet.sequence_number, ts, samples)
+
+    def _insert(self, seq: int, ts: int, samples: np.ndarray) -> bool:
         self._remember(seq)
         bisect.insort(self._starts, ts)
         self._packets[ts] = samples
+        n = len(samples)
         if self._newest_end is None or ts + n > self._newest_end:
             self._newest_end = ts + n
         self.stats.received += 1
+        assert self._play is not None
         if self._newest_end - self._play > self.max_depth:
             # Over-full (nobody reading, a burst): keep only the target delay.
             skip = self._newest_end - self.frame_samples - self.target - self._play

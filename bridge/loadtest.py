@@ -606,10 +606,10 @@ class LoadTest:
                                     f"not to the far end {args.far_end}")
             if i >= peak:
                 continue
-            per_route[decision.route] = per_route.get(decision.route, 0) + 1
-            limit = cfg.router.limit_of(decision.route)
-            if limit is not None and per_route[decision.route] > limit:
-                raise LoadTestError(f"route {decision.route!r} takes at most {limit} calls at once (max_calls in "
+            name, limit = decision.route.name, decision.route.max_calls
+            per_route[name] = per_route.get(name, 0) + 1
+            if limit is not None and per_route[name] > limit:
+                raise LoadTestError(f"route {name!r} takes at most {limit} calls at once (max_calls in "
                                     f"{cfg.path}); this run has up to {peak}: raise it for the run")
         if cfg.bridge is not None and peak > cfg.bridge.max_calls:
             raise LoadTestError(f"bridge.max_calls is {cfg.bridge.max_calls} in {cfg.path}; this run has up to "

@@ -37,39 +37,55 @@ from .rtp import RtpEndpoint, RtpPacket
 SIP_FRAME = 160
 TIME_BASE = Fraction(1, 8000)
 MAX_GAP = 2 * 8000        # a timestamp jump beyond this (samples) starts a new stream
+MAX_MISORDER = 100        # sequence numbers this far behind the newest are late packets
+MAX_DROPOUT = 3000        # ... this far ahead, the same stream; beyond either, a new one
 RELAY_QUEUE = 8           # packets waiting for the app leg's sender, at most
 _WAKE = av.Packet(b"")     # wakes a relaying recv() when the track goes back to ringback
 
 
-def _signed(delta: int) -> int:
-    """A 32-bit RTP timestamp difference as a signed number."""
-    delta &= 0xFFFFFFFF
-    return delta - (1 << 32) if delta >= 1 << 31 else delta
+def _signed(delta: int, bits: int = 32) -> int:
+    """An RTP timestamp (32-bit) or sequence (16-bit) difference as a signed number."""
+    half = 1 << (bits - 1)
+    return ((delta + half) & ((1 << bits) - 1)) - half
 
 
 class _Timeline:
     """Maps one leg's RTP timestamps onto the other leg's, keeping gaps and dropping the late.
 
-    `place(ssrc, ts, samples)` gives how many samples the source skipped since its previous
-    packet (0 for the next one in line), or None for a packet older than one already placed.
-    A new source, or a jump beyond MAX_GAP (hold, restart), starts afresh: it gives 0 then, and
-    sets `restarted`.
+    `place(ssrc, seq, ts, samples)` gives how many samples the source skipped since its previous
+    packet (0 for the next one in line), or None for a packet to drop: one not newer (by
+    sequence number) than one already placed, or a straggler of the previous source.
+    A discontinuity starts afresh: it gives 0 then, and sets `restarted`. That is a new source,
+    the return of an earlier one (music on hold switched back), a sequence jump, or a timestamp
+    that does not follow the sequence (behind the last one, or more than MAX_GAP ahead: hold,
+    a restart).
     """
 
     def __init__(self) -> None:
         self._ssrc: int | None = None
+        self._seq = 0
         self._next = 0
+        self._previous: tuple[int, int] | None = None   # the source before: (ssrc, newest seq)
         self.restarted = False
 
-    def place(self, ssrc: int, ts: int, samples: int) -> int | None:
-        delta = _signed(ts - self._next)
-        known = ssrc == self._ssrc
-        self._ssrc = ssrc
-        self.restarted = not known or not -MAX_GAP < delta <= MAX_GAP
-        if not self.restarted and delta < 0:
-            return None
+    def place(self, ssrc: int, seq: int, ts: int, samples: int) -> int | None:
+        skipped = 0
+        if ssrc == self._ssrc:
+            step = _signed(seq - self._seq, 16)
+            if -MAX_MISORDER <= step <= 0:
+                return None                       # late, or a duplicate
+            skipped = _signed(ts - self._next)
+            self.restarted = not (0 < step <= MAX_DROPOUT and 0 <= skipped <= MAX_GAP)
+        else:
+            previous = self._previous
+            if previous is not None and ssrc == previous[0] and -MAX_MISORDER <= _signed(seq - previous[1], 16) <= 0:
+                return None                       # a straggler of the previous source
+            if self._ssrc is not None:
+                self._previous = (self._ssrc, self._seq)
+            self.restarted = True
+        self._ssrc, self._seq = ssrc, seq
         self._next = (ts + samples) & 0xFFFFFFFF
-        return 0 if self.restarted else delta
+        return 0 if self.restarted else skipped
 
 
 def _ringback(rate: int) -> np.ndarray:
@@ -148,7 +164,7 @@ class SipToApp(MediaStreamTrack):
     def _from_phone(self, packet: RtpPacket) -> None:
         """Relay one packet of the phone's (called by the RTP endpoint as it arrives)."""
         payload = packet.payload
-        skipped = self._timeline.place(packet.ssrc, packet.timestamp, len(payload))
+        skipped = self._timeline.place(packet.ssrc, packet.sequence_number, packet.timestamp, len(payload))
         if skipped is None:
             self.stats.late += 1
             return
@@ -235,7 +251,7 @@ class AppToSip:
         if rtp is None or rtp.closed or codec is None:
             return
         payload = packet.payload
-        skipped = self._timeline.place(packet.ssrc, packet.timestamp, len(payload))
+        skipped = self._timeline.place(packet.ssrc, packet.sequence_number, packet.timestamp, len(payload))
         if skipped is None:
             self.stats.late += 1
             return

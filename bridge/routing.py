@@ -5,14 +5,24 @@ Matching uses full-match regular expressions with named groups; targets, caller 
 names are templates over those groups and the call's fields (`{ext}`, `{caller_user}`, ...).
 Every rendered target is checked again before use, so a template can never produce a dial
 string outside what the route's patterns allow.
+
+Call limits (`max_calls`) are counted by a `CallCount` that each route owns and each call holds
+(the decision hands out the route itself), never by the route's name. A reload (`Router.replace`)
+hands a route's count on to its new version, found by what the route takes: the same direction
+and the same `match` patterns (renamed, retargeted or moved in the list, it is still that route),
+or else the same name (its patterns edited). The count then enforces the new `max_calls` over
+the calls of both versions. A route that was removed keeps its count for its calls still in
+progress (and for calls between their routing decision and their start): they stay limited by
+its last `max_calls` and release into it; it is forgotten with them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import string
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Union
 
 from . import protocol
 
@@ -27,8 +37,49 @@ class RouteError(ValueError):
     """A route definition problem (raised at config load, with the key)."""
 
 
+class CallCount:
+    """The calls in progress on one route and the route's limit (None: no limit).
+
+    One object serves every version of a route across reloads; each call holds the one it was
+    counted on and releases into it exactly once.
+    """
+
+    __slots__ = ("active", "limit")
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.active = 0
+        self.limit = limit
+
+    def acquire(self) -> bool:
+        """Count one more call; False (nothing counted) if the limit is reached."""
+        if self.limit is not None and self.active >= self.limit:
+            return False
+        self.active += 1
+        return True
+
+    def release(self) -> None:
+        """One call counted here ended (never below zero)."""
+        self.active = max(0, self.active - 1)
+
+    def __repr__(self) -> str:
+        return f"CallCount({self.active}/{self.limit if self.limit is not None else '-'})"
+
+
 @dataclass(frozen=True)
-class SipRoute:
+class _Counted:
+    """A route's limit and its call count: its own from the start, or its previous version's
+    (Router.replace)."""
+
+    max_calls: int | None = field(default=None, kw_only=True)
+    calls: CallCount = field(default=None, compare=False, repr=False, kw_only=True)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.calls is None:
+            object.__setattr__(self, "calls", CallCount(self.max_calls))
+
+
+@dataclass(frozen=True)
+class SipRoute(_Counted):
     """app -> desk phone."""
 
     name: str
@@ -40,12 +91,17 @@ class SipRoute:
     fallback: tuple[str, ...] = ()
     caller_id: str = "{caller_user}"
     display_name: str | None = None
-    max_calls: int | None = None
     ring_timeout: float | None = None
+
+    @property
+    def match(self) -> tuple:
+        """What calls this route takes: its identity across reloads."""
+        return ("to_sip",) + tuple(p.pattern if p else None for p in
+                                   (self.service, self.user, self.caller_service, self.caller_user))
 
 
 @dataclass(frozen=True)
-class AppRoute:
+class AppRoute(_Counted):
     """desk phone -> app."""
 
     name: str
@@ -55,12 +111,19 @@ class AppRoute:
     user: str
     caller_service: str
     caller_id: str = "{caller}"
-    max_calls: int | None = None
+
+    @property
+    def match(self) -> tuple:
+        """What calls this route takes: its identity across reloads."""
+        return ("to_app",) + tuple(p.pattern if p else None for p in (self.dialed, self.caller))
+
+
+Route = Union[SipRoute, AppRoute]
 
 
 @dataclass(frozen=True)
 class SipDecision:
-    route: str
+    route: SipRoute
     targets: tuple[str, ...]
     caller_id: str
     display_name: str | None
@@ -68,20 +131,20 @@ class SipDecision:
 
     def __str__(self) -> str:
         fb = f" then {', '.join(self.targets[1:])}" if len(self.targets) > 1 else ""
-        return (f"route {self.route}: ring {self.targets[0]}{fb}, caller id {self.caller_id!r}"
+        return (f"route {self.route.name}: ring {self.targets[0]}{fb}, caller id {self.caller_id!r}"
                 + (f", display name {self.display_name!r}" if self.display_name else ""))
 
 
 @dataclass(frozen=True)
 class AppDecision:
-    route: str
+    route: AppRoute
     service: str
     user: str
     caller_service: str
     caller_user: str
 
     def __str__(self) -> str:
-        return f"route {self.route}: call {self.user}@{self.service} as {self.caller_user}@{self.caller_service}"
+        return f"route {self.route.name}: call {self.user}@{self.service} as {self.caller_user}@{self.caller_service}"
 
 
 @dataclass(frozen=True)
@@ -136,15 +199,36 @@ def _match(pattern: re.Pattern | None, value: str | None, values: dict[str, str]
 
 @dataclass
 class Router:
-    """The routing table plus per-route counters of active calls."""
+    """The routing table; each route counts its own calls in progress (`route.calls`)."""
 
     to_sip: list[SipRoute] = field(default_factory=list)
     to_app: list[AppRoute] = field(default_factory=list)
-    active: dict[str, int] = field(default_factory=dict)
 
     def replace(self, other: "Router") -> None:
-        """Take new routes (config reload), keeping the counters of calls in progress."""
-        self.to_sip, self.to_app = other.to_sip, other.to_app
+        """Take new routes (config reload), handing each old route's call count to its new
+        version: the route with the same match, else the one with the same name."""
+        old: list[Route] = [*self.to_sip, *self.to_app]
+        new: list[Route] = [*other.to_sip, *other.to_app]
+        by_match = {r.match: r for r in reversed(old)}     # the first of equal matches wins
+        by_name = {(r.match[0], r.name): r for r in old}
+        taken: set[int] = set()
+        # matches first for every route, then names: a new route named like an old one never
+        # takes the count of an old route that is still there under another name
+        for i, route in enumerate(new):
+            new[i] = self._carry(route, by_match.get(route.match), taken)
+        for i, route in enumerate(new):
+            new[i] = self._carry(route, by_name.get((route.match[0], route.name)), taken)
+        self.to_sip = [r for r in new if isinstance(r, SipRoute)]
+        self.to_app = [r for r in new if isinstance(r, AppRoute)]
+
+    @staticmethod
+    def _carry(route: Route, previous: Route | None, taken: set[int]) -> Route:
+        """`route` counting on `previous`'s count, unless it has one already or that was taken."""
+        if previous is None or id(previous.calls) in taken or id(route.calls) in taken:
+            return route
+        taken.add(id(previous.calls))
+        previous.calls.limit = route.max_calls
+        return dataclasses.replace(route, calls=previous.calls)
 
     def route_to_sip(self, caller_service: str, caller_user: str, callee_service: str,
                      callee_user: str) -> SipDecision | Denied:
@@ -163,7 +247,7 @@ class Router:
             if not EXTENSION.fullmatch(caller_id):
                 caller_id = "anonymous"
             display = r.display_name.format_map(values) if r.display_name else None
-            return SipDecision(r.name, targets, caller_id, display, r.ring_timeout)
+            return SipDecision(r, targets, caller_id, display, r.ring_timeout)
         return Denied(f"no route from {caller_user}@{caller_service} to {callee_user}@{callee_service}")
 
     def route_to_app(self, dialed: str, caller: str | None, caller_name: str | None = None) -> AppDecision | Denied:
@@ -177,23 +261,5 @@ class Router:
                 return Denied(f"route {r.name} produced an invalid app user {user!r}")
             if not protocol.USER_ID.fullmatch(caller_user):
                 caller_user = "anonymous"
-            return AppDecision(r.name, r.service, user, r.caller_service, caller_user)
+            return AppDecision(r, r.service, user, r.caller_service, caller_user)
         return Denied(f"no route for {dialed!r} from {caller or 'anonymous'}")
-
-    def acquire(self, name: str, limit: int | None) -> bool:
-        """Count a call on route `name`; False if the route's limit is reached."""
-        current = self.active.get(name, 0)
-        if limit is not None and current >= limit:
-            return False
-        self.active[name] = current + 1
-        return True
-
-    def release(self, name: str) -> None:
-        if self.active.get(name, 0) > 0:
-            self.active[name] -= 1
-
-    def limit_of(self, name: str) -> int | None:
-        for r in (*self.to_sip, *self.to_app):
-            if r.name == name:
-                return r.max_calls
-        return None

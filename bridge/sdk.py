@@ -12,6 +12,11 @@ then runs `verify_call`, waits for `evt_verified`, and runs `accept_call`.
 
 Only local validation raises (`StartFailError` with `reason` and `message`); anything the
 platform or the peer decides arrives as `evt_disconnected(Disconnected)`.
+
+A peer that stops sending and stops answering ICE consent checks for `liveness_timeout` seconds
+(8 by default; bridge's extension, see `bridge.liveness`), or whose media connection fails, ends
+the call with NETWORK_UNSTABLE: the platform tells the peer, and `evt_disconnected` follows here
+(within a second even if the platform cannot be reached).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from aiortc.rtp import RtpPacket
 
 from . import ccparam, protocol, rtcjitter
 from .audio import GatedTrack, Sink, WavTrack, frame_to_mono
+from .liveness import Liveness
 from .reasons import Disconnected, DisconnectReason, Source, StartFailReason
 
 log = logging.getLogger("bridge.sdk")
@@ -117,6 +123,8 @@ def _validate_ids(my_id: Any, my_service_id: Any, media_type: Any) -> None:
 
 
 CODEC_NAMES = ("opus", "PCMU", "PCMA")
+LIVENESS_TIMEOUT = 8.0     # seconds of silence from the peer (media and consent) that end a call
+WS_CLOSE_TIMEOUT = 2.0     # seconds to wait for the platform's close frame when a call ends
 
 
 def _preferences(codecs: tuple[str, ...] | None) -> list:
@@ -155,8 +163,11 @@ def _http_to_ws(url: str) -> str:
 class Call:
     """One 1-to-1 audio call, as caller (make_call) or callee (verify_call)."""
 
-    def __init__(self, platform_url: str | None = None) -> None:
+    def __init__(self, platform_url: str | None = None,
+                 liveness_timeout: float | None = LIVENESS_TIMEOUT) -> None:
         self.platform_url = platform_url
+        self.liveness_timeout = liveness_timeout    # None: rely on aioice's consent (~30-45 s)
+        self._liveness: Liveness | None = None
         self.sid: str | None = None
         self.role: Source | None = None
         self.state = "idle"   # idle, calling, verified, connected, disconnected
@@ -271,8 +282,9 @@ class Call:
                 await self._done.wait()
         if not self._done.is_set():
             connected = self.state == "connected"
-            reason = DisconnectReason.NORMAL if connected else (
-                DisconnectReason.CANCEL if self.role is Source.CALLER else DisconnectReason.DECLINE)
+            if reason is None:
+                reason = DisconnectReason.NORMAL if connected else (
+                    DisconnectReason.CANCEL if self.role is Source.CALLER else DisconnectReason.DECLINE)
             await self._finish(Disconnected(self.role or Source.CALLER, reason))
         return self.disconnected
 
@@ -333,10 +345,25 @@ class Call:
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
-            if pc.connectionState == "failed" and self.state != "disconnected":
+            if pc.connectionState == "connected" and self.liveness_timeout and self._liveness is None:
+                self._liveness = Liveness(pc, self.liveness_timeout, self._peer_lost)
+                try:
+                    self._liveness.start()
+                except RuntimeError as exc:       # an aiortc this module does not know
+                    log.error("call %s: no liveness watch, a dead peer is noticed late: %s", self.sid, exc)
+            elif pc.connectionState == "failed" and self.state != "disconnected":
                 log.warning("call %s: media connection failed", self.sid)
-                await self._send({"type": "end_call"})
+                await self._end_unstable()
         return pc
+
+    def _peer_lost(self, silent: float) -> None:
+        if self.state != "disconnected":
+            log.warning("call %s: nothing from the peer for %.1f s: ending the call", self.sid, silent)
+            self._spawn(self._end_unstable())
+
+    async def _end_unstable(self) -> None:
+        """The media path to the peer is gone: end with NETWORK_UNSTABLE, the platform willing or not."""
+        await self.end_call(timeout=1.0, reason=DisconnectReason.NETWORK_UNSTABLE)
 
     async def _drain(self, track: MediaStreamTrack) -> None:
         """Always read the remote track: aiortc queues decoded frames without bound."""
@@ -360,7 +387,8 @@ class Call:
         self._session = aiohttp.ClientSession()
         self._first = asyncio.get_running_loop().create_future()
         try:
-            self._ws = await self._session.ws_connect(url, heartbeat=30.0, max_msg_size=1 << 20)
+            self._ws = await self._session.ws_connect(url, heartbeat=30.0, max_msg_size=1 << 20,
+                                                      timeout=aiohttp.ClientWSTimeout(ws_close=WS_CLOSE_TIMEOUT))
             await self._ws.send_str(json.dumps(opening))
         except (aiohttp.ClientError, OSError) as exc:
             log.warning("cannot reach the platform at %s: %s", url, exc)
@@ -453,15 +481,18 @@ class Call:
         self._resolve(self._connected)
         if self._gate is not None:
             self._gate.stop()
+        if self._liveness is not None:
+            await self._liveness.stop()
         if self._pc is not None:
             await self._pc.close()
         for task in self._drains:     # a receiver that never started never ends its track
             task.cancel()
+        # told before the signalling socket closes: an unreachable platform must not delay it
+        self._emit("evt_disconnected", param)
         if self._ws is not None:
             await self._ws.close()
         if self._session is not None:
             await self._session.close()
-        self._emit("evt_disconnected", param)
 
     def _emit(self, name: str, *args: Any) -> None:
         handler: Callable | None = getattr(self._delegate, name, None)

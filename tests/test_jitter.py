@@ -165,6 +165,71 @@ def test_timestamp_jump_resyncs_without_growth(direction):
     assert len(jb) <= 3
 
 
+def gap_at_switch(ids: list[int | None], before: int, after: int) -> int:
+    """Frames of no audio between the last frame `before` and the first frame `after`."""
+    return ids.index(after) - ids.index(before) - 1
+
+
+@pytest.mark.parametrize("a_kept_counting", [False, True])
+def test_ssrc_that_comes_back_is_played_again(a_kept_counting):
+    """Music on hold: the PBX switches to another source and back to the first one."""
+    jb = JitterBuffer(target_ms=40)
+    sched = {t: [packet(t)] for t in range(20)}                          # A: ids 0..19
+    for t in range(20, 40):                                              # B: ids 50..69
+        sched[t] = [packet(30 + t, seq0=7, ts0=123_456_789, ssrc=0xBEEF)]
+    for t in range(40, 60):                                              # A again: ids 20..39
+        k = t if a_kept_counting else t - 20   # A paused (continues) or kept its clock running
+        p = packet(k)
+        p.payload = bytes([CODES[t - 20]]) * N
+        sched[t] = [p]
+    ids = run(jb, sched, 64)
+    assert played(ids) == [*range(20), *range(50, 70), *range(20, 40)]
+    assert gap_at_switch(ids, 19, 50) <= 1 and gap_at_switch(ids, 69, 20) <= 1
+    assert jb.stats.ssrc_changes == 2 and jb.ssrc == 0x1234
+
+
+@pytest.mark.parametrize("seq0,ts0", [
+    (0, 0),                      # both restart from zero
+    (1010, 7),                   # sequence back into numbers just played, timestamp elsewhere
+    (40_000, 3_000_000_000),     # both far away
+    (1020, 0),                   # sequence goes on, timestamp restarts behind
+])
+def test_sequence_and_timestamp_restart_resyncs_at_once(seq0, ts0):
+    jb = JitterBuffer(target_ms=40)
+    sched = {t: [packet(t)] for t in range(20)}                  # seq 1000.., ts 50000..
+    for t in range(20, 40):
+        p = packet(t - 20, seq0=seq0, ts0=ts0)
+        p.payload = bytes([CODES[t]]) * N
+        sched[t] = [p]
+    ids = run(jb, sched, 44)
+    assert played(ids) == list(range(40)), ids                   # nothing of the new run lost
+    assert gap_at_switch(ids, 19, 20) <= 1
+    assert jb.stats.resyncs == 1
+
+
+@pytest.mark.parametrize("lost", [8, 15, 60])
+def test_audio_resumes_after_a_long_burst_loss(lost):
+    """160 ms to 1.2 s lost in a row (numbering continuous): playout picks the stream up again."""
+    jb = JitterBuffer(target_ms=40, max_ms=200)
+    end = 20 + lost + 40
+    sched = {t: [packet(t)] for t in range(end) if not 20 <= t < 20 + lost}
+    ids = run(jb, sched, end + 4)
+    assert played(ids)[:20] == list(range(20))
+    resumed = played(ids)[20:]
+    assert resumed == [k % 100 for k in range(20 + lost, end)], resumed
+    assert ids.index((20 + lost) % 100, 22) - (20 + lost) <= 3   # within a frame or two of arriving
+
+
+def test_a_stray_packet_with_a_wild_sequence_number_is_ignored():
+    jb = JitterBuffer(target_ms=40)
+    sched = {t: [packet(t)] for t in range(40)}
+    stray = packet(77, seq0=30_000, ts0=9_999_999)
+    sched[15].append(stray)
+    ids = run(jb, sched, 42)
+    assert played(ids) == list(range(40))
+    assert jb.stats.resyncs == 0 and jb.stats.concealed == 0
+
+
 def test_depth_is_bounded_when_nobody_reads():
     jb = JitterBuffer(target_ms=40, max_ms=200)
     for k in range(5000):

@@ -73,6 +73,38 @@ async def test_phone_to_app_new_source_continues_on_the_wall_clock() -> None:
     phone.close()
 
 
+async def test_phone_to_app_follows_a_source_that_switches_back_and_restarts() -> None:
+    """Music on hold: the PBX switches SSRC and back, then restarts its numbering; a straggler of
+    the previous source is dropped; everything else is relayed at once."""
+    bridge_side = await RtpEndpoint.create(HOST, codec="PCMU")
+    phone = raw_socket()
+    track = SipToApp(lambda: "PCMU", relay=True)
+    track.connect(bridge_side)
+    sent = [(0xA, 100 + k, 8000 + 160 * k) for k in range(3)]              # the phone
+    sent += [(0xB, 9000 + k, 7_000_000 + 160 * k) for k in range(3)]        # music on hold
+    sent += [(0xA, 101, 8160)]                                              # a straggler of A: dropped
+    sent += [(0xB, 9003, 7_000_480)]                                        # B goes on in line
+    sent += [(0xA, 103 + k, 8480 + 160 * k) for k in range(3)]              # A is back
+    sent += [(0xA, 1 + k, 8000 + 160 * k) for k in range(3)]                # A restarts: seq and ts behind
+    got: list[av.Packet] = []
+
+    async def app_leg_sender() -> None:
+        while True:
+            got.append(await track.recv())
+    reading = asyncio.ensure_future(app_leg_sender())
+    for ssrc, seq, ts in sent:
+        phone.sendto(RtpPacket(0, seq, ts, ssrc, b"\xff" * 160).serialize(), bridge_side.local_address)
+        await asyncio.sleep(0.005)
+    await wait_until(lambda: len(got) + track.stats.late == len(sent))
+    reading.cancel()
+    assert track.stats.late == 1 and len(got) == len(sent) - 1 and track.stats.overruns == 0
+    steps = [b.pts - a.pts for a, b in zip(got, got[1:])]
+    assert all(160 <= step < 160 + 400 for step in steps), steps       # each in line or at the wall clock
+    track.stop()
+    bridge_side.close()
+    phone.close()
+
+
 async def test_app_to_phone_keeps_gaps_and_carries_dtmf_and_hold() -> None:
     bridge_side = await RtpEndpoint.create(HOST, codec="PCMA")
     phone = raw_socket()
