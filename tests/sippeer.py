@@ -21,6 +21,7 @@ class Msg:
     body: str
     source: tuple[str, int]
     raw: str = ""
+    at: float = 0.0                      # loop time of arrival
 
     @property
     def is_request(self) -> bool:
@@ -113,6 +114,7 @@ class SipPeer(asyncio.DatagramProtocol):
         if not data.strip():
             return
         msg = parse(data, (addr[0], addr[1]))
+        msg.at = asyncio.get_running_loop().time()
         self.log.append(msg)
         if msg.is_request and msg.method == "REGISTER" and self.auto_register:
             self._register(msg)

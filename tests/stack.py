@@ -33,7 +33,8 @@ def stack_config(tmp_path: Path, kamailio_port: int, edit: Callable[[dict], None
     data["platform"]["services"]["demo-desk"]["push_url"] = f"http://127.0.0.1:{notify}/v1/notifications"
     data["notifications"]["listen"] = f"127.0.0.1:{notify}"
     data["sip"].update({"registrar": f"127.0.0.1:{kamailio_port}", "listen": "127.0.0.1:0",
-                        "keepalive": "1s", "register_expires": "10s", "rtp_ports": "33000-33999"})
+                        "keepalive": "1s", "register_expires": "10s", "rtp_ports": "33000-33999",
+                        "journal": str(tmp_path / "sip-dialogs.jsonl")})
     data["bridge"]["drain_timeout"] = "3s"
     if edit:
         edit(data)

@@ -421,3 +421,72 @@ async def test_a_datagram_shorter_than_its_content_length_is_refused(peer, agent
     peer.send(ok, invite.source)                                # the whole one is taken
     await asyncio.wait_for(call.answered, 3)
     await call.hangup()
+
+
+# --- session timers (RFC 4028), both roles ----------------------------------------------------------
+
+async def test_uas_session_timer_ends_a_call_the_peer_stops_refreshing(peer, agents):
+    a = await agents(peer, session_expires=4, min_se=2)
+    invite, call = await invite_in(peer, a, headers=[("Supported", "timer"), ("Session-Expires", "4;refresher=uac")])
+    answering = asyncio.ensure_future(call.answer())
+    ok = await peer.expect(200)
+    assert ok.header("Session-Expires") == "4;refresher=uac" and ok.header("Require") == "timer"
+    peer.send(in_dialog(peer, "ACK", invite, ok, 1), a.addr)
+    await asyncio.wait_for(answering, 3)
+    await asyncio.sleep(2)                        # a refresh (UPDATE, no SDP) keeps the call
+    peer.send(in_dialog(peer, "UPDATE", invite, ok, 2, headers=[("Session-Expires", "4;refresher=uac")]), a.addr)
+    refreshed = await peer.expect(200)
+    assert refreshed.header("CSeq") == "2 UPDATE" and not refreshed.body
+    await asyncio.sleep(2)
+    assert call.state == "answered"
+    bye = await peer.expect("BYE", timeout=4)     # no refresh: BYE before the interval ends (4 - 4/3 s)
+    peer.send(peer.response(bye, 200, "OK"), bye.source)
+    end = await call.ended
+    assert (end.result, end.by) == (SipResult.SESSION_EXPIRED, "local")
+
+
+async def test_uac_session_timer_refreshes_and_ends_when_the_dialog_is_gone(peer, agents):
+    a = await agents(peer, session_expires=4, min_se=2)
+    call = await a.ua.call("2001")
+    invite = await peer.expect("INVITE")
+    assert invite.header("Session-Expires") == "4" and invite.header("Min-SE") == "2"
+    assert "timer" in invite.header("Supported")
+    peer.send(peer.response(invite, 422, "Session Interval Too Small", to_tag="s0", headers=[("Min-SE", "6")]),
+              invite.source)
+    await peer.expect("ACK")
+    invite2 = await peer.expect("INVITE")
+    assert invite2.header("Session-Expires") == "6"
+    peer.send(peer.response(invite2, 200, "OK", to_tag="s1", body=sdp(40070), headers=answer_headers(peer) + [
+        ("Session-Expires", "6;refresher=uac"), ("Require", "timer"), ("Allow", "INVITE, ACK, BYE, UPDATE")]),
+        invite2.source)
+    await asyncio.wait_for(call.answered, 3)
+    await peer.expect("ACK")
+    update = await peer.expect("UPDATE", timeout=5)          # at half the interval
+    assert update.header("Session-Expires").startswith("6") and not update.body
+    peer.send(peer.response(update, 200, "OK", headers=[("Session-Expires", "6;refresher=uac")]), update.source)
+    update2 = await peer.expect("UPDATE", timeout=5)
+    peer.send(peer.response(update2, 481, "Call/Transaction Does Not Exist"), update2.source)
+    end = await asyncio.wait_for(call.ended, 3)
+    assert end.result is SipResult.SESSION_EXPIRED
+
+
+async def test_an_interval_below_min_se_gets_422(peer, agents):
+    a = await agents(peer, session_expires=120, min_se=90)
+    peer.send(peer.request("INVITE", uri_of(a), body=sdp(40080), headers=[("Session-Expires", "30")]), a.addr)
+    refused = await peer.expect(422)
+    assert refused.header("Min-SE") == "90" and a.ua.ports.in_use == 0
+
+
+# --- the media policy on answers ----------------------------------------------------------------------
+
+async def test_an_answer_aiming_media_at_a_third_address_is_hung_up(peer, agents):
+    a = await agents(peer)
+    call = await a.ua.call("2001")
+    invite = await peer.expect("INVITE")
+    peer.send(peer.response(invite, 200, "OK", to_tag="m1", headers=answer_headers(peer),
+                            body=sdp(40090, host="127.0.0.9")), invite.source)
+    await peer.expect("ACK")
+    bye = await peer.expect("BYE")
+    peer.send(peer.response(bye, 200, "OK"), bye.source)
+    end = await asyncio.wait_for(call.ended, 3)
+    assert end.result is SipResult.FAILED and a.ua.ports.in_use == 0

@@ -40,7 +40,7 @@ from .message import (METHODS, Request, SipMessage, SipParseError, bad_request, 
 from .outgoing import OutgoingCall
 from .registration import Registration, RegistrationState
 from .resolver import ResolveError, Resolver
-from .sessiontimer import MIN_SE_FLOOR, SessionTimer, parse_expires
+from .sessiontimer import SessionTimer, parse_expires
 from .transaction import ClientTransaction, ServerTransaction, Timers, TransactionLayer
 from .transport import UdpTransport
 from .trust import TrustPolicy, networks
@@ -392,8 +392,8 @@ class UserAgent:
         if msg.body_bytes and msg.content_type != "application/sdp":
             return 415, "Unsupported Media Type", [("Accept", "application/sdp")]
         given = parse_expires(msg.first("Session-Expires"))
-        if given is not None and self.cfg.session_expires and given[0] < max(self.cfg.min_se, MIN_SE_FLOOR):
-            return 422, "Session Interval Too Small", [("Min-SE", str(max(self.cfg.min_se, MIN_SE_FLOOR)))]
+        if given is not None and self.cfg.session_expires and given[0] < self.cfg.min_se:
+            return 422, "Session Interval Too Small", [("Min-SE", str(self.cfg.min_se))]
         if msg.body_bytes:
             try:
                 offer = sdp.parse(msg.body_bytes)
@@ -445,6 +445,7 @@ class UserAgent:
         """The call ended: drop it, and close its journal entry."""
         if self.calls.get(call.call_id) is call:
             del self.calls[call.call_id]
+        self.counters["rtp_foreign"] += call.media.stats.foreign
         self._silence.pop(call.call_id, None)
         if self.journal is not None:
             self.journal.down(call.call_id)
@@ -514,7 +515,7 @@ class UserAgent:
                     continue
                 received = call.media.stats.packets_received
                 last = self._silence.get(call.call_id)
-                if last is None or last[0] != received or not call.media.receiving:
+                if last is None or last[0] != received or not call.media.receiving or call.on_hold_now:
                     self._silence[call.call_id] = (received, now)
                 elif now - last[1] >= timeout:
                     self.counters["media_timeouts"] += 1
