@@ -7,7 +7,8 @@ and an app server signs its requests to the platform's REST API the same way:
   X-Bridge-Signature: v1=<hex HMAC-SHA256(api_secret, "<timestamp>.<payload>")>
 
 where payload is the request's path and query string as sent (for GET/DELETE) or its body
-(for POST). Receivers refuse signatures older than a replay window.
+(for POST). Receivers refuse signatures older than a replay window, and any timestamp that is
+not 1-12 ASCII digits or signature that is not ASCII is "bad", never an exception.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import time
 from typing import Mapping
 
@@ -25,6 +27,8 @@ TIMESTAMP = "X-Bridge-Timestamp"
 SIGNATURE = "X-Bridge-Signature"
 API_KEY = "X-Bridge-Api-Key"
 REPLAY_WINDOW = 300.0
+
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
 
 
 class CallbackError(Exception):
@@ -49,11 +53,11 @@ def check(secret: str, headers: Mapping[str, str], payload: bytes | str, *,
     ts, sig = headers.get(TIMESTAMP), headers.get(SIGNATURE)
     if not ts or not sig:
         return "request is not signed"
-    if not ts.isdigit():
+    if not _TIMESTAMP.fullmatch(ts):
         return "bad timestamp"
     if abs((time.time() if now is None else now) - int(ts)) > window:
         return "signature timestamp outside the replay window"
-    if not hmac.compare_digest(sig, signature(secret, ts, payload)):
+    if not sig.isascii() or not hmac.compare_digest(sig.encode(), signature(secret, ts, payload).encode()):
         return "bad signature"
     return None
 
