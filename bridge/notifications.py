@@ -17,6 +17,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import re
 import time
 from typing import Callable
 
@@ -30,6 +31,7 @@ from .metrics import Metrics
 log = logging.getLogger("bridge.notifications")
 
 MAX_BODY = 8 * 1024
+CALL_ID = re.compile(r"[a-zA-Z0-9-]{1,64}")
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
@@ -75,7 +77,7 @@ class NotificationServer:
             return _error(409, "replayed", "this signed request was already received")
         try:
             data = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             return _error(400, "bad_json", "body is not valid JSON")
         if not isinstance(data, dict):
             return _error(400, "bad_request", "body must be a JSON object")
@@ -94,6 +96,9 @@ class NotificationServer:
             return _error(400, "bad_cc_param", str(exc))
         if (param.callee_service, param.callee_user) != (data["app_callee_sid"], data["app_callee_uid"]):
             return _error(400, "bad_cc_param", "cc_param is for another callee")
+        if not (CALL_ID.fullmatch(param.sid) and protocol.USER_ID.fullmatch(param.caller_user)
+                and protocol.SERVICE_ID.fullmatch(param.caller_service)):
+            return _error(400, "bad_cc_param", "cc_param names an invalid call id or caller")
         if param.platform_url.rstrip("/") not in self.bridge.cfg.bridge.trusted_platforms:  # type: ignore[union-attr]
             return _error(403, "untrusted_platform", "cc_param names a platform this bridge does not trust")
         if self.bridge.draining:
@@ -122,8 +127,8 @@ class NotificationServer:
 
     def _allowed(self, request: web.Request) -> bool:
         if self.cfg.admin_token:
-            given = request.headers.get("Authorization", "")
-            return hmac.compare_digest(given.encode(), f"Bearer {self.cfg.admin_token}".encode())
+            given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+            return hmac.compare_digest(given, f"Bearer {self.cfg.admin_token}".encode())
         try:
             return ipaddress.ip_address(request.remote or "").is_loopback
         except ValueError:

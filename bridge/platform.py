@@ -124,8 +124,12 @@ class Platform:
 
     # --- WebSocket ------------------------------------------------------------------
 
-    async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(max_msg_size=self.cfg.max_message_bytes, heartbeat=30.0)
+        if not ws.can_prepare(request).ok:
+            raise _json_error(web.HTTPBadRequest, "websocket_required",
+                              "GET /v1/ws takes a WebSocket upgrade (Connection: Upgrade, Upgrade: websocket, "
+                              "Sec-WebSocket-Version: 13, a valid Sec-WebSocket-Key)")
         await ws.prepare(request)
         messages = self._messages(ws)
         try:

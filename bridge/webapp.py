@@ -102,13 +102,19 @@ def _same_origin(request: web.Request) -> bool:
     origin = request.headers.get("Origin")
     if origin is None:
         return True                        # not a browser (curl, a test): loopback is enough
-    parts = urlsplit(origin)
+    try:
+        parts = urlsplit(origin)
+    except ValueError:
+        return False
     return parts.scheme in ("http", "https") and parts.netloc == request.host
 
 
 def _loopback_host(request: web.Request) -> bool:
     """The Host header must name this machine (a rebinding name resolving to 127.0.0.1 does not)."""
-    host = urlsplit(f"//{request.host}").hostname or ""
+    try:
+        host = urlsplit(f"//{request.host}").hostname or ""
+    except ValueError:                     # e.g. "[::1"
+        return False
     return host == "localhost" or is_loopback(host)
 
 
@@ -125,7 +131,7 @@ def _dev_token(cfg: PlatformConfig):
             raise _bad_request("request too large")
         try:
             body = json.loads(await request.content.read(MAX_TOKEN_REQUEST + 1))
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):
             raise _bad_request("body must be JSON {\"service\": ..., \"user\": ...}") from None
         if not isinstance(body, dict):
             raise _bad_request("body must be a JSON object")
