@@ -43,6 +43,16 @@ class Service:
 
 
 @dataclass(frozen=True)
+class HttpLimits:
+    """What one HTTP listener allows a client (see `httpguard`)."""
+
+    header_timeout: float = 10.0        # request head complete within this of connect or of the last answer
+    body_timeout: float = 10.0          # request body complete within this of its head
+    max_connections: int = 4096         # open connections at once
+    max_connections_per_client: int = 512   # from one client address; 0: no per-client cap
+
+
+@dataclass(frozen=True)
 class PlatformConfig:
     embedded: bool
     host: str
@@ -56,6 +66,7 @@ class PlatformConfig:
     callback_timeout: float
     services: dict[str, Service]
     dev_tokens: bool = False            # POST /v1/dev/token issues tokens to loopback clients
+    http: HttpLimits = field(default_factory=HttpLimits)
 
     @property
     def ws_url(self) -> str:
@@ -93,6 +104,7 @@ class NotificationsConfig:
     secret: str = field(repr=False)
     replay_window: float = 300.0
     admin_token: str | None = field(default=None, repr=False)
+    http: HttpLimits = field(default_factory=HttpLimits)
 
 
 @dataclass(frozen=True)
@@ -267,6 +279,12 @@ def positive_int(value: Any) -> int:
     return value
 
 
+def count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError("must be a whole number, 0 or more")
+    return value
+
+
 def boolean(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError("must be true or false")
@@ -333,15 +351,52 @@ def loads(text: str, path: str = "<config>", env: dict[str, str] | None = None) 
     router = _routes(r, root, platform)
     if bridge is not None and (sip is None or notifications is None):
         r.error(root, "bridge", "bridge", "the bridge needs the sip and notifications sections")
+    if bridge is not None and platform.embedded:
+        _check_own_connections(r, root, platform, bridge)
     if r.errors:
         raise ConfigError(r.errors)
     return Config(path=path, log_level=log_level, platform=platform, webrtc=webrtc, sip=sip,
                   notifications=notifications, bridge=bridge, router=router)
 
 
+def _http(r: _Reader, parent: _Map, keypath: str) -> HttpLimits:
+    """`<listener>.http`: timeouts and connection caps of one HTTP listener."""
+    h = r.section(parent, "http", keypath, {"header_timeout", "body_timeout", "max_connections",
+                                             "max_connections_per_client"})
+    d = HttpLimits()
+    limits = HttpLimits(
+        header_timeout=r.get(h, "header_timeout", f"{keypath}.header_timeout", duration, d.header_timeout),
+        body_timeout=r.get(h, "body_timeout", f"{keypath}.body_timeout", duration, d.body_timeout),
+        max_connections=r.get(h, "max_connections", f"{keypath}.max_connections", positive_int,
+                              d.max_connections),
+        max_connections_per_client=r.get(h, "max_connections_per_client",
+                                         f"{keypath}.max_connections_per_client", count,
+                                         d.max_connections_per_client),
+    )
+    if limits.max_connections_per_client > limits.max_connections:
+        r.error(h, "max_connections_per_client", f"{keypath}.max_connections_per_client",
+                f"must be at most max_connections ({limits.max_connections})")
+    return limits
+
+
+def _check_own_connections(r: _Reader, root: _Map, platform: PlatformConfig, bridge: BridgeConfig) -> None:
+    """The bridge's app legs are WebSockets to the embedded platform, all from the bridge's own
+    address: the platform listener's caps must leave room for `bridge.max_calls` of them."""
+    need = bridge.max_calls + 16
+    limits = platform.http
+    p = root.get("platform")
+    where = p.get("http") if isinstance(p, _Map) and isinstance(p.get("http"), _Map) else p
+    for key, cap in (("max_connections", limits.max_connections),
+                     ("max_connections_per_client", limits.max_connections_per_client)):
+        if cap and cap < need:
+            r.error(where, key, f"platform.http.{key}",
+                    f"must be 0 or at least bridge.max_calls + 16 ({need}): every bridged call holds "
+                    f"a WebSocket from the bridge's own address")
+
+
 def _notifications(r: _Reader, root: _Map) -> NotificationsConfig:
     n = r.section(root, "notifications", "notifications",
-                  {"listen", "secret", "secret_env", "replay_window", "admin_token", "admin_token_env"})
+                  {"listen", "secret", "secret_env", "replay_window", "admin_token", "admin_token_env", "http"})
     host, port = r.get(n, "listen", "notifications.listen", hostport, ("127.0.0.1", 8081))
     secret = r.secret(n, "secret", "notifications.secret") or ""
     if secret and len(secret) < 32:
@@ -351,7 +406,8 @@ def _notifications(r: _Reader, root: _Map) -> NotificationsConfig:
         r.error(n, "listen", "notifications.admin_token",
                 "set an admin_token when /healthz and /metrics listen beyond loopback")
     return NotificationsConfig(host, port, secret,
-                               r.get(n, "replay_window", "notifications.replay_window", duration, 300.0), token)
+                               r.get(n, "replay_window", "notifications.replay_window", duration, 300.0), token,
+                               http=_http(r, n, "notifications.http"))
 
 
 def _bridge(r: _Reader, root: _Map, platform: PlatformConfig) -> BridgeConfig:
@@ -564,7 +620,7 @@ def _ip(value: Any) -> str:
 def _platform(r: _Reader, root: _Map) -> PlatformConfig:
     known = {"embedded", "listen", "public_url", "cc_param_secret", "cc_param_secret_env",
              "token_max_age", "answer_timeout", "max_call_time", "max_message_bytes",
-             "callback_timeout", "services", "dev_tokens"}
+             "callback_timeout", "services", "dev_tokens", "http"}
     p = r.section(root, "platform", "platform", known, required=True)
     host, port = r.get(p, "listen", "platform.listen", hostport, ("127.0.0.1", 8080))
     public_url = r.get(p, "public_url", "platform.public_url", http_url, f"http://{host}:{port}")
@@ -614,4 +670,5 @@ def _platform(r: _Reader, root: _Map) -> PlatformConfig:
         callback_timeout=r.get(p, "callback_timeout", "platform.callback_timeout", duration, 5.0),
         services=services,
         dev_tokens=r.get(p, "dev_tokens", "platform.dev_tokens", boolean, False),
+        http=_http(r, p, "platform.http"),
     )

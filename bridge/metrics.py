@@ -33,6 +33,12 @@ class Metrics:
                                      ["outcome"], registry=r)
         self.sip_registered = Gauge("bridge_sip_registered", "1 while the SIP account is registered", registry=r)
         self.platform_calls = Gauge("bridge_platform_active_calls", "Calls on the embedded platform", registry=r)
+        self.http_refused = Counter(
+            "bridge_http_refused", "HTTP requests and connections refused before a handler took them, by "
+            "listener and reason (connection caps, header/body timeouts, malformed HTTP, too large, "
+            "unexpected errors)", ["listener", "reason"], registry=r)
+        self.http_connections = Gauge("bridge_http_connections", "Open HTTP connections per listener",
+                                      ["listener"], registry=r)
 
     def text(self) -> bytes:
         return generate_latest(self.registry)

@@ -22,6 +22,7 @@ from aiohttp import web
 
 from . import callbacks, ccparam, protocol, token
 from .config import PlatformConfig, Service
+from .logsafe import failure, safe
 from .protocol import ProtocolError
 from .reasons import Disconnected, DisconnectReason as R, Source
 
@@ -151,8 +152,8 @@ class Platform:
                    "listen": self._listen}[first["type"]]
         try:
             await handler(ws, first, messages)
-        except Exception:
-            log.exception("signalling handler failed")
+        except Exception as exc:
+            log.error("signalling handler %s failed: %s", first["type"], failure(exc))
             if not ws.closed:
                 await ws.close(code=aiohttp.WSCloseCode.INTERNAL_ERROR, message=b"internal error")
         return ws
@@ -164,13 +165,13 @@ class Platform:
                 try:
                     yield protocol.parse(raw.data)
                 except ProtocolError as exc:
-                    log.info("bad signalling message: %s", exc.message)
+                    log.info("bad signalling message: %s", safe(exc.message))
                     await self._send(ws, exc.to_json())
             elif raw.type == aiohttp.WSMsgType.BINARY:
                 await self._send(ws, ProtocolError("binary", "binary frames are not accepted; "
                                                    "send JSON text").to_json())
             elif raw.type == aiohttp.WSMsgType.ERROR:
-                log.info("signalling socket error: %s", raw.data)
+                log.info("signalling socket error: %s", safe(raw.data))
                 return
 
     async def _send(self, ws: web.WebSocketResponse | None, message: dict) -> None:
@@ -226,7 +227,7 @@ class Platform:
         try:
             who = token.verify(msg["token"], self.keys, max_age=self.cfg.token_max_age)
         except token.TokenError as exc:
-            log.info("makeCall by %s refused: %s", caller, exc)
+            log.info("makeCall by %s refused: %s", caller, safe(exc))
             return R.SERVICE_ACCESS_TOKEN_ERROR
         if (who.service_id, who.user_id) != (caller.service, caller.user):
             log.info("makeCall by %s refused: token is for %s@%s", caller, who.user_id, who.service_id)
@@ -261,7 +262,7 @@ class Platform:
                 for ws in list(sockets):
                     await self._send(ws, push)
         except callbacks.CallbackError as exc:
-            log.info("call %s: push failed: %s", call.sid, exc)
+            log.info("call %s: push failed: %s", call.sid, safe(exc))
             await self.end(call, Source.CLOUD_SERVER, R.PUSH_ERROR)
             return
         if call.state is not State.ENDED:
@@ -281,7 +282,7 @@ class Platform:
         try:
             param = ccparam.verify(msg["cc_param"], self.cfg.cc_param_secret)
         except ccparam.CcParamError as exc:
-            log.info("verifyCall refused: %s", exc)
+            log.info("verifyCall refused: %s", safe(exc))
             expired = "expired" in str(exc)
             await self._disconnect(ws, Disconnected(
                 Source.CLOUD_SERVER, R.RELEASED_CALL if expired else R.AUTH_ERROR))
@@ -346,7 +347,7 @@ class Platform:
         try:
             who = token.verify(msg["token"], self.keys, max_age=self.cfg.token_max_age)
         except token.TokenError as exc:
-            log.info("listen by %s refused: %s", me, exc)
+            log.info("listen by %s refused: %s", me, safe(exc))
             await self._disconnect(ws, Disconnected(Source.CLOUD_SERVER, R.SERVICE_ACCESS_TOKEN_ERROR))
             return
         if (who.service_id, who.user_id) != (me.service, me.user):

@@ -4,7 +4,8 @@
     GET  /dialer              the web dialer (and its assets under /dialer/)
     GET  /dialer/config.json  what the dialer may offer ({"dev_tokens": bool})
     POST /v1/dev/token        {"service", "user"} -> {"token"}: development only
-                              (`platform.dev_tokens: true`), loopback clients only, else 403
+                              (`platform.dev_tokens: true`), loopback clients only, else 403;
+                              bodies over 4 KiB: 413
 
 Static files come from a fixed list (no directory listing, no paths from the request) with
 explicit content types.
@@ -22,6 +23,7 @@ from aiohttp import web
 
 from . import protocol, token
 from .config import PlatformConfig
+from .logsafe import safe
 
 log = logging.getLogger("bridge.webapp")
 
@@ -41,7 +43,7 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
        "media-src 'self' blob: mediastream:; connect-src 'self' ws: wss:; "
        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
-MAX_TOKEN_REQUEST = 4096
+MAX_BODY = 4096            # the largest request body of the platform's HTTP server (a dev token request)
 
 
 def add_routes(app: web.Application, cfg: PlatformConfig) -> None:
@@ -127,10 +129,8 @@ def _dev_token(cfg: PlatformConfig):
             raise _forbidden("development tokens are for loopback clients only")
         if not _loopback_host(request) or not _same_origin(request):
             raise _forbidden("development tokens are for pages served by this daemon on a loopback address")
-        if request.content_length is not None and request.content_length > MAX_TOKEN_REQUEST:
-            raise _bad_request("request too large")
         try:
-            body = json.loads(await request.content.read(MAX_TOKEN_REQUEST + 1))
+            body = json.loads(await request.read())
         except (ValueError, RecursionError):
             raise _bad_request("body must be JSON {\"service\": ..., \"user\": ...}") from None
         if not isinstance(body, dict):
@@ -139,7 +139,7 @@ def _dev_token(cfg: PlatformConfig):
         if not isinstance(user, str) or not protocol.USER_ID.fullmatch(user):
             raise _bad_request("user must match [a-zA-Z0-9_-]{1,64}")
         if not isinstance(service, str) or service not in cfg.services:
-            raise _bad_request(f"unknown service {str(service)[:70]!r}")
+            raise _bad_request(f"unknown service {safe(service, 70)!r}")
         s = cfg.services[service]
         log.info("issued a development token for %s@%s to %s", user, service, request.remote)
         issued = token.issue(token.ServiceKey(s.id, s.api_key, s.api_secret), user)
