@@ -258,7 +258,11 @@ def hostport(value: Any) -> tuple[str, int]:
 
 def http_url(value: Any) -> str:
     text = str(value)
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+        parts.port                      # raises ValueError when out of range
+    except ValueError:
+        raise ValueError(f"{text!r} is not an http(s) URL") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{text!r} is not an http(s) URL")
     return text
