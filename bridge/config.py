@@ -3,6 +3,7 @@
 Every error names the file, the line and the key, and all errors are reported at once.
 Secrets may be given inline (development) or by environment: for a secret key `X`, a key
 `X_env: NAME` reads the environment variable NAME, which wins over the inline value when set.
+Where each secret came from is kept (`Config.secrets`) for the production checks of `production`.
 """
 
 from __future__ import annotations
@@ -50,6 +51,17 @@ class HttpLimits:
     body_timeout: float = 10.0          # request body complete within this of its head
     max_connections: int = 4096         # open connections at once
     max_connections_per_client: int = 512   # from one client address; 0: no per-client cap
+
+
+@dataclass(frozen=True)
+class SecretOrigin:
+    """Where a secret of the config came from: its key, line, `*_env` variable and source."""
+
+    keypath: str
+    line: int
+    source: str                         # "env" or "inline"
+    env_name: str | None                # the variable the config names (None: no `*_env` key)
+    value: str = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -133,6 +145,7 @@ class Config:
     notifications: NotificationsConfig | None = None
     bridge: BridgeConfig | None = None
     router: Router = field(default_factory=Router)
+    secrets: tuple[SecretOrigin, ...] = ()
 
 
 # --- YAML with line numbers -------------------------------------------------------------
@@ -173,6 +186,7 @@ class _Reader:
         self.path = path
         self.env = env
         self.errors: list[str] = []
+        self.secrets: list[SecretOrigin] = []
 
     def error(self, where: _Map, key: str, keypath: str, message: str) -> None:
         line = where.lines.get(key, where.line) if isinstance(where, _Map) else 0
@@ -214,15 +228,23 @@ class _Reader:
             self.error(where, key, keypath, str(exc))
             return default
 
-    def secret(self, where: _Map, key: str, keypath: str, required: bool = True) -> str | None:
+    def secret(self, where: _Map, key: str, keypath: str, required: bool = True,
+               sensitive: bool = True) -> str | None:
+        """The value of secret `key`: from `<key>_env`'s variable if set, else inline.
+        `sensitive` secrets are recorded in `secrets` (an API key is an id, not a secret)."""
         env_key = f"{key}_env"
         name = self.get(where, env_key, f"{keypath}_env", _env_name)
+        lines = where.lines if isinstance(where, _Map) else {}
         if name and self.env.get(name):
+            if sensitive:
+                self.secrets.append(SecretOrigin(keypath, lines.get(env_key, 0), "env", name, self.env[name]))
             return self.env[name]
         value = self.get(where, key, keypath, _nonempty_str)
         if value is None and required:
             hint = f"set {key}, or the environment variable {name}" if name else f"set {key} or {env_key}"
             self.error(where, key if key in where else env_key, keypath, f"secret is missing: {hint}")
+        if value is not None and sensitive:
+            self.secrets.append(SecretOrigin(keypath, lines.get(key, 0), "inline", name, value))
         return value
 
 
@@ -360,7 +382,7 @@ def loads(text: str, path: str = "<config>", env: dict[str, str] | None = None) 
     if r.errors:
         raise ConfigError(r.errors)
     return Config(path=path, log_level=log_level, platform=platform, webrtc=webrtc, sip=sip,
-                  notifications=notifications, bridge=bridge, router=router)
+                  notifications=notifications, bridge=bridge, router=router, secrets=tuple(r.secrets))
 
 
 def _http(r: _Reader, parent: _Map, keypath: str) -> HttpLimits:
@@ -643,7 +665,7 @@ def _platform(r: _Reader, root: _Map) -> PlatformConfig:
         r.unknown(s, keypath, {"api_key", "api_key_env", "api_secret", "api_secret_env",
                                "notify_cb_url", "call_event_cb_url", "push_url", "push_secret",
                                "push_secret_env", "one_call_per_user"})
-        api_key = r.secret(s, "api_key", f"{keypath}.api_key")
+        api_key = r.secret(s, "api_key", f"{keypath}.api_key", sensitive=False)
         api_secret = r.secret(s, "api_secret", f"{keypath}.api_secret")
         if api_secret is not None and len(api_secret) < 32:
             r.error(s, "api_secret", f"{keypath}.api_secret", "must be at least 32 characters (HMAC-SHA256 key)")

@@ -9,16 +9,18 @@ READY, RELOADING, STOPPING, STATUS (active calls) and WATCHDOG.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
+import resource
 import signal
 import time
 
 import uvloop
 from aiohttp import web
 
-from . import config, httpguard, ice, rtcjitter, systemd, token, webapp
+from . import config, httpguard, ice, production, rtcjitter, systemd, token, webapp
 from .bridgedcall import Bridge
 from .config import Config
 from .metrics import Metrics
@@ -188,4 +190,16 @@ class Daemon:
 
 
 def run(cfg: Config) -> None:
+    """Check the config for production (refuse development settings beyond loopback), then serve."""
+    production.check(cfg)
+    _raise_file_limit()
     uvloop.run(Daemon(cfg).serve())
+
+
+def _raise_file_limit() -> None:
+    """Each HTTP connection and RTP port is a file descriptor: take the hard limit, not the
+    soft one (often 1024 outside systemd), so the listeners' connection caps are what binds."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
