@@ -4,8 +4,9 @@
     GET  /dialer              the web dialer (and its assets under /dialer/)
     GET  /dialer/config.json  what the dialer may offer ({"dev_tokens": bool})
     POST /v1/dev/token        {"service", "user"} -> {"token"}: development only
-                              (`platform.dev_tokens: true`), loopback clients only, else 403;
-                              bodies over 4 KiB: 413
+                              (`platform.dev_tokens: true`), loopback clients only, never
+                              through a proxy (a request with X-Forwarded-For, Forwarded,
+                              X-Real-IP or Via), else 403; bodies over 4 KiB: 413
 
 Static files come from a fixed list (no directory listing, no paths from the request) with
 explicit content types.
@@ -45,6 +46,10 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
 
 MAX_BODY = 4096            # the largest request body of the platform's HTTP server (a dev token request)
 
+# Headers a reverse proxy adds: a request carrying one came through a proxy, whatever its address.
+PROXY_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-IP", "Via", "X-Forwarded-Host",
+                 "X-Forwarded-Proto", "X-Client-IP", "True-Client-IP")
+
 
 def add_routes(app: web.Application, cfg: PlatformConfig) -> None:
     """Mount the SDK, the dialer and the dev-token endpoint on the platform's app."""
@@ -77,8 +82,8 @@ def _redirect(location: str):
 
 def _dialer_config(cfg: PlatformConfig):
     async def handler(request: web.Request) -> web.Response:
-        return web.json_response({"dev_tokens": bool(cfg.dev_tokens) and is_loopback(request.remote)},
-                                 headers={"Cache-Control": "no-store"})
+        offered = bool(cfg.dev_tokens) and is_loopback(request.remote) and proxied(request) is None
+        return web.json_response({"dev_tokens": offered}, headers={"Cache-Control": "no-store"})
     return handler
 
 
@@ -87,6 +92,11 @@ def is_loopback(address: str | None) -> bool:
         return ipaddress.ip_address((address or "").split("%")[0]).is_loopback
     except ValueError:
         return False
+
+
+def proxied(request: web.Request) -> str | None:
+    """The first proxy header of `request`, if it came through a reverse proxy."""
+    return next((name for name in PROXY_HEADERS if name in request.headers), None)
 
 
 def _forbidden(message: str) -> web.HTTPException:
@@ -127,6 +137,11 @@ def _dev_token(cfg: PlatformConfig):
                              "use `bridge token --service S --user U`")
         if not is_loopback(request.remote):
             raise _forbidden("development tokens are for loopback clients only")
+        proxy = proxied(request)
+        if proxy is not None:
+            log.info("development token refused: the request came through a proxy (%s: %s)",
+                     proxy, safe(request.headers[proxy], 100))
+            raise _forbidden(f"development tokens are not given through a proxy ({proxy} is set)")
         if not _loopback_host(request) or not _same_origin(request):
             raise _forbidden("development tokens are for pages served by this daemon on a loopback address")
         try:

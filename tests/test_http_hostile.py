@@ -485,3 +485,28 @@ async def test_keep_alive_idle_and_slow_bodies_are_cut(start_bridge):
     assert TIMEOUT - 0.2 < a.first < TIMEOUT + 1.0, a.first
     assert a.closed and a.seconds < TIMEOUT + httpguard.LINGER + 1.0, a.seconds    # the rest is read, then closed
 
+
+async def test_control_characters_from_the_network_are_escaped_in_the_log(start_bridge):
+    d = await start_bridge(limits())
+    n_port, p_port = ports(d)
+    # each from its own address: refusals are logged once a minute per address and kind
+    body = notification(d, platform_url="ws://evil.example/v1/ws\r\nFORGED-1 \x1b[2J\u2028")
+    a = await exchange(n_port, request("POST", "/v1/notifications", signed(body), body), source="127.0.0.11")
+    assert a.status == 403, a.raw
+    # aiohttp refuses C0 controls in header values (400), not C1 controls or Unicode line separators
+    a = await exchange(p_port, request("POST", "/v1/dev/token", [("X-Forwarded-For", "FORGED-2\u2028\u202e\x85".encode())],
+                                       b'{"service": "demo-app", "user": "a"}'), source="127.0.0.12")
+    assert a.status == 403, a.raw
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(f"http://127.0.0.1:{p_port}/v1/ws") as ws:
+            await ws.send_str(json.dumps({"type": "x\r\nFORGED-3\x1b[2J\x00"}))
+            assert json.loads((await ws.receive(timeout=5)).data)["code"] == "unknown_type"
+    await asyncio.sleep(0.3)
+    log = d.log()
+    for n, escaped in ((1, "\\x0d\\x0aFORGED-1 \\x1b[2J\\u2028"), (2, "FORGED-2\\u2028\\u202e\\x85"),
+                       (3, "\\nFORGED-3\\x1b[2J\\x00")):
+        lines = [line for line in log.splitlines() if f"FORGED-{n}" in line]
+        assert len(lines) == 1 and RECORD.match(lines[0]), (n, lines)
+        assert escaped in lines[0], (escaped, lines[0])
+    assert not log_is_records(log), log_is_records(log)[:10]
+    assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e]", log)

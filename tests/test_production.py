@@ -130,6 +130,30 @@ async def test_loopback_demo_warns_about_unset_variables_without_values(start_br
         assert value not in log
 
 
+async def test_dev_tokens_are_refused_behind_a_proxy(start_bridge):
+    d = await start_bridge()
+    url = d.platform_url
+    async with aiohttp.ClientSession() as http:
+        async def dev_token(headers: dict) -> tuple[int, dict]:
+            async with http.post(url + "/v1/dev/token", json={"service": "demo-app", "user": "alice"},
+                                 headers=headers) as r:
+                assert r.headers["Server"] == "bridge"
+                return r.status, await r.json()
+
+        async def offered(headers: dict) -> bool:
+            async with http.get(url + "/dialer/config.json", headers=headers) as r:
+                return (await r.json())["dev_tokens"]
+
+        status, body = await dev_token({})
+        assert status == 200 and body["token"]
+        assert await offered({}) is True
+        for header, value in (("X-Forwarded-For", "203.0.113.9"), ("Forwarded", "for=203.0.113.9"),
+                              ("X-Real-IP", "203.0.113.9"), ("Via", "1.1 proxy"), ("X-Forwarded-For", "127.0.0.1")):
+            status, body = await dev_token({header: value})
+            assert status == 403 and body["error"] == "forbidden" and header in body["message"], (header, body)
+            assert await offered({header: value}) is False
+
+
 def production_config(tmp_path: Path, kamailio_port: int) -> tuple[Path, int, int]:
     """config.production.yaml on this machine: the platform on all addresses (exposed), free ports,
     the test Kamailio, debug logs (the most a log may show)."""
