@@ -9,6 +9,10 @@ and an app server signs its requests to the platform's REST API the same way:
 where payload is the request's path and query string as sent (for GET/DELETE) or its body
 (for POST). Receivers refuse signatures older than a replay window, and any timestamp that is
 not 1-12 ASCII digits or signature that is not ASCII is "bad", never an exception.
+
+The platform sends its callbacks through `Clients`: one bounded connection pool per service
+and purpose, so that one app server that hangs cannot hold the connections of another, or
+those call setup needs. Requests say `User-Agent: bridge`, without versions.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ TIMESTAMP = "X-Bridge-Timestamp"
 SIGNATURE = "X-Bridge-Signature"
 API_KEY = "X-Bridge-Api-Key"
 REPLAY_WINDOW = 300.0
+USER_AGENT = "bridge"                       # no versions on the wire
 
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 
@@ -60,6 +65,35 @@ def check(secret: str, headers: Mapping[str, str], payload: bytes | str, *,
     if not sig.isascii() or not hmac.compare_digest(sig.encode(), signature(secret, ts, payload).encode()):
         return "bad signature"
     return None
+
+
+class Clients:
+    """HTTP client pools for callbacks, one per (service, purpose): "setup" (Notify callback,
+    push POST: a call waits for it) and "events" (Call Events). Each pool holds a bounded
+    number of connections, and its requests time out (waiting for a connection included)."""
+
+    LIMITS = {"setup": 64, "events": 16}
+
+    def __init__(self) -> None:
+        self._sessions: dict[tuple[str, str], aiohttp.ClientSession] = {}
+        self.closed = False
+
+    def session(self, service: str, purpose: str) -> aiohttp.ClientSession:
+        if self.closed:
+            raise CallbackError("the platform is shutting down")
+        key = (service, purpose)
+        session = self._sessions.get(key)
+        if session is None:
+            connector = aiohttp.TCPConnector(limit=self.LIMITS[purpose])
+            session = self._sessions[key] = aiohttp.ClientSession(
+                connector=connector, headers={"User-Agent": USER_AGENT})
+        return session
+
+    async def close(self) -> None:
+        self.closed = True
+        for session in self._sessions.values():
+            await session.close()
+        self._sessions.clear()
 
 
 async def get(session: aiohttp.ClientSession, url: str, params: Mapping[str, str], secret: str,

@@ -35,7 +35,7 @@ class Daemon:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.metrics = Metrics()
-        self.platform = Platform(cfg.platform) if cfg.platform.embedded else None
+        self.platform = Platform(cfg.platform, self.metrics) if cfg.platform.embedded else None
         self.ua: UserAgent | None = None
         self.bridge: Bridge | None = None
         self._stop = asyncio.Event()

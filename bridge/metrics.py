@@ -37,6 +37,12 @@ class Metrics:
             "bridge_http_refused", "HTTP requests and connections refused before a handler took them, by "
             "listener and reason (connection caps, header/body timeouts, malformed HTTP, too large, "
             "unexpected errors)", ["listener", "reason"], registry=r)
+        self.platform_task_errors = Counter(
+            "bridge_platform_task_errors", "Platform background tasks that failed unexpectedly (each is logged "
+            "with its call's sid)", ["task"], registry=r)
+        self.platform_callback_failures = Counter(
+            "bridge_platform_callback_failures", "Callbacks given up on: push (the call ends PUSH_ERROR), "
+            "call_event (lost after its retries)", ["kind"], registry=r)
         self.http_connections = Gauge("bridge_http_connections", "Open HTTP connections per listener",
                                       ["listener"], registry=r)
 
