@@ -428,7 +428,7 @@ def _notifications(r: _Reader, root: _Map) -> NotificationsConfig:
     if secret and len(secret) < 32:
         r.error(n, "secret", "notifications.secret", "must be at least 32 characters (HMAC-SHA256 key)")
     token = r.secret(n, "admin_token", "notifications.admin_token", required=False)
-    if token is None and not ipaddress.ip_address(host if host != "localhost" else "127.0.0.1").is_loopback:
+    if token is None and not is_loopback_host(host):
         r.error(n, "listen", "notifications.admin_token",
                 "set an admin_token when /healthz and /metrics listen beyond loopback")
     return NotificationsConfig(host, port, secret,
@@ -555,6 +555,18 @@ def _app_route(r: _Reader, item: _Map, keypath: str, i: int, platform: PlatformC
                                lambda v: routing.check_template(v, allowed), "{caller}"),
         max_calls=r.get(item, "max_calls", f"{keypath}.max_calls", positive_int),
     )
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """True for `localhost` and loopback IP literals; any other name may resolve anywhere."""
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]").split("%")[0]).is_loopback
+    except ValueError:
+        return False
 
 
 def port_range(value: Any) -> tuple[int, int]:

@@ -17,11 +17,10 @@ never a value).
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from urllib.parse import urlsplit
 
-from .config import Config
+from .config import Config, is_loopback_host
 
 log = logging.getLogger("bridge.production")
 
@@ -32,18 +31,6 @@ DEMO_SECRETS = frozenset({
     "demo-notification-development-secret-change-me",
     "bridge-development-password",
 })
-
-
-def is_loopback_host(host: str | None) -> bool:
-    """True for `localhost` and loopback IP literals; any other name may resolve anywhere."""
-    if not host:
-        return False
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]").split("%")[0]).is_loopback
-    except ValueError:
-        return False
 
 
 def exposure(cfg: Config) -> list[str]:

@@ -147,3 +147,11 @@ def test_callback_urls_must_parse_as_the_platform_sends_them():
         config.loads(text, "c.yaml", env={})
     assert any("platform.services.demo-app.call_event_cb_url: 'http://127.0.0.1:99999/e' is not an http(s) URL" in e
                for e in exc.value.errors), exc.value.errors
+
+
+def test_a_host_name_for_the_notification_listener_is_checked_not_raised(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text((ROOT / "config.yaml").read_text().replace("listen: 127.0.0.1:8081", "listen: bridge.lan:8081"))
+    run = subprocess.run([sys.executable, "-m", "bridge", "check-config", "-c", str(cfg)], capture_output=True, text=True)
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    assert "notifications.admin_token: set an admin_token when /healthz and /metrics listen beyond loopback" in run.stderr
