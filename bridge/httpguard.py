@@ -52,10 +52,6 @@ _CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_f
 Counter = Callable[[str, str], None]      # (listener, reason) -> count it
 
 
-def error_body(code: str, message: str) -> bytes:
-    return json.dumps({"error": code, "message": message}).encode()
-
-
 def error_response(status: int, code: str, message: str) -> web.Response:
     """The JSON error shape every endpoint answers with."""
     return web.json_response({"error": code, "message": message}, status=status,
@@ -64,7 +60,7 @@ def error_response(status: int, code: str, message: str) -> web.Response:
 
 def _raw_answer(status: int, reason: str, code: str, message: str) -> bytes:
     """A whole HTTP answer for a connection aiohttp never sees (or no longer reads)."""
-    body = error_body(code, message)
+    body = json.dumps({"error": code, "message": message}).encode()
     return (f"HTTP/1.1 {status} {reason}\r\nServer: {SERVER}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
 
@@ -129,7 +125,7 @@ class Guard:
                     async with asyncio.timeout(self.limits.body_timeout):
                         await request.read()        # kept by aiohttp: handlers read it again
                 except TimeoutError:
-                    self.refused("body_timeout", request.remote, "request body not complete within %.0f s",
+                    self.refused("body_timeout", request.remote, "request body not complete within %g s",
                                  self.limits.body_timeout)
                     answer = error_response(408, "body_timeout", f"request body not complete within "
                                             f"{self.limits.body_timeout:g} s")
@@ -228,7 +224,7 @@ class _Connection(RequestHandler):
     def _head_late(self) -> None:
         self._head_timer = None
         timeout = self._guard.limits.header_timeout
-        self._guard.refused("header_timeout", self._client, "request head not complete within %.0f s",
+        self._guard.refused("header_timeout", self._client, "request head not complete within %g s",
                             timeout)
         if self.transport is not None:
             self.transport.write(_raw_answer(408, "Request Timeout", "header_timeout",

@@ -5,8 +5,8 @@
     GET  /dialer/config.json  what the dialer may offer ({"dev_tokens": bool})
     POST /v1/dev/token        {"service", "user"} -> {"token"}: development only
                               (`platform.dev_tokens: true`), loopback clients only, never
-                              through a proxy (a request with X-Forwarded-For, Forwarded,
-                              X-Real-IP or Via), else 403; bodies over 4 KiB: 413
+                              through a proxy (any of PROXY_HEADERS: X-Forwarded-*,
+                              Forwarded, X-Real-IP, Via, ...), else 403; bodies over 4 KiB: 413
 
 Static files come from a fixed list (no directory listing, no paths from the request) with
 explicit content types.
