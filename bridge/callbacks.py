@@ -7,7 +7,12 @@ and an app server signs its requests to the platform's REST API the same way:
   X-Bridge-Signature: v1=<hex HMAC-SHA256(api_secret, "<timestamp>.<payload>")>
 
 where payload is the request's path and query string as sent (for GET/DELETE) or its body
-(for POST). Receivers refuse signatures older than a replay window.
+(for POST). Receivers refuse signatures older than a replay window, and any timestamp that is
+not 1-12 ASCII digits or signature that is not ASCII is "bad", never an exception.
+
+The platform sends its callbacks through `Clients`: one bounded connection pool per service
+and purpose, so that one app server that hangs cannot hold the connections of another, or
+those call setup needs. Requests say `User-Agent: bridge`, without versions.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import time
 from typing import Mapping
 
@@ -25,6 +31,9 @@ TIMESTAMP = "X-Bridge-Timestamp"
 SIGNATURE = "X-Bridge-Signature"
 API_KEY = "X-Bridge-Api-Key"
 REPLAY_WINDOW = 300.0
+USER_AGENT = "bridge"                       # no versions on the wire
+
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
 
 
 class CallbackError(Exception):
@@ -49,13 +58,42 @@ def check(secret: str, headers: Mapping[str, str], payload: bytes | str, *,
     ts, sig = headers.get(TIMESTAMP), headers.get(SIGNATURE)
     if not ts or not sig:
         return "request is not signed"
-    if not ts.isdigit():
+    if not _TIMESTAMP.fullmatch(ts):
         return "bad timestamp"
     if abs((time.time() if now is None else now) - int(ts)) > window:
         return "signature timestamp outside the replay window"
-    if not hmac.compare_digest(sig, signature(secret, ts, payload)):
+    if not sig.isascii() or not hmac.compare_digest(sig.encode(), signature(secret, ts, payload).encode()):
         return "bad signature"
     return None
+
+
+class Clients:
+    """HTTP client pools for callbacks, one per (service, purpose): "setup" (Notify callback,
+    push POST: a call waits for it) and "events" (Call Events). Each pool holds a bounded
+    number of connections, and its requests time out (waiting for a connection included)."""
+
+    LIMITS = {"setup": 64, "events": 16}
+
+    def __init__(self) -> None:
+        self._sessions: dict[tuple[str, str], aiohttp.ClientSession] = {}
+        self.closed = False
+
+    def session(self, service: str, purpose: str) -> aiohttp.ClientSession:
+        if self.closed:
+            raise CallbackError("the platform is shutting down")
+        key = (service, purpose)
+        session = self._sessions.get(key)
+        if session is None:
+            connector = aiohttp.TCPConnector(limit=self.LIMITS[purpose])
+            session = self._sessions[key] = aiohttp.ClientSession(
+                connector=connector, headers={"User-Agent": USER_AGENT})
+        return session
+
+    async def close(self) -> None:
+        self.closed = True
+        for session in self._sessions.values():
+            await session.close()
+        self._sessions.clear()
 
 
 async def get(session: aiohttp.ClientSession, url: str, params: Mapping[str, str], secret: str,

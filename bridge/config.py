@@ -3,6 +3,7 @@
 Every error names the file, the line and the key, and all errors are reported at once.
 Secrets may be given inline (development) or by environment: for a secret key `X`, a key
 `X_env: NAME` reads the environment variable NAME, which wins over the inline value when set.
+Where each secret came from is kept (`Config.secrets`) for the production checks of `production`.
 """
 
 from __future__ import annotations
@@ -44,6 +45,27 @@ class Service:
 
 
 @dataclass(frozen=True)
+class HttpLimits:
+    """What one HTTP listener allows a client (see `httpguard`)."""
+
+    header_timeout: float = 10.0        # request head complete within this of connect or of the last answer
+    body_timeout: float = 10.0          # request body complete within this of its head
+    max_connections: int = 4096         # open connections at once
+    max_connections_per_client: int = 512   # from one client address; 0: no per-client cap
+
+
+@dataclass(frozen=True)
+class SecretOrigin:
+    """Where a secret of the config came from: its key, line, `*_env` variable and source."""
+
+    keypath: str
+    line: int
+    source: str                         # "env" or "inline"
+    env_name: str | None                # the variable the config names (None: no `*_env` key)
+    value: str = field(repr=False)
+
+
+@dataclass(frozen=True)
 class PlatformConfig:
     embedded: bool
     host: str
@@ -57,6 +79,7 @@ class PlatformConfig:
     callback_timeout: float
     services: dict[str, Service]
     dev_tokens: bool = False            # POST /v1/dev/token issues tokens to loopback clients
+    http: HttpLimits = field(default_factory=HttpLimits)
 
     @property
     def ws_url(self) -> str:
@@ -106,6 +129,7 @@ class NotificationsConfig:
     secret: str = field(repr=False)
     replay_window: float = 300.0
     admin_token: str | None = field(default=None, repr=False)
+    http: HttpLimits = field(default_factory=HttpLimits)
 
 
 @dataclass(frozen=True)
@@ -135,6 +159,7 @@ class Config:
     notifications: NotificationsConfig | None = None
     bridge: BridgeConfig | None = None
     router: Router = field(default_factory=Router)
+    secrets: tuple[SecretOrigin, ...] = ()
 
 
 # --- YAML with line numbers -------------------------------------------------------------
@@ -175,6 +200,7 @@ class _Reader:
         self.path = path
         self.env = env
         self.errors: list[str] = []
+        self.secrets: list[SecretOrigin] = []
 
     def error(self, where: _Map, key: str, keypath: str, message: str) -> None:
         line = where.lines.get(key, where.line) if isinstance(where, _Map) else 0
@@ -216,15 +242,23 @@ class _Reader:
             self.error(where, key, keypath, str(exc))
             return default
 
-    def secret(self, where: _Map, key: str, keypath: str, required: bool = True) -> str | None:
+    def secret(self, where: _Map, key: str, keypath: str, required: bool = True,
+               sensitive: bool = True) -> str | None:
+        """The value of secret `key`: from `<key>_env`'s variable if set, else inline.
+        `sensitive` secrets are recorded in `secrets` (an API key is an id, not a secret)."""
         env_key = f"{key}_env"
         name = self.get(where, env_key, f"{keypath}_env", _env_name)
+        lines = where.lines if isinstance(where, _Map) else {}
         if name and self.env.get(name):
+            if sensitive:
+                self.secrets.append(SecretOrigin(keypath, lines.get(env_key, 0), "env", name, self.env[name]))
             return self.env[name]
         value = self.get(where, key, keypath, _nonempty_str)
         if value is None and required:
             hint = f"set {key}, or the environment variable {name}" if name else f"set {key} or {env_key}"
             self.error(where, key if key in where else env_key, keypath, f"secret is missing: {hint}")
+        if value is not None and sensitive:
+            self.secrets.append(SecretOrigin(keypath, lines.get(key, 0), "inline", name, value))
         return value
 
 
@@ -260,7 +294,11 @@ def hostport(value: Any) -> tuple[str, int]:
 
 def http_url(value: Any) -> str:
     text = str(value)
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+        parts.port                      # raises ValueError when out of range
+    except ValueError:
+        raise ValueError(f"{text!r} is not an http(s) URL") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{text!r} is not an http(s) URL")
     return text
@@ -278,6 +316,12 @@ def ip_list(value: Any) -> list[str]:
 def positive_int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError("must be a positive integer")
+    return value
+
+
+def count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError("must be a whole number, 0 or more")
     return value
 
 
@@ -349,25 +393,63 @@ def loads(text: str, path: str = "<config>", env: dict[str, str] | None = None) 
     router = _routes(r, root, platform)
     if bridge is not None and (sip is None or notifications is None):
         r.error(root, "bridge", "bridge", "the bridge needs the sip and notifications sections")
+    if bridge is not None and platform.embedded:
+        _check_own_connections(r, root, platform, bridge)
     if r.errors:
         raise ConfigError(r.errors)
     return Config(path=path, log_level=log_level, platform=platform, webrtc=webrtc, sip=sip,
-                  notifications=notifications, bridge=bridge, router=router)
+                  notifications=notifications, bridge=bridge, router=router, secrets=tuple(r.secrets))
+
+
+def _http(r: _Reader, parent: _Map, keypath: str) -> HttpLimits:
+    """`<listener>.http`: timeouts and connection caps of one HTTP listener."""
+    h = r.section(parent, "http", keypath, {"header_timeout", "body_timeout", "max_connections",
+                                             "max_connections_per_client"})
+    d = HttpLimits()
+    limits = HttpLimits(
+        header_timeout=r.get(h, "header_timeout", f"{keypath}.header_timeout", duration, d.header_timeout),
+        body_timeout=r.get(h, "body_timeout", f"{keypath}.body_timeout", duration, d.body_timeout),
+        max_connections=r.get(h, "max_connections", f"{keypath}.max_connections", positive_int,
+                              d.max_connections),
+        max_connections_per_client=r.get(h, "max_connections_per_client",
+                                         f"{keypath}.max_connections_per_client", count,
+                                         d.max_connections_per_client),
+    )
+    if limits.max_connections_per_client > limits.max_connections:
+        r.error(h, "max_connections_per_client", f"{keypath}.max_connections_per_client",
+                f"must be at most max_connections ({limits.max_connections})")
+    return limits
+
+
+def _check_own_connections(r: _Reader, root: _Map, platform: PlatformConfig, bridge: BridgeConfig) -> None:
+    """The bridge's app legs are WebSockets to the embedded platform, all from the bridge's own
+    address: the platform listener's caps must leave room for `bridge.max_calls` of them."""
+    need = bridge.max_calls + 16
+    limits = platform.http
+    p = root.get("platform")
+    where = p.get("http") if isinstance(p, _Map) and isinstance(p.get("http"), _Map) else p
+    for key, cap in (("max_connections", limits.max_connections),
+                     ("max_connections_per_client", limits.max_connections_per_client)):
+        if cap and cap < need:
+            r.error(where, key, f"platform.http.{key}",
+                    f"must be 0 or at least bridge.max_calls + 16 ({need}): every bridged call holds "
+                    f"a WebSocket from the bridge's own address")
 
 
 def _notifications(r: _Reader, root: _Map) -> NotificationsConfig:
     n = r.section(root, "notifications", "notifications",
-                  {"listen", "secret", "secret_env", "replay_window", "admin_token", "admin_token_env"})
+                  {"listen", "secret", "secret_env", "replay_window", "admin_token", "admin_token_env", "http"})
     host, port = r.get(n, "listen", "notifications.listen", hostport, ("127.0.0.1", 8081))
     secret = r.secret(n, "secret", "notifications.secret") or ""
     if secret and len(secret) < 32:
         r.error(n, "secret", "notifications.secret", "must be at least 32 characters (HMAC-SHA256 key)")
     token = r.secret(n, "admin_token", "notifications.admin_token", required=False)
-    if token is None and not ipaddress.ip_address(host if host != "localhost" else "127.0.0.1").is_loopback:
+    if token is None and not is_loopback_host(host):
         r.error(n, "listen", "notifications.admin_token",
                 "set an admin_token when /healthz and /metrics listen beyond loopback")
     return NotificationsConfig(host, port, secret,
-                               r.get(n, "replay_window", "notifications.replay_window", duration, 300.0), token)
+                               r.get(n, "replay_window", "notifications.replay_window", duration, 300.0), token,
+                               http=_http(r, n, "notifications.http"))
 
 
 def _bridge(r: _Reader, root: _Map, platform: PlatformConfig) -> BridgeConfig:
@@ -489,6 +571,18 @@ def _app_route(r: _Reader, item: _Map, keypath: str, i: int, platform: PlatformC
                                lambda v: routing.check_template(v, allowed), "{caller}"),
         max_calls=r.get(item, "max_calls", f"{keypath}.max_calls", positive_int),
     )
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """True for `localhost` and loopback IP literals; any other name may resolve anywhere."""
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]").split("%")[0]).is_loopback
+    except ValueError:
+        return False
 
 
 def port_range(value: Any) -> tuple[int, int]:
@@ -681,7 +775,7 @@ def _ip(value: Any) -> str:
 def _platform(r: _Reader, root: _Map) -> PlatformConfig:
     known = {"embedded", "listen", "public_url", "cc_param_secret", "cc_param_secret_env",
              "token_max_age", "answer_timeout", "max_call_time", "max_message_bytes",
-             "callback_timeout", "services", "dev_tokens"}
+             "callback_timeout", "services", "dev_tokens", "http"}
     p = r.section(root, "platform", "platform", known, required=True)
     host, port = r.get(p, "listen", "platform.listen", hostport, ("127.0.0.1", 8080))
     public_url = r.get(p, "public_url", "platform.public_url", http_url, f"http://{host}:{port}")
@@ -700,7 +794,7 @@ def _platform(r: _Reader, root: _Map) -> PlatformConfig:
         r.unknown(s, keypath, {"api_key", "api_key_env", "api_secret", "api_secret_env",
                                "notify_cb_url", "call_event_cb_url", "push_url", "push_secret",
                                "push_secret_env", "one_call_per_user"})
-        api_key = r.secret(s, "api_key", f"{keypath}.api_key")
+        api_key = r.secret(s, "api_key", f"{keypath}.api_key", sensitive=False)
         api_secret = r.secret(s, "api_secret", f"{keypath}.api_secret")
         if api_secret is not None and len(api_secret) < 32:
             r.error(s, "api_secret", f"{keypath}.api_secret", "must be at least 32 characters (HMAC-SHA256 key)")
@@ -731,4 +825,5 @@ def _platform(r: _Reader, root: _Map) -> PlatformConfig:
         callback_timeout=r.get(p, "callback_timeout", "platform.callback_timeout", duration, 5.0),
         services=services,
         dev_tokens=r.get(p, "dev_tokens", "platform.dev_tokens", boolean, False),
+        http=_http(r, p, "platform.http"),
     )

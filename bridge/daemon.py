@@ -9,16 +9,18 @@ READY, RELOADING, STOPPING, STATUS (active calls) and WATCHDOG.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
+import resource
 import signal
 import time
 
 import uvloop
 from aiohttp import web
 
-from . import config, ice, rtcjitter, systemd, token, webapp
+from . import config, httpguard, ice, production, rtcjitter, systemd, token, webapp
 from .bridgedcall import Bridge
 from .config import Config
 from .metrics import Metrics
@@ -33,11 +35,11 @@ class Daemon:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.metrics = Metrics()
-        self.platform = Platform(cfg.platform) if cfg.platform.embedded else None
+        self.platform = Platform(cfg.platform, self.metrics) if cfg.platform.embedded else None
         self.ua: UserAgent | None = None
         self.bridge: Bridge | None = None
         self._stop = asyncio.Event()
-        self._runners: list[web.AppRunner] = []
+        self._listeners: list[httpguard.Listener] = []
 
     def token_for(self, service_id: str, user_id: str) -> str:
         s = self.cfg.platform.services[service_id]
@@ -63,16 +65,20 @@ class Daemon:
             detail["platform_calls"] = self.platform.active_calls
         return ok and not detail["draining"], detail
 
-    async def _listen(self, app: web.Application, host: str, port: int, what: str) -> None:
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
+    async def _listen(self, app: web.Application, name: str, host: str, port: int,
+                      limits: config.HttpLimits, what: str) -> None:
+        listener = httpguard.Listener(app, name, limits, self._http_refused)
         try:
-            await web.TCPSite(runner, host, port).start()
+            await listener.start(host, port)
         except OSError as exc:
-            await runner.cleanup()
             raise SystemExit(f"bridge: cannot listen on {host}:{port} for {what}: {exc.strerror}") from None
-        self._runners.append(runner)
-        log.info("%s listening on %s:%d", what, host, port)
+        self._listeners.append(listener)
+        log.info("%s listening on %s:%d (header timeout %gs, body timeout %gs, at most %d connections, "
+                 "%s per client)", what, host, port, limits.header_timeout, limits.body_timeout,
+                 limits.max_connections, limits.max_connections_per_client or "any")
+
+    def _http_refused(self, listener: str, reason: str) -> None:
+        self.metrics.http_refused.labels(listener, reason).inc()
 
     async def serve(self) -> None:
         cfg = self.cfg
@@ -101,11 +107,11 @@ class Daemon:
     async def _start(self) -> None:
         cfg = self.cfg
         if self.platform is not None:
-            app = web.Application()
+            app = web.Application(client_max_size=webapp.MAX_BODY)
             self.platform.add_routes(app)
             webapp.add_routes(app, cfg.platform)      # /sdk/planetkit.js, /dialer, /v1/dev/token
             p = cfg.platform
-            await self._listen(app, p.host, p.port, f"platform (public URL {p.public_url})")
+            await self._listen(app, "platform", p.host, p.port, p.http, f"platform (public URL {p.public_url})")
         if cfg.bridge is not None:
             assert cfg.sip is not None and cfg.notifications is not None
             self.ua = UserAgent(cfg.sip, self._on_incoming, journal=cfg.sip.journal)
@@ -118,7 +124,8 @@ class Daemon:
             server = NotificationServer(cfg.notifications, self.bridge, self.metrics, self.health,
                                         self.refresh_gauges)
             n = cfg.notifications
-            await self._listen(server.app(), n.host, n.port, "notifications, /healthz, /metrics")
+            await self._listen(server.app(), "notifications", n.host, n.port, n.http,
+                               "notifications, /healthz, /metrics")
 
     async def _on_incoming(self, call) -> None:
         assert self.bridge is not None
@@ -132,9 +139,9 @@ class Daemon:
             await self.bridge.drain(self.cfg.bridge.drain_timeout)
         if self.ua is not None:
             await self.ua.stop()
-        for runner in reversed(self._runners):
-            await runner.cleanup()
-        self._runners.clear()
+        for listener in reversed(self._listeners):
+            await listener.stop()
+        self._listeners.clear()
 
     def reload(self) -> None:
         """SIGHUP: load the config file again and take its routes; keep the old on errors."""
@@ -160,6 +167,8 @@ class Daemon:
             m.sip_transactions.labels("server").set(len(self.ua.layer.server))
         if self.platform is not None:
             self.metrics.platform_calls.set(self.platform.active_calls)
+        for listener in self._listeners:
+            self.metrics.http_connections.labels(listener.guard.name).set(listener.guard.open)
 
     async def _report(self) -> None:
         while True:
@@ -191,4 +200,16 @@ class Daemon:
 
 
 def run(cfg: Config) -> None:
+    """Check the config for production (refuse development settings beyond loopback), then serve."""
+    production.check(cfg)
+    _raise_file_limit()
     uvloop.run(Daemon(cfg).serve())
+
+
+def _raise_file_limit() -> None:
+    """Each HTTP connection and RTP port is a file descriptor: take the hard limit, not the
+    soft one (often 1024 outside systemd), so the listeners' connection caps are what binds."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

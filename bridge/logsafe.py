@@ -8,6 +8,7 @@ escapes them the way Python's repr does and caps the length, so one log line sta
 from __future__ import annotations
 
 import re
+import traceback
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
@@ -26,3 +27,10 @@ def safe(value: object, limit: int = 200) -> str:
     if len(text) > limit:
         text = text[:limit] + "..."
     return _UNSAFE.sub(_escape, text)
+
+
+def failure(exc: BaseException) -> str:
+    """An exception as one safe line: its type, where it was raised (file:line), its message."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno}" if frames else ""
+    return f"{type(exc).__name__}{where}: {safe(exc)}"

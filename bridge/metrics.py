@@ -44,11 +44,22 @@ class Metrics:
         self.sip_transactions = Gauge("bridge_sip_transactions", "SIP transactions held", ["side"], registry=r)
         self.tasks = Gauge("bridge_asyncio_tasks", "asyncio tasks alive in the daemon", registry=r)
         ProcessCollector(registry=r)     # process_open_fds, process_resident_memory_bytes, ...
+        self.http_refused = Counter(
+            "bridge_http_refused", "HTTP requests and connections refused before a handler took them, by "
+            "listener and reason (connection caps, header/body timeouts, malformed HTTP, too large, "
+            "unexpected errors)", ["listener", "reason"], registry=r)
+        self.platform_task_errors = Counter(
+            "bridge_platform_task_errors", "Platform background tasks that failed unexpectedly (each is logged "
+            "with its call's sid)", ["task"], registry=r)
+        self.platform_callback_failures = Counter(
+            "bridge_platform_callback_failures", "Callbacks given up on: push (the call ends PUSH_ERROR), "
+            "call_event (lost after its retries)", ["kind"], registry=r)
+        self.http_connections = Gauge("bridge_http_connections", "Open HTTP connections per listener",
+                                      ["listener"], registry=r)
 
     def watch_sip(self, counters: Tally[str]) -> None:
         """Export the SIP user agent's own tallies (refused, malformed, media timeouts...)."""
         self.registry.register(_SipCollector(counters))
-
     def text(self) -> bytes:
         return generate_latest(self.registry)
 

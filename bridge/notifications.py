@@ -5,7 +5,8 @@ app_call_type}, signed like every request between bridge parts (see `callbacks`)
 X-Bridge-Timestamp and X-Bridge-Signature = v1=HMAC-SHA256(secret, "<timestamp>.<body>").
 It answers 202 at once and the call proceeds in the background. Unsigned, stale, replayed or
 malformed requests get a 4xx with {"error", "message"} and never start a call; a second
-notification for the same call is acknowledged (202, "duplicate") and ignored.
+notification for the same call is acknowledged (202, "duplicate") and ignored. Bodies are at
+most 8 KiB (413); the listener's timeouts, caps and error shape are `httpguard`'s.
 
 The same server answers GET /healthz and GET /metrics (bearer `admin_token` if configured,
 else loopback clients only).
@@ -17,6 +18,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import re
 import time
 from typing import Callable
 
@@ -25,15 +27,14 @@ from aiohttp import web
 from . import callbacks, ccparam, protocol
 from .bridgedcall import Bridge, Notification
 from .config import NotificationsConfig
+from .httpguard import error_response as _error
+from .logsafe import safe
 from .metrics import Metrics
 
 log = logging.getLogger("bridge.notifications")
 
 MAX_BODY = 8 * 1024
-
-
-def _error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": code, "message": message}, status=status)
+CALL_ID = re.compile(r"[a-zA-Z0-9-]{1,64}")
 
 
 class NotificationServer:
@@ -62,10 +63,7 @@ class NotificationServer:
         return response
 
     async def _take(self, request: web.Request) -> web.Response:
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return _error(413, "too_large", f"body larger than {MAX_BODY} bytes")
+        body = await request.read()             # read already, within the body timeout (httpguard)
         problem = callbacks.check(self.cfg.secret, request.headers, body, window=self.cfg.replay_window)
         if problem:
             log.info("notification refused: %s", problem)
@@ -75,7 +73,7 @@ class NotificationServer:
             return _error(409, "replayed", "this signed request was already received")
         try:
             data = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             return _error(400, "bad_json", "body is not valid JSON")
         if not isinstance(data, dict):
             return _error(400, "bad_request", "body must be a JSON object")
@@ -94,7 +92,11 @@ class NotificationServer:
             return _error(400, "bad_cc_param", str(exc))
         if (param.callee_service, param.callee_user) != (data["app_callee_sid"], data["app_callee_uid"]):
             return _error(400, "bad_cc_param", "cc_param is for another callee")
+        if not (CALL_ID.fullmatch(param.sid) and protocol.USER_ID.fullmatch(param.caller_user)
+                and protocol.SERVICE_ID.fullmatch(param.caller_service)):
+            return _error(400, "bad_cc_param", "cc_param names an invalid call id or caller")
         if param.platform_url.rstrip("/") not in self.bridge.cfg.bridge.trusted_platforms:  # type: ignore[union-attr]
+            log.info("notification refused: cc_param names an untrusted platform %s", safe(param.platform_url, 100))
             return _error(403, "untrusted_platform", "cc_param names a platform this bridge does not trust")
         if self.bridge.draining:
             return _error(503, "draining", "the bridge is shutting down; try another node")
@@ -122,8 +124,8 @@ class NotificationServer:
 
     def _allowed(self, request: web.Request) -> bool:
         if self.cfg.admin_token:
-            given = request.headers.get("Authorization", "")
-            return hmac.compare_digest(given.encode(), f"Bearer {self.cfg.admin_token}".encode())
+            given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+            return hmac.compare_digest(given, f"Bearer {self.cfg.admin_token}".encode())
         try:
             return ipaddress.ip_address(request.remote or "").is_loopback
         except ValueError:

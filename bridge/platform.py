@@ -2,6 +2,10 @@
 
 One WebSocket per call leg (see `protocol`). The platform relays SDP between the two legs
 and owns the call's state: who may do what, when it ends, and why.
+
+Callbacks go out through `callbacks.Clients`: per service, one connection pool for call setup
+(Notify callback, push POST) and one for Call Events, so an app server that hangs holds only
+its own pool. Every background task that fails is logged with its call's sid and counted.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from aiohttp import web
 
 from . import callbacks, ccparam, protocol, token
 from .config import PlatformConfig, Service
+from .logsafe import failure, safe
+from .metrics import Metrics
 from .protocol import ProtocolError
 from .reasons import Disconnected, DisconnectReason as R, Source
 
@@ -72,8 +78,9 @@ class PlatformCall:
 class Platform:
     """The platform's state and its aiohttp routes."""
 
-    def __init__(self, cfg: PlatformConfig) -> None:
+    def __init__(self, cfg: PlatformConfig, metrics: Metrics | None = None) -> None:
         self.cfg = cfg
+        self.metrics = metrics
         self.services = cfg.services
         self.keys = {s.api_key: token.ServiceKey(s.id, s.api_key, s.api_secret)
                      for s in cfg.services.values()}
@@ -81,7 +88,7 @@ class Platform:
         self.active: dict[User, set[str]] = {}
         self.listeners: dict[User, set[web.WebSocketResponse]] = {}
         self._tasks: set[asyncio.Task] = set()
-        self._http: aiohttp.ClientSession | None = None
+        self.clients = callbacks.Clients()
         self.accepting = True
 
     # --- life ------------------------------------------------------------------------
@@ -90,11 +97,7 @@ class Platform:
         app.router.add_get("/v1/ws", self._websocket)
         app.router.add_get("/v1/calls/{sid}", self._rest_get)
         app.router.add_delete("/v1/calls/{sid}", self._rest_delete)
-        app.on_startup.append(self._on_startup)
         app.on_shutdown.append(self._on_shutdown)
-
-    async def _on_startup(self, app: web.Application) -> None:
-        self._http = aiohttp.ClientSession()
 
     async def _on_shutdown(self, app: web.Application) -> None:
         await self.close()
@@ -109,14 +112,26 @@ class Platform:
                 await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"platform shutting down")
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=self.cfg.callback_timeout + 1)
-        if self._http:
-            await self._http.close()
-            self._http = None
+        await self.clients.close()
 
-    def _spawn(self, coro) -> None:
+    def _spawn(self, coro, sid: str) -> None:
+        """Run `coro` for call `sid` in the background; if it fails, log it and count it."""
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda t: self._task_done(t, sid))
+
+    def _task_done(self, task: asyncio.Task, sid: str) -> None:
+        self._tasks.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        name = getattr(task.get_coro(), "__name__", "task")
+        log.error("call %s: background task %s failed: %s", sid, name, failure(task.exception()))
+        if self.metrics is not None:
+            self.metrics.platform_task_errors.labels(name).inc()
+
+    def _callback_failed(self, kind: str) -> None:
+        if self.metrics is not None:
+            self.metrics.platform_callback_failures.labels(kind).inc()
 
     @property
     def active_calls(self) -> int:
@@ -124,8 +139,12 @@ class Platform:
 
     # --- WebSocket ------------------------------------------------------------------
 
-    async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(max_msg_size=self.cfg.max_message_bytes, heartbeat=30.0)
+        if not ws.can_prepare(request).ok:
+            raise _json_error(web.HTTPBadRequest, "websocket_required",
+                              "GET /v1/ws takes a WebSocket upgrade (Connection: Upgrade, Upgrade: websocket, "
+                              "Sec-WebSocket-Version: 13, a valid Sec-WebSocket-Key)")
         await ws.prepare(request)
         messages = self._messages(ws)
         try:
@@ -147,8 +166,8 @@ class Platform:
                    "listen": self._listen}[first["type"]]
         try:
             await handler(ws, first, messages)
-        except Exception:
-            log.exception("signalling handler failed")
+        except Exception as exc:
+            log.error("signalling handler %s failed: %s", first["type"], failure(exc))
             if not ws.closed:
                 await ws.close(code=aiohttp.WSCloseCode.INTERNAL_ERROR, message=b"internal error")
         return ws
@@ -160,13 +179,13 @@ class Platform:
                 try:
                     yield protocol.parse(raw.data)
                 except ProtocolError as exc:
-                    log.info("bad signalling message: %s", exc.message)
+                    log.info("bad signalling message: %s", safe(exc.message))
                     await self._send(ws, exc.to_json())
             elif raw.type == aiohttp.WSMsgType.BINARY:
                 await self._send(ws, ProtocolError("binary", "binary frames are not accepted; "
                                                    "send JSON text").to_json())
             elif raw.type == aiohttp.WSMsgType.ERROR:
-                log.info("signalling socket error: %s", raw.data)
+                log.info("signalling socket error: %s", safe(raw.data))
                 return
 
     async def _send(self, ws: web.WebSocketResponse | None, message: dict) -> None:
@@ -209,7 +228,7 @@ class Platform:
         await self._send(ws, {"type": "call_made", "sid": call.sid})
         loop = asyncio.get_running_loop()
         call.timers.append(loop.call_later(self.cfg.answer_timeout, self._timeout, call, R.NOANSWER))
-        self._spawn(self._notify(call))
+        self._spawn(self._notify(call), call.sid)
         async for m in messages:
             if m["type"] == "end_call":
                 reason = R.NORMAL if call.state is State.CONNECTED else R.CANCEL
@@ -222,7 +241,7 @@ class Platform:
         try:
             who = token.verify(msg["token"], self.keys, max_age=self.cfg.token_max_age)
         except token.TokenError as exc:
-            log.info("makeCall by %s refused: %s", caller, exc)
+            log.info("makeCall by %s refused: %s", caller, safe(exc))
             return R.SERVICE_ACCESS_TOKEN_ERROR
         if (who.service_id, who.user_id) != (caller.service, caller.user):
             log.info("makeCall by %s refused: token is for %s@%s", caller, who.user_id, who.service_id)
@@ -237,18 +256,17 @@ class Platform:
         service = self.services[call.callee.service]
         try:
             if service.notify_cb_url:
-                assert self._http is not None
                 params = {"sid": call.sid, "from_service_id": call.caller.service,
                           "from_user_id": call.caller.user, "to_service_id": call.callee.service,
                           "to_user_id": call.callee.user, "type": "A", "param": call.cc_param}
                 if call.app_server_data:
                     params["app_svr_data"] = call.app_server_data
-                await callbacks.get(self._http, service.notify_cb_url, params,
-                                    service.api_secret, self.cfg.callback_timeout)
+                await callbacks.get(self.clients.session(service.id, "setup"), service.notify_cb_url,
+                                    params, service.api_secret, self.cfg.callback_timeout)
             elif service.push_url:
-                assert self._http is not None and service.push_secret
-                await callbacks.post_json(self._http, service.push_url, self._push(call),
-                                          service.push_secret, self.cfg.callback_timeout)
+                assert service.push_secret
+                await callbacks.post_json(self.clients.session(service.id, "setup"), service.push_url,
+                                          self._push(call), service.push_secret, self.cfg.callback_timeout)
             else:
                 sockets = self.listeners.get(call.callee)
                 if not sockets:
@@ -257,7 +275,8 @@ class Platform:
                 for ws in list(sockets):
                     await self._send(ws, push)
         except callbacks.CallbackError as exc:
-            log.info("call %s: push failed: %s", call.sid, exc)
+            log.info("call %s: push failed: %s", call.sid, safe(exc))
+            self._callback_failed("push")
             await self.end(call, Source.CLOUD_SERVER, R.PUSH_ERROR)
             return
         if call.state is not State.ENDED:
@@ -277,7 +296,7 @@ class Platform:
         try:
             param = ccparam.verify(msg["cc_param"], self.cfg.cc_param_secret)
         except ccparam.CcParamError as exc:
-            log.info("verifyCall refused: %s", exc)
+            log.info("verifyCall refused: %s", safe(exc))
             expired = "expired" in str(exc)
             await self._disconnect(ws, Disconnected(
                 Source.CLOUD_SERVER, R.RELEASED_CALL if expired else R.AUTH_ERROR))
@@ -342,7 +361,7 @@ class Platform:
         try:
             who = token.verify(msg["token"], self.keys, max_age=self.cfg.token_max_age)
         except token.TokenError as exc:
-            log.info("listen by %s refused: %s", me, exc)
+            log.info("listen by %s refused: %s", me, safe(exc))
             await self._disconnect(ws, Disconnected(Source.CLOUD_SERVER, R.SERVICE_ACCESS_TOKEN_ERROR))
             return
         if (who.service_id, who.user_id) != (me.service, me.user):
@@ -363,7 +382,7 @@ class Platform:
     # --- ending -----------------------------------------------------------------------
 
     def _timeout(self, call: PlatformCall, reason: R) -> None:
-        self._spawn(self.end(call, Source.CLOUD_SERVER, reason))
+        self._spawn(self.end(call, Source.CLOUD_SERVER, reason), call.sid)
 
     async def end(self, call: PlatformCall, source: Source, reason: R) -> None:
         """End `call` once: tell both legs, free the users, send the Call Event callback."""
@@ -386,8 +405,8 @@ class Platform:
         for ws in (call.caller_ws, call.callee_ws):
             if ws is not None and not ws.closed:
                 await self._send(ws, {"type": "disconnected", **call.ended.to_json()})
-                self._spawn(ws.close())
-        self._spawn(self._call_event(call))
+                self._spawn(ws.close(), call.sid)
+        self._spawn(self._call_event(call), call.sid)
 
     async def _call_event(self, call: PlatformCall) -> None:
         assert call.ended is not None
@@ -406,23 +425,26 @@ class Platform:
         targets = [call.caller.service] if not call.tracked else [call.caller.service, call.callee.service]
         for service_id in dict.fromkeys(targets):
             service = self.services.get(service_id)
-            if service is None or not service.call_event_cb_url or self._http is None:
+            if service is None or not service.call_event_cb_url:
                 continue
             await self._deliver_call_event(service, params)
 
-    async def _deliver_call_event(self, service: Service, params: dict[str, str]) -> None:
-        for attempt in range(3):
+    async def _deliver_call_event(self, service: Service, params: dict[str, str], tries: int = 3) -> None:
+        assert service.call_event_cb_url
+        for attempt in range(1, tries + 1):
             try:
-                assert self._http is not None
-                await callbacks.get(self._http, service.call_event_cb_url, params,
-                                    service.api_secret, self.cfg.callback_timeout)
+                await callbacks.get(self.clients.session(service.id, "events"), service.call_event_cb_url,
+                                    params, service.api_secret, self.cfg.callback_timeout)
                 return
             except callbacks.CallbackError as exc:
-                log.warning("call %s: Call Event callback to %s failed (try %d): %s",
-                            params["sid"], service.id, attempt + 1, exc)
-                if self._http is None or self._http.closed:
+                if attempt == tries or self.clients.closed:
+                    log.error("call %s: Call Event to %s lost after %d tries: %s", params["sid"], service.id,
+                              attempt, safe(exc))
+                    self._callback_failed("call_event")
                     return
-                await asyncio.sleep(0.5 * 2 ** attempt)
+                log.warning("call %s: Call Event callback to %s failed (try %d): %s",
+                            params["sid"], service.id, attempt, safe(exc))
+                await asyncio.sleep(0.5 * 2 ** (attempt - 1))
 
     # --- REST for app servers -----------------------------------------------------------
 

@@ -95,6 +95,18 @@ def _check_type(kind: str, name: str, value: Any, types: tuple[type, ...]) -> No
     if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
         want = " or ".join("null" if t is type(None) else t.__name__ for t in types)
         raise ProtocolError("wrong_type", f"{kind}: field {name!r} must be {want}")
+    if isinstance(value, str) and not _is_text(value):
+        raise ProtocolError("bad_text", f"{kind}: field {name!r} is not valid Unicode text "
+                                        "(a lone surrogate escape)")
+
+
+def _is_text(value: str) -> bool:
+    """JSON may escape lone surrogates ("\\ud800"); such a string cannot be encoded or sent on."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _check_values(kind: str, msg: dict[str, Any]) -> None:

@@ -4,7 +4,9 @@
     GET  /dialer              the web dialer (and its assets under /dialer/)
     GET  /dialer/config.json  what the dialer may offer ({"dev_tokens": bool})
     POST /v1/dev/token        {"service", "user"} -> {"token"}: development only
-                              (`platform.dev_tokens: true`), loopback clients only, else 403
+                              (`platform.dev_tokens: true`), loopback clients only, never
+                              through a proxy (any of PROXY_HEADERS: X-Forwarded-*,
+                              Forwarded, X-Real-IP, Via, ...), else 403; bodies over 4 KiB: 413
 
 Static files come from a fixed list (no directory listing, no paths from the request) with
 explicit content types.
@@ -22,6 +24,7 @@ from aiohttp import web
 
 from . import protocol, token
 from .config import PlatformConfig
+from .logsafe import safe
 
 log = logging.getLogger("bridge.webapp")
 
@@ -41,7 +44,11 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
        "media-src 'self' blob: mediastream:; connect-src 'self' ws: wss:; "
        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
-MAX_TOKEN_REQUEST = 4096
+MAX_BODY = 4096            # the largest request body of the platform's HTTP server (a dev token request)
+
+# Headers a reverse proxy adds: a request carrying one came through a proxy, whatever its address.
+PROXY_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-IP", "Via", "X-Forwarded-Host",
+                 "X-Forwarded-Proto", "X-Client-IP", "True-Client-IP")
 
 
 def add_routes(app: web.Application, cfg: PlatformConfig) -> None:
@@ -75,8 +82,8 @@ def _redirect(location: str):
 
 def _dialer_config(cfg: PlatformConfig):
     async def handler(request: web.Request) -> web.Response:
-        return web.json_response({"dev_tokens": bool(cfg.dev_tokens) and is_loopback(request.remote)},
-                                 headers={"Cache-Control": "no-store"})
+        offered = bool(cfg.dev_tokens) and is_loopback(request.remote) and proxied(request) is None
+        return web.json_response({"dev_tokens": offered}, headers={"Cache-Control": "no-store"})
     return handler
 
 
@@ -85,6 +92,11 @@ def is_loopback(address: str | None) -> bool:
         return ipaddress.ip_address((address or "").split("%")[0]).is_loopback
     except ValueError:
         return False
+
+
+def proxied(request: web.Request) -> str | None:
+    """The first proxy header of `request`, if it came through a reverse proxy."""
+    return next((name for name in PROXY_HEADERS if name in request.headers), None)
 
 
 def _forbidden(message: str) -> web.HTTPException:
@@ -102,13 +114,19 @@ def _same_origin(request: web.Request) -> bool:
     origin = request.headers.get("Origin")
     if origin is None:
         return True                        # not a browser (curl, a test): loopback is enough
-    parts = urlsplit(origin)
+    try:
+        parts = urlsplit(origin)
+    except ValueError:
+        return False
     return parts.scheme in ("http", "https") and parts.netloc == request.host
 
 
 def _loopback_host(request: web.Request) -> bool:
     """The Host header must name this machine (a rebinding name resolving to 127.0.0.1 does not)."""
-    host = urlsplit(f"//{request.host}").hostname or ""
+    try:
+        host = urlsplit(f"//{request.host}").hostname or ""
+    except ValueError:                     # e.g. "[::1"
+        return False
     return host == "localhost" or is_loopback(host)
 
 
@@ -119,13 +137,16 @@ def _dev_token(cfg: PlatformConfig):
                              "use `bridge token --service S --user U`")
         if not is_loopback(request.remote):
             raise _forbidden("development tokens are for loopback clients only")
+        proxy = proxied(request)
+        if proxy is not None:
+            log.info("development token refused: the request came through a proxy (%s: %s)",
+                     proxy, safe(request.headers[proxy], 100))
+            raise _forbidden(f"development tokens are not given through a proxy ({proxy} is set)")
         if not _loopback_host(request) or not _same_origin(request):
             raise _forbidden("development tokens are for pages served by this daemon on a loopback address")
-        if request.content_length is not None and request.content_length > MAX_TOKEN_REQUEST:
-            raise _bad_request("request too large")
         try:
-            body = json.loads(await request.content.read(MAX_TOKEN_REQUEST + 1))
-        except (ValueError, UnicodeDecodeError):
+            body = json.loads(await request.read())
+        except (ValueError, RecursionError):
             raise _bad_request("body must be JSON {\"service\": ..., \"user\": ...}") from None
         if not isinstance(body, dict):
             raise _bad_request("body must be a JSON object")
@@ -133,7 +154,7 @@ def _dev_token(cfg: PlatformConfig):
         if not isinstance(user, str) or not protocol.USER_ID.fullmatch(user):
             raise _bad_request("user must match [a-zA-Z0-9_-]{1,64}")
         if not isinstance(service, str) or service not in cfg.services:
-            raise _bad_request(f"unknown service {str(service)[:70]!r}")
+            raise _bad_request(f"unknown service {safe(service, 70)!r}")
         s = cfg.services[service]
         log.info("issued a development token for %s@%s to %s", user, service, request.remote)
         issued = token.issue(token.ServiceKey(s.id, s.api_key, s.api_secret), user)

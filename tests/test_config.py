@@ -139,3 +139,19 @@ def test_bridge_media_must_be_relay_or_transcode(tmp_path):
         config.loads(text.replace("media: relay", "media: passthrough"), "c.yaml", env={})
     assert exc.value.errors == [f"c.yaml:{line}: bridge.media: must be relay or transcode"], exc.value.errors
     assert config.loads(text.replace("media: relay", "media: transcode"), "c.yaml", env={}).bridge.media == "transcode"
+
+
+def test_callback_urls_must_parse_as_the_platform_sends_them():
+    text = (ROOT / "config.yaml").read_text().replace("call_event_cb_url: null", "call_event_cb_url: http://127.0.0.1:99999/e", 1)
+    with pytest.raises(config.ConfigError) as exc:
+        config.loads(text, "c.yaml", env={})
+    assert any("platform.services.demo-app.call_event_cb_url: 'http://127.0.0.1:99999/e' is not an http(s) URL" in e
+               for e in exc.value.errors), exc.value.errors
+
+
+def test_a_host_name_for_the_notification_listener_is_checked_not_raised(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text((ROOT / "config.yaml").read_text().replace("listen: 127.0.0.1:8081", "listen: bridge.lan:8081"))
+    run = subprocess.run([sys.executable, "-m", "bridge", "check-config", "-c", str(cfg)], capture_output=True, text=True)
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    assert "notifications.admin_token: set an admin_token when /healthz and /metrics listen beyond loopback" in run.stderr
