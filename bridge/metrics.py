@@ -60,6 +60,7 @@ class Metrics:
     def watch_sip(self, counters: Tally[str]) -> None:
         """Export the SIP user agent's own tallies (refused, malformed, media timeouts...)."""
         self.registry.register(_SipCollector(counters))
+
     def text(self) -> bytes:
         return generate_latest(self.registry)
 
