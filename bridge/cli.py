@@ -91,6 +91,16 @@ def main(argv: list[str] | None = None) -> int:
     _logging(cfg.log_level if args.command in ("run", "platform", "demo") else "warning")
     try:
         if args.command == "check-config":
+            from . import production
+            exposed = production.exposure(cfg)
+            refused = production.problems(cfg) if exposed else []
+            for line in production.unset_variables(cfg):
+                print(f"warning: {line}", file=sys.stderr)
+            if refused:
+                print(f"{args.config}: `bridge run` would refuse it: reachable beyond loopback "
+                      f"({', '.join(exposed)}) with development settings:\n  " + "\n  ".join(refused),
+                      file=sys.stderr)
+                return 1
             print(f"{args.config}: OK ({len(cfg.platform.services)} services, {len(cfg.router.to_sip)} "
                   f"app->SIP and {len(cfg.router.to_app)} SIP->app routes)")
             return 0

@@ -656,20 +656,28 @@ def _sip(r: _Reader, root: _Map) -> SipConfig:
         t1=t1, t2=t2, t4=r.get(t, "t4", "sip.timers.t4", duration, 5.0),
         dns_servers=r.get(s, "dns_servers", "sip.dns_servers", _dns_servers, None),
         max_transactions=r.get(s, "max_transactions", "sip.max_transactions", positive_int, 5000),
-        journal=r.get(s, "journal", "sip.journal", _journal, _default_journal(r.path)),
+        journal=r.get(s, "journal", "sip.journal", _journal, _default_journal(r.path, r.env)),
     )
 
 
 def _sip_host(value: Any) -> tuple[str, int | None]:
     """host:port, or a host name alone (DNS SRV decides the port)."""
     text = str(value).strip()
+    bad = ValueError(f"{text!r} is not a host name, IP address or host:port")
+    host, port = text, None
     if text.startswith("[") or text.count(":") == 1:
-        return hostport(text)
-    if ":" in text:                                 # a bare IPv6 address
-        return _ip(text), None
-    if not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?", text):
-        raise ValueError(f"{text!r} is not a host name, IP address or host:port")
-    return text, None
+        host, port = hostport(text)
+    elif ":" in text:                               # a bare IPv6 address
+        try:
+            return _ip(text), None
+        except ValueError:
+            raise bad from None
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?", host):
+            raise bad from None
+    return host, port
 
 
 def _networks(value: Any) -> list[str]:
@@ -719,12 +727,12 @@ def _journal(value: Any) -> str | None:
     return value
 
 
-def _default_journal(config_path: str) -> str:
+def _default_journal(config_path: str, env: dict[str, str]) -> str:
     """Under systemd's StateDirectory, else ~/.local/state/bridge, one file per config file."""
-    state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    state = env.get("STATE_DIRECTORY", "").split(":")[0]
     if state:
         return str(Path(state) / "sip-dialogs.jsonl")
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     digest = hashlib.sha1(str(Path(config_path).resolve()).encode()).hexdigest()[:10]
     return str(Path(base) / "bridge" / f"sip-dialogs-{digest}.jsonl")
 

@@ -155,3 +155,42 @@ def test_a_host_name_for_the_notification_listener_is_checked_not_raised(tmp_pat
     run = subprocess.run([sys.executable, "-m", "bridge", "check-config", "-c", str(cfg)], capture_output=True, text=True)
     assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
     assert "notifications.admin_token: set an admin_token when /healthz and /metrics listen beyond loopback" in run.stderr
+
+
+def test_sip_security_and_protocol_keys():
+    text = (ROOT / "config.yaml").read_text().replace("  ring_timeout: 30s\n", """  ring_timeout: 30s
+  registrar: pbx.example.com
+  trusted_peers: [192.0.2.7, 10.0.0.0/8]
+  untrusted: drop
+  media_networks: [10.0.20.0/24]
+  media_timeout: off
+  session_expires: 30m
+  min_se: 120s
+  timers: {t1: 250ms, t2: 2s, t4: 3s}
+  dns_servers: [192.0.2.53]
+""").replace("  registrar: 127.0.0.1:5060         # registrar and outbound proxy\n", "")
+    sip = config.loads(text, "c.yaml", env={"STATE_DIRECTORY": "/var/lib/bridge"}).sip
+    assert (sip.registrar_host, sip.registrar_port) == ("pbx.example.com", None)     # SRV decides the port
+    assert sip.trusted_peers == ("192.0.2.7", "10.0.0.0/8") and sip.untrusted == "drop"
+    assert sip.media_networks == ("10.0.20.0/24",) and sip.media_timeout == 0
+    assert (sip.session_expires, sip.min_se, sip.t1, sip.t2, sip.t4) == (1800, 120, 0.25, 2.0, 3.0)
+    assert sip.dns_servers == [("192.0.2.53", 53)] and sip.journal == "/var/lib/bridge/sip-dialogs.jsonl"
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("trusted_peers", "[10.0.0.300]", "is not an IP address or CIDR network"),
+    ("untrusted", "ignore", "must be reject (403) or drop"),
+    ("media_networks", "10.0.0.0/8", "must be a list"),
+    ("session_expires", "30s", "must be at least sip.min_se"),
+    ("min_se", "30s", "must be at least 90s"),
+    ("timers", "{t1: 2s, t2: 1s}", "must not be shorter than t1"),
+    ("registrar", "pbx_example:5060:1", "is not"),
+    ("dns_servers", "[dns.example.com]", "is not host:port"),
+])
+def test_sip_key_errors_name_the_key(key, value, message):
+    text = (ROOT / "config.yaml").read_text().replace("  ring_timeout: 30s\n", f"  ring_timeout: 30s\n  {key}: {value}\n")
+    if key == "registrar":
+        text = text.replace("  registrar: 127.0.0.1:5060         # registrar and outbound proxy\n", "")
+    with pytest.raises(config.ConfigError) as err:
+        config.loads(text, "c.yaml", env={})
+    assert any(f"sip.{key}" in e and message in e for e in err.value.errors), err.value.errors
