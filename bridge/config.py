@@ -99,7 +99,7 @@ class SipConfig:
     contact_host: str = "127.0.0.1"
     register: bool = True
     register_expires: int = 300
-    keepalive: float = 30.0
+    keepalive: float = 10.0
     transaction_timeout: float = 4.0
     max_backoff: float = 30.0
     rtp_host: str = "127.0.0.1"
@@ -640,7 +640,7 @@ def _sip(r: _Reader, root: _Map) -> SipConfig:
         bind_host=bind_host, bind_port=bind_port, contact_host=contact,
         register=r.get(s, "register", "sip.register", boolean, True),
         register_expires=int(r.get(s, "register_expires", "sip.register_expires", duration, 300)),
-        keepalive=r.get(s, "keepalive", "sip.keepalive", duration, 30.0),
+        keepalive=r.get(s, "keepalive", "sip.keepalive", duration, 10.0),
         transaction_timeout=r.get(s, "transaction_timeout", "sip.transaction_timeout", duration, 4.0),
         rtp_host=r.get(s, "rtp_host", "sip.rtp_host", _ip, contact),
         rtp_low=low, rtp_high=high,

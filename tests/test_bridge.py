@@ -137,6 +137,53 @@ async def test_fallback_targets_are_tried_in_order(start_bridge, kamailio, bares
     await alice.call.end_call()
 
 
+def ringback_share(samples: np.ndarray) -> float:
+    """The share of the energy in the 440/480 Hz ringback band."""
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
+    freqs = np.fft.rfftfreq(len(samples), 1 / RATE)
+    return spectrum[(freqs > 420) & (freqs < 500)].sum() / spectrum.sum()
+
+
+async def test_fallback_after_early_media_plays_ringback_again(start_bridge, kamailio, baresip_factory, sipp):  # noqa: F811
+    def hunt(data: dict) -> None:
+        data["routes"]["to_sip"].insert(0, {
+            "name": "hunt", "match": {"service": "demo-desk", "user": "sales"},
+            "target": "2003", "fallback": ["2001"]})
+    bridge = await start_bridge(hunt)
+    early = await blocking(sipp.uas, kamailio, "2003", 486, "Busy Here", ring_ms=1500, early_media=True)
+    phone = baresip_factory("2001", kamailio, answermode="manual", tone_hz=700)
+    alice = Party(bridge.platform_url, "alice")
+    await alice.make_call(("sales", "demo-desk"), bridge.token("alice"))
+    await blocking(phone.wait_incoming, 15)                    # 2003 gave early media, then 486
+    await asyncio.sleep(2.0)
+    share = ringback_share(alice.heard.samples[-RATE:])
+    assert share > 0.8, f"only {share:.0%} of the energy in the ringback band while the fallback rings"
+    assert (await blocking(early.wait, 5)).ok
+    await blocking(phone.accept)
+    await asyncio.wait_for(alice.events.connected.wait(), 5)
+    await alice.call.end_call()
+
+
+async def test_desk_call_whose_200_is_never_acked_ends_both_sides(start_bridge, kamailio, sipp):  # noqa: F811
+    from testbed.sipp import HERE, SippProcess
+    bridge = await start_bridge(lambda d: d["sip"].update({"timers": {"t1": "100ms"}}))   # 64*T1 = 6.4 s
+    agent = Party(bridge.platform_url, "agent-001")
+    async with agent.listener(bridge.token("agent-001")) as pushes:
+        caller = SippProcess(HERE / "sipp_uac_no_ack.xml", kamailio.port, service="7001",
+                             auth=("2002", kamailio.users["2002"]), keys={"from_user": "2002"}, timeout=25,
+                             workdir=sipp.base / "no-ack").start()
+        push = await pushes.next(timeout=10)
+        await agent.verify(push.cc_param)
+        await agent.call.accept_call()
+        started = time.monotonic()
+        ended = await agent.ended(12)
+        assert ended.reason is R.NETWORK_UNSTABLE
+        assert 5 < time.monotonic() - started < 10              # after 64*T1 without the ACK
+        result = await blocking(caller.wait, 10)                 # the caller got a BYE, answered it
+        assert result.ok, result.describe()
+    assert "no ACK for our 200 OK" in bridge.log()
+
+
 async def test_dtmf_both_ways(start_bridge, kamailio, baresip_factory):  # noqa: F811
     bridge = await start_bridge()
     phone = baresip_factory("2001", kamailio)

@@ -139,9 +139,11 @@ class SippRunner:
 
 
     def uas(self, kamailio: Kamailio, ext: str, code: int = 603, reason: str = "Decline", *,
-            ring_ms: int = 300, timeout: float = 30.0) -> SippUas:
-        """Start a sipp UAS registered as ``ext`` that declines one call with ``code``."""
-        u = SippUas(kamailio, ext, code, reason, ring_ms=ring_ms, timeout=timeout, workdir=self._dir())
+            ring_ms: int = 300, timeout: float = 30.0, early_media: bool = False) -> SippUas:
+        """Start a sipp UAS registered as ``ext`` that declines one call with ``code``
+        (after a 183 with SDP, with ``early_media``)."""
+        u = SippUas(kamailio, ext, code, reason, ring_ms=ring_ms, timeout=timeout, workdir=self._dir(),
+                    early_media=early_media)
         self.uases.append(u)
         return u.start()
 

@@ -190,6 +190,9 @@ class RegisteredUas:
         return self.uas.stop()
 
 
+EARLY_MEDIA_TEMPLATE = HERE / "sipp_uas_early_media.xml"
+
+
 class SippUas(RegisteredUas):
     """A "desk phone" that declines with any status: sipp UAS registered as ``ext``.
 
@@ -199,13 +202,14 @@ class SippUas(RegisteredUas):
     """
 
     def __init__(self, kamailio, ext: str, code: int = 603, reason: str = "Decline", *,
-                 ring_ms: int = 300, timeout: float = 30.0, workdir=None):
+                 ring_ms: int = 300, timeout: float = 30.0, workdir=None, early_media: bool = False):
         if not (300 <= int(code) <= 699):
             raise ValueError("SippUas sends failure codes (3xx-6xx) only")
         self.code = int(code)
         workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix=f"sipp-uas-{ext}-"))
         workdir.mkdir(parents=True, exist_ok=True)
         scen = workdir / f"uas_reply_{self.code}.xml"
-        scen.write_text(UAS_REPLY_TEMPLATE.read_text().replace("@@CODE@@", str(self.code))
+        template = EARLY_MEDIA_TEMPLATE if early_media else UAS_REPLY_TEMPLATE
+        scen.write_text(template.read_text().replace("@@CODE@@", str(self.code))
                         .replace("@@REASON@@", reason).replace("@@RING_MS@@", str(int(ring_ms))))
         super().__init__(kamailio, ext, scen, timeout=timeout, workdir=workdir)
