@@ -15,7 +15,6 @@ import re
 import socket
 import time
 
-import numpy as np
 import pytest
 
 from bridge.audio import RATE, tone, tone_analysis
@@ -74,11 +73,17 @@ async def baseline(bridge: Daemon) -> dict[str, float]:
     return gauges(await bridge.metrics())
 
 
-async def real_call_works(bridge: Daemon, phone) -> None:
-    """alice (1000 Hz) calls desk phone 2001 (700 Hz): each hears the other, then alice hangs up."""
+async def call_desk_phone(bridge: Daemon) -> Party:
+    """alice (playing 1000 Hz) calls desk phone 2001 through the bridge; returns once connected."""
     alice = Party(bridge.platform_url, "alice", tone=1000)
     await alice.make_call(("desk-2001", "demo-desk"), bridge.token("alice"))
     await asyncio.wait_for(alice.events.connected.wait(), 15)
+    return alice
+
+
+async def real_call_works(bridge: Daemon, phone) -> None:
+    """alice (1000 Hz) calls desk phone 2001 (700 Hz): each hears the other, then alice hangs up."""
+    alice = await call_desk_phone(bridge)
     mark = phone.mark()
     await asyncio.sleep(4)
     freq, snr = tone_analysis(alice.heard.samples[-int(1.5 * RATE):])
@@ -283,10 +288,8 @@ async def test_sdp_aimed_at_a_third_address_is_refused_and_nothing_is_sent_there
 
 async def test_rtp_from_a_third_source_mid_call_does_not_take_the_stream(start_bridge, kamailio, baresip_factory):  # noqa: F811
     bridge = await start_bridge()
-    phone = baresip_factory("2001", kamailio, tone_hz=700)
-    alice = Party(bridge.platform_url, "alice", tone=1000)
-    await alice.make_call(("desk-2001", "demo-desk"), bridge.token("alice"))
-    await asyncio.wait_for(alice.events.connected.wait(), 15)
+    baresip_factory("2001", kamailio, tone_hz=700)
+    alice = await call_desk_phone(bridge)
     await asyncio.sleep(3)
     rtp_port = int(re.search(r"RTP 127\.0\.0\.1:(\d+) <->", bridge.log()).group(1))
     attacker = udp()
@@ -315,9 +318,7 @@ async def test_rtp_from_a_third_source_mid_call_does_not_take_the_stream(start_b
 async def test_a_phone_that_vanishes_without_bye_ends_the_app_call(start_bridge, kamailio, baresip_factory):  # noqa: F811
     bridge = await start_bridge(lambda d: d["sip"].update({"media_timeout": "3s"}))
     phone = baresip_factory("2001", kamailio, tone_hz=700)
-    alice = Party(bridge.platform_url, "alice", tone=1000)
-    await alice.make_call(("desk-2001", "demo-desk"), bridge.token("alice"))
-    await asyncio.wait_for(alice.events.connected.wait(), 15)
+    alice = await call_desk_phone(bridge)
     await asyncio.sleep(4)                                     # audio flowing (baresip starts late)
     phone.process.proc.kill()                                  # no BYE, no more RTP
     started = time.monotonic()
@@ -330,9 +331,7 @@ async def test_a_phone_that_vanishes_without_bye_ends_the_app_call(start_bridge,
 async def test_hold_longer_than_the_media_timeout_is_not_a_dead_phone(start_bridge, kamailio, baresip_factory):  # noqa: F811
     bridge = await start_bridge(lambda d: d["sip"].update({"media_timeout": "2s"}))
     phone = baresip_factory("2001", kamailio, tone_hz=700)
-    alice = Party(bridge.platform_url, "alice", tone=1000)
-    await alice.make_call(("desk-2001", "demo-desk"), bridge.token("alice"))
-    await asyncio.wait_for(alice.events.connected.wait(), 15)
+    alice = await call_desk_phone(bridge)
     assert (await blocking(phone.command, "hold")).get("ok")
     await asyncio.sleep(5)
     assert not alice.events.disconnected.done()
@@ -346,9 +345,7 @@ async def test_hold_longer_than_the_media_timeout_is_not_a_dead_phone(start_brid
 async def test_kill_9_mid_call_the_restarted_bridge_sends_bye(start_bridge, kamailio, baresip_factory):  # noqa: F811
     bridge = await start_bridge()
     phone = baresip_factory("2001", kamailio, tone_hz=700)
-    alice = Party(bridge.platform_url, "alice", tone=1000)
-    await alice.make_call(("desk-2001", "demo-desk"), bridge.token("alice"))
-    await asyncio.wait_for(alice.events.connected.wait(), 15)
+    alice = await call_desk_phone(bridge)
     await blocking(phone.wait_established, 5)
     mark = phone.mark()
     bridge.proc.kill()                                         # SIGKILL: no drain, no BYE

@@ -113,9 +113,10 @@ class SipCall:
         return sdp.build(self.ua.cfg.contact_host, port, codecs, session=self._session,
                          telephone_event=telephone_event, direction=direction)
 
-    def check_media_address(self, audio: sdp.Audio) -> None:
-        """The media policy: raise SdpError unless RTP may go where this SDP says."""
-        self.ua.check_media_address(audio, self.signalling_peer)
+    def usable_sdp(self, body: bytes, codecs: tuple[str, ...] | None = None) -> tuple[sdp.Audio, tuple[str, int]]:
+        """The peer's audio stream and codec (of ours, or `codecs`); SdpError if unusable, or if
+        RTP may not go where it says (the media policy)."""
+        return self.ua.usable_sdp(body, codecs or self.ua.cfg.codecs, self.signalling_peer)
 
     def _apply_remote_sdp(self, audio: sdp.Audio, codec: tuple[str, int] | None = None) -> None:
         if codec is not None:
@@ -214,9 +215,7 @@ class SipCall:
         if self._awaiting_answer and msg.body_bytes:
             self._awaiting_answer = False
             try:
-                answer = sdp.parse(msg.body_bytes)
-                sdp.choose(answer, (self.codec,))
-                self.check_media_address(answer)
+                answer, _ = self.usable_sdp(msg.body_bytes, (self.codec,))
             except sdp.SdpError as exc:
                 log.warning("call %s: the answer in the ACK is unusable (%s): hanging up", self.call_id, safe(exc))
                 self.ua.spawn(self._bye(CallEnd(SipResult.FAILED, 0, "local")))
@@ -242,9 +241,7 @@ class SipCall:
         direction = self.media.direction
         if msg.body_bytes:
             try:
-                offer = sdp.parse(msg.body_bytes)
-                sdp.choose(offer, (self.codec,))
-                self.check_media_address(offer)
+                offer, _ = self.usable_sdp(msg.body_bytes, (self.codec,))
             except sdp.SdpError as exc:
                 log.info("call %s: re-offer refused: %s", self.call_id, safe(exc))
                 self.ua.reply(tx, 488, reason=str(exc))

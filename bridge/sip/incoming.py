@@ -87,9 +87,7 @@ class IncomingCall(SipCall):
         if self._awaiting_answer and self.offer is None:
             self._awaiting_answer = False
             try:
-                answer = sdp.parse(msg.body_bytes)
-                codec = sdp.choose(answer, self.ua.cfg.codecs)
-                self.check_media_address(answer)
+                answer, codec = self.usable_sdp(msg.body_bytes)
             except sdp.SdpError as exc:
                 log.warning("call %s: the ACK's answer is unusable (%s): hanging up", self.call_id, exc)
                 self.ua.spawn(self._bye(CallEnd(SipResult.FAILED, 0, "local")))

@@ -166,9 +166,7 @@ class OutgoingCall(SipCall):
         early = False
         if reply.body_bytes and reply.to_tag:
             try:
-                audio = sdp.parse(reply.body_bytes)
-                codec = sdp.choose(audio, self.ua.cfg.codecs)
-                self.check_media_address(audio)
+                audio, codec = self.usable_sdp(reply.body_bytes)
                 self._apply_remote_sdp(audio, codec)
                 early = True
             except sdp.SdpError as exc:
@@ -215,9 +213,7 @@ class OutgoingCall(SipCall):
             await self._bye(CallEnd(self._cancel_reason, 0, "local"))
             return
         try:
-            audio = sdp.parse(reply.body_bytes)
-            codec = sdp.choose(audio, self.ua.cfg.codecs)
-            self.check_media_address(audio)
+            audio, codec = self.usable_sdp(reply.body_bytes)
         except sdp.SdpError as exc:
             log.warning("call %s: answer SDP unusable (%s); hanging up", self.call_id, safe(exc))
             await self._bye(CallEnd(SipResult.FAILED, 0, "local"))

@@ -163,7 +163,7 @@ class Registration:
         backoff = 1.0
         unreachable = False
         while True:
-            if reg.state != "failed":
+            if reg.state not in ("failed", "registered"):      # a refresh stays "registered"
                 reg.set("registering")
             code, granted = await self.register(self.cfg.register_expires,
                                                 PROBE_TIMEOUT if unreachable else None)

@@ -228,6 +228,13 @@ class UserAgent:
         with contextlib.suppress(ResolveError):
             dialog.peers.update(host for host, _ in await self.resolver.resolve(uri.host, uri.port, uri.transport))
 
+    def usable_sdp(self, body: bytes, codecs: tuple[str, ...], peer: str | None) -> tuple[sdp.Audio, tuple[str, int]]:
+        """The audio stream of `body` and the codec to use; SdpError if unusable or against policy."""
+        audio = sdp.parse(body)
+        codec = sdp.choose(audio, codecs)
+        self.check_media_address(audio, peer)
+        return audio, codec
+
     def check_media_address(self, audio: sdp.Audio, peer: str | None) -> None:
         """The media policy (DESIGN.md 8): RTP only to the signalling peer or `sip.media_networks`."""
         if audio.held_by_address:
@@ -373,20 +380,25 @@ class UserAgent:
         if msg.call_id in self.calls:                  # a forked copy or a looped request
             self.reply_stateless(msg, addr, 482)
             return
-        refused = self._check_invite(msg, addr)
+        refused = self._check_invite(msg)
+        offer = codec = None
+        if refused is None and msg.body_bytes:
+            try:
+                offer, codec = self.usable_sdp(msg.body_bytes, self.cfg.codecs, addr[0])
+            except sdp.SdpError as exc:
+                refused = 488, str(exc), []
         if refused is not None:
             code, reason, headers = refused
             self.counters["refused_invites"] += 1
             log.info("incoming INVITE from %s refused %d: %s", hostport(*addr), code, safe(reason))
             self.reply_stateless(msg, addr, code, reason=reason, headers=headers)
             return
-        offer, codec = self._offer(msg)
         tx = self.layer.new_server(msg, addr)
         self.reply(tx, 100)
         self.spawn(self._incoming(msg, tx, offer, codec))
 
-    def _check_invite(self, msg: SipMessage, addr: Addr) -> tuple[int, str, list[tuple[str, str]]] | None:
-        """Why an INVITE is refused before anything is taken: (code, reason, headers), or None."""
+    def _check_invite(self, msg: SipMessage) -> tuple[int, str, list[tuple[str, str]]] | None:
+        """Why an INVITE is refused before its SDP is read: (code, reason, headers), or None."""
         if self.on_incoming is None:
             return 480, "Temporarily Unavailable", []
         if msg.body_bytes and msg.content_type != "application/sdp":
@@ -394,20 +406,7 @@ class UserAgent:
         given = parse_expires(msg.first("Session-Expires"))
         if given is not None and self.cfg.session_expires and given[0] < self.cfg.min_se:
             return 422, "Session Interval Too Small", [("Min-SE", str(self.cfg.min_se))]
-        if msg.body_bytes:
-            try:
-                offer = sdp.parse(msg.body_bytes)
-                sdp.choose(offer, self.cfg.codecs)
-                self.check_media_address(offer, addr[0])
-            except sdp.SdpError as exc:
-                return 488, str(exc), []
         return None
-
-    def _offer(self, msg: SipMessage) -> tuple[sdp.Audio | None, tuple[str, int] | None]:
-        if not msg.body_bytes:
-            return None, None                          # delayed offer
-        offer = sdp.parse(msg.body_bytes)
-        return offer, sdp.choose(offer, self.cfg.codecs)
 
     async def _incoming(self, msg: SipMessage, tx, offer: sdp.Audio | None, codec: tuple[str, int] | None) -> None:
         try:
