@@ -429,24 +429,23 @@ class Call:
             self.sid = m["sid"]
             self.peer = CallVerifiedParam(m["sid"], m["peer_id"], m["peer_service_id"], m.get("app_server_data"))
             try:
-                await pc.setRemoteDescription(RTCSessionDescription(m["sdp"], "offer"))
-            except Exception as exc:      # e.g. no codec in common with our preferences
+                await self._answer(pc, m["sdp"])
+            except Exception as exc:      # not an audio offer, no codec in common with our preferences...
                 log.warning("call %s: cannot use the caller's offer: %s", self.sid, exc)
                 await self._send({"type": "end_call", "reason": int(DisconnectReason.INTERNAL_ERROR)})
                 return
-            assert self._gate is not None
-            if self._transceiver is None:
-                rtcjitter.no_send_history(pc.addTrack(self._gate))
-            answer = await pc.createAnswer()
-            self.codec = negotiated_codec(answer.sdp)   # before media starts: tracks pick their rate by it
-            await pc.setLocalDescription(answer)
-            await self._send({"type": "answer", "sdp": pc.localDescription.sdp})
             self.state = "verified"
             self._emit("evt_verified", self.peer)
             self._resolve(self._first)
         elif kind == "sdp":
             self.codec = negotiated_codec(m["sdp"])     # before media starts (inside the next line)
-            await pc.setRemoteDescription(RTCSessionDescription(m["sdp"], "answer"))
+            try:
+                if not self.codec:
+                    raise ValueError("no audio stream with a codec in the answer")
+                await pc.setRemoteDescription(RTCSessionDescription(m["sdp"], "answer"))
+            except Exception as exc:
+                log.warning("call %s: cannot use the callee's answer: %s", self.sid, exc)
+                await self._send({"type": "end_call", "reason": int(DisconnectReason.INTERNAL_ERROR)})
         elif kind == "wait_connected":
             self._emit("evt_wait_connected")
         elif kind == "connected":
@@ -465,6 +464,21 @@ class Call:
         elif kind == "error":
             log.warning("call %s: platform says %s: %s", self.sid, m.get("code"), m.get("message"))
             self.errors.append(m)
+
+    async def _answer(self, pc: RTCPeerConnection, offer: str) -> None:
+        """Take the caller's offer and send our answer; raises if it holds no usable audio."""
+        await pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+        if not any(t.kind == "audio" for t in pc.getTransceivers()):
+            raise ValueError("the offer has no audio stream")
+        assert self._gate is not None
+        if self._transceiver is None:
+            rtcjitter.no_send_history(pc.addTrack(self._gate))
+        answer = await pc.createAnswer()
+        self.codec = negotiated_codec(answer.sdp)   # before media starts: tracks pick their rate by it
+        if not self.codec:
+            raise ValueError("no codec in common with the offer")
+        await pc.setLocalDescription(answer)
+        await self._send({"type": "answer", "sdp": pc.localDescription.sdp})
 
     @staticmethod
     def _resolve(future: asyncio.Future | None) -> None:

@@ -17,7 +17,10 @@ import pytest
 import yaml
 
 from bridge import config, token
+from bridge.audio import RATE, tone_analysis
 from conftest import free_port
+from parties import Party
+from testbed import wav_dominant_frequency
 
 ROOT = Path(__file__).resolve().parent.parent
 BRIDGE_USER, BRIDGE_PW = "bridge", "bridge-development-password"
@@ -136,3 +139,26 @@ async def start_bridge(tmp_path, kamailio):
     for d in daemons:
         d.stop()
         print(f"===== bridge log =====\n{d.log()[-4000:]}")
+
+
+# --- a real call, to show a daemon still works (after an attack, a restart...) -----------------
+
+async def call_desk_phone(bridge: Daemon) -> Party:
+    """alice (playing 1000 Hz) calls desk phone 2001 through the bridge; returns once connected."""
+    alice = Party(bridge.platform_url, "alice", tone=1000)
+    await alice.make_call(("desk-2001", "demo-desk"), bridge.token("alice"))
+    await asyncio.wait_for(alice.events.connected.wait(), 15)
+    return alice
+
+
+async def real_call_works(bridge: Daemon, phone) -> None:
+    """alice (1000 Hz) calls desk phone 2001 (700 Hz): each hears the other, then alice hangs up."""
+    alice = await call_desk_phone(bridge)
+    mark = phone.mark()
+    await asyncio.sleep(4)
+    freq, snr = tone_analysis(alice.heard.samples[-int(1.5 * RATE):])
+    assert abs(freq - 700) < 14 and snr > 20, ("the app heard", freq, snr)
+    await alice.call.end_call()
+    await asyncio.to_thread(phone.wait_closed, 5, mark)
+    freq, snr = await asyncio.to_thread(wav_dominant_frequency, phone.latest_recording("dec"), 1.0)
+    assert abs(freq - 1000) < 20 and snr > 20, ("the phone heard", freq, snr)

@@ -10,11 +10,13 @@ Addresses: the PBX (Kamailio) and the phones are on 127.0.0.1; an outsider sends
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import socket
 import time
 
+import aiohttp
 import pytest
 
 from bridge.audio import RATE, tone, tone_analysis
@@ -23,8 +25,8 @@ from bridge import g711
 from bridge.reasons import DisconnectReason as R
 from parties import Party
 from sipfuzz import Mutator
-from stack import BRIDGE_USER, Daemon, kamailio, stack_config, start_bridge  # noqa: F401  (fixtures)
-from testbed import wav_dominant_frequency
+from stack import (BRIDGE_USER, Daemon, call_desk_phone, kamailio, real_call_works, stack_config,  # noqa: F401
+                   start_bridge)
 from testbed.fixtures import baresip_factory, kamailio_factory  # noqa: F401
 
 FUZZ_PER_SEED = int(os.environ.get("BRIDGE_FUZZ_PER_SEED", "3400"))   # 3 seeds: 10,200 in CI
@@ -71,27 +73,6 @@ async def settled(bridge: Daemon, base: dict[str, float], timeout: float = 15.0)
 async def baseline(bridge: Daemon) -> dict[str, float]:
     await asyncio.sleep(0.5)
     return gauges(await bridge.metrics())
-
-
-async def call_desk_phone(bridge: Daemon) -> Party:
-    """alice (playing 1000 Hz) calls desk phone 2001 through the bridge; returns once connected."""
-    alice = Party(bridge.platform_url, "alice", tone=1000)
-    await alice.make_call(("desk-2001", "demo-desk"), bridge.token("alice"))
-    await asyncio.wait_for(alice.events.connected.wait(), 15)
-    return alice
-
-
-async def real_call_works(bridge: Daemon, phone) -> None:
-    """alice (1000 Hz) calls desk phone 2001 (700 Hz): each hears the other, then alice hangs up."""
-    alice = await call_desk_phone(bridge)
-    mark = phone.mark()
-    await asyncio.sleep(4)
-    freq, snr = tone_analysis(alice.heard.samples[-int(1.5 * RATE):])
-    assert abs(freq - 700) < 14 and snr > 20, ("the app heard", freq, snr)
-    await alice.call.end_call()
-    await blocking(phone.wait_closed, 5, mark)
-    freq, snr = await blocking(wav_dominant_frequency, phone.latest_recording("dec"), 1.0)
-    assert abs(freq - 1000) < 20 and snr > 20, ("the phone heard", freq, snr)
 
 
 def udp(host: str = "127.0.0.1") -> socket.socket:
@@ -352,6 +333,7 @@ async def test_kill_9_mid_call_the_restarted_bridge_sends_bye(start_bridge, kama
     bridge.proc.wait()
     await asyncio.sleep(1)
     assert not [e for e in phone.ctrl.events[mark:] if e.get("type") == "CALL_CLOSED"]   # a ghost call
+    assert (await alice.ended(10)).reason is not R.NORMAL       # the app saw its platform go
     again = Daemon(bridge.path).start()
     started = time.monotonic()
     try:
@@ -427,3 +409,24 @@ async def test_control_characters_from_sip_are_escaped_in_the_log(start_bridge, 
     log = bridge.log()
     assert "\x1b" not in log
     assert not any(line.startswith("FAKE LOG LINE") for line in log.splitlines())
+
+
+async def test_a_make_call_with_unusable_sdp_ends_at_once_and_rings_nobody(start_bridge, kamailio, baresip_factory):  # noqa: F811
+    bridge = await start_bridge()
+    phone = baresip_factory("2001", kamailio, tone_hz=700)
+    base = await baseline(bridge)
+    mark = phone.mark()
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(bridge.platform_url.replace("http", "ws", 1) + "/v1/ws") as ws:
+            await ws.send_json({"type": "make_call", "token": bridge.token("alice"), "my_id": "alice",
+                                "my_service_id": "demo-app", "peer_id": "desk-2001", "peer_service_id": "demo-desk",
+                                "media_type": "audio", "sdp": "v=0\r\nthis is no offer\r\n"})
+            started = time.monotonic()
+            async with asyncio.timeout(5):
+                while (message := json.loads((await ws.receive()).data))["type"] != "disconnected":
+                    pass
+            assert time.monotonic() - started < 2, "ended at once, not after the answer timeout"
+            assert message["code"] == int(R.INTERNAL_ERROR), message
+    assert await blocking(phone.wait_event, "CALL_INCOMING", 1.0, mark) is None     # nothing rang
+    await settled(bridge, base)
+    await real_call_works(bridge, phone)

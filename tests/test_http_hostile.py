@@ -23,7 +23,8 @@ import pytest
 
 from bridge import callbacks, ccparam, httpguard
 from rawhttp import Answer, exchange, request
-from stack import kamailio, start_bridge  # noqa: F401  (fixtures)
+from stack import kamailio, real_call_works, start_bridge  # noqa: F401  (fixtures)
+from testbed.fixtures import baresip_factory, kamailio_factory  # noqa: F401  (fixtures)
 from testbed.fixtures import kamailio_factory  # noqa: F401
 
 NOTIFY_SECRET = "demo-notification-development-secret-change-me"     # the sample's, inline
@@ -258,8 +259,10 @@ async def healthz(d) -> int:
 
 # --- the tests ----------------------------------------------------------------------------------------
 
-async def test_malformed_http_on_every_endpoint_gets_a_4xx_in_the_error_shape(start_bridge):
+async def test_malformed_http_on_every_endpoint_gets_a_4xx_in_the_error_shape(start_bridge, kamailio,  # noqa: F811
+                                                                              baresip_factory):
     d = await start_bridge(limits())
+    phone = baresip_factory("2001", kamailio, tone_hz=700)
     cases = header_cases() + body_cases(d) + raw_cases()
     results = await run_table(d, cases)
     wrong = check(results)
@@ -273,6 +276,7 @@ async def test_malformed_http_on_every_endpoint_gets_a_4xx_in_the_error_shape(st
     assert "\x1b" not in log and not log_is_records(log), log_is_records(log)[:10]
     assert "FORGED" in log                  # it was logged, escaped, inside a record
     assert d.proc.poll() is None
+    await real_call_works(d, phone)          # and a real call still carries tones both ways
 
 
 def ws_frame(opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0, mask: bool = True,
@@ -366,8 +370,9 @@ async def ws_session(port: int, frame: bytes, timeout: float = 15) -> tuple[int,
     return status, frames, time.monotonic() - started
 
 
-async def test_malformed_websocket_frames_get_an_error_or_a_close(start_bridge):
+async def test_malformed_websocket_frames_get_an_error_or_a_close(start_bridge, kamailio, baresip_factory):  # noqa: F811
     d = await start_bridge(limits())
+    phone = baresip_factory("2001", kamailio, tone_hz=700)
     _, p_port = ports(d)
     sessions = await asyncio.gather(*(ws_session(p_port, f) for f in FRAMES.values()))
     results = dict(zip(FRAMES, sessions))
@@ -394,11 +399,13 @@ async def test_malformed_websocket_frames_get_an_error_or_a_close(start_bridge):
     assert codes["lone surrogate"] == codes["surrogate app data"] == ["bad_text", "timeout"], codes
     assert codes["deep JSON"] == ["bad_json", "timeout"] and codes["binary"] == ["binary", "timeout"], codes
     print(f"{len(FRAMES)} malformed WebSocket frames: each answered with an error or a close")
+    await real_call_works(d, phone)
 
 
-async def test_slow_headers_are_cut_and_caps_hold_per_client(start_bridge):
+async def test_slow_headers_are_cut_and_caps_hold_per_client(start_bridge, kamailio, baresip_factory):  # noqa: F811
     per_client = 40
     d = await start_bridge(limits(per_client=per_client))
+    phone = baresip_factory("2001", kamailio, tone_hz=700)
     n_port, p_port = ports(d)
 
     async def slowloris(port: int, path: bytes) -> tuple[float, bytes]:
@@ -450,6 +457,7 @@ async def test_slow_headers_are_cut_and_caps_hold_per_client(start_bridge):
     assert 'bridge_http_refused_total{listener="platform",reason="header_timeout"} 20.0' in metrics
     print(f"{len(ended)} slow clients: {len(refused)} refused at once (429), {len(cut)} cut after "
           f"{min(s for s, _ in cut):.2f}-{max(s for s, _ in cut):.2f} s (header timeout {TIMEOUT} s)")
+    await real_call_works(d, phone)
 
 
 async def test_total_cap_refuses_at_once_and_frees_after_the_timeout(start_bridge):
