@@ -156,10 +156,11 @@ class Bridge:
         self.draining = True
         if self.calls:
             log.info("draining %d call(s) for up to %.0f s", len(self.calls), timeout)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*self._tasks, return_exceptions=True), timeout)
+            await asyncio.wait(list(self._tasks), timeout=timeout)      # waits; never cancels a call
+        if self.calls:
+            log.info("ending %d call(s) still up after the drain", len(self.calls))
         for call in list(self.calls):
-            call.stop()
+            call.stop()                       # each hangs up both its legs (BYE, and the app call)
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
 
@@ -230,8 +231,9 @@ class BridgedCall:
             log.info("%s: phone side ended (%s): ending the app call", self.name, end)
             await self.app.end_call(reason=reasons.from_sip(end.result.value))
             self.result = "normal"
-        else:
-            await asyncio.gather(sip.hangup(), self.app.end_call(reason=R.NORMAL), return_exceptions=True)
+        else:                                 # the bridge is shutting down
+            await asyncio.gather(sip.hangup(), self.app.end_call(reason=R.SERVICE_MAINTENANCE),
+                                 return_exceptions=True)
             self.result = "stopped"
 
     async def _cleanup(self) -> None:

@@ -49,7 +49,7 @@ OPTIONAL_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
 }
 # Reasons a leg may give when it ends a call (bridge's extension to endCall, used by the
 # bridge to pass on why the desk phone did not take the call).
-END_REASONS = (1001, 1002, 1109, 1110, 1112, 1202, 1203, 1301, 1502, 1504, 1505, 1512)
+END_REASONS = (1001, 1002, 1109, 1110, 1112, 1202, 1203, 1301, 1502, 1503, 1504, 1505, 1512)
 OPENING_MESSAGES = ("make_call", "verify_call", "listen")
 
 

@@ -319,9 +319,9 @@ async def test_sigterm_drains_an_active_call(start_bridge, kamailio, baresip_fac
     assert status == 503 and body["draining"] is True               # no new calls
     assert alice.call.state == "connected"                           # the call goes on...
     mark = phone.mark()
-    ended = await alice.ended(10)                                    # ...until the drain deadline
-    assert ended.reason in (R.NORMAL, R.SERVICE_MAINTENANCE)
-    await blocking(phone.wait_closed, 5, mark)
+    ended = await alice.ended(10)                                    # ...until the drain deadline,
+    assert (ended.reason, ended.source) == (R.SERVICE_MAINTENANCE, Source.CALLEE)   # ended by the bridge
+    await blocking(phone.wait_closed, 5, mark)                       # which also sent the BYE
     assert await asyncio.to_thread(bridge.proc.wait, 10) == 0
 
 
