@@ -21,9 +21,10 @@ from .config import Config
 from .media import AppToSip, SipToApp, cancel_quietly
 from .metrics import Metrics
 from .reasons import Disconnected, DisconnectReason as R
-from .routing import Denied, Route, Router
+from .routing import Denied, Route, Router, TransferDecision
+from .logsafe import safe
 from .sdk import Call, CallDelegate, MakeCallParams, StartFailError, VerifyCallParams
-from .sip import CallFailed, IncomingCall, SipCall, SipResult, UserAgent
+from .sip import CallFailed, IncomingCall, Referral, SipCall, SipResult, UserAgent
 
 log = logging.getLogger("bridge.call")
 
@@ -151,6 +152,14 @@ class Bridge:
             return
         self.start(DeskToAppCall(self, sip))
 
+    async def on_replaces(self, new: IncomingCall, old: SipCall) -> None:
+        """An INVITE with Replaces names the SIP leg of one of our calls: it takes that leg's place."""
+        for call in self.calls:
+            if call.sip is old:
+                self.spawn(call.take_over(new), f"{call.name}: replacing its SIP leg")
+                return
+        await new.reject(481)
+
     async def drain(self, timeout: float) -> None:
         """Take no new calls; let active ones finish for up to `timeout`, then end them."""
         self.draining = True
@@ -180,6 +189,9 @@ class BridgedCall:
         self.route: Route | None = None     # the route this call is counted on
         self._pump: asyncio.Task | None = None
         self._stop = asyncio.Event()
+        self._swapped = asyncio.Event()     # a transfer put another SIP leg under the app call
+        self.identity: tuple[str | None, str | None] = (None, None)   # caller id, name toward SIP
+        self.phone: str | None = None       # the desk phone's number (what transfer routes match)
 
     def stop(self) -> None:
         """End this call now (daemon shutting down)."""
@@ -194,19 +206,87 @@ class BridgedCall:
     async def _run(self) -> None:
         raise NotImplementedError
 
-    async def _bridge_media(self, sip: SipCall) -> None:
-        """Audio both ways, and DTMF: app signalling <-> RFC 4733 telephone-events."""
+    async def _bridge_media(self, sip: SipCall, first: bool = True) -> None:
+        """Audio both ways, DTMF (app signalling <-> RFC 4733 telephone-events), and transfers."""
         self.sip_to_app.connect(sip.media)
+        await cancel_quietly(self._pump)
         if self.sip_to_app.relaying:
             self.app.tap_peer_packets(self.app_to_sip.relay_to(sip.media))
         else:
             self._pump = asyncio.ensure_future(self.app_to_sip.run(sip.media))
         mode = "relay" if self.sip_to_app.relaying else "transcode"
-        self.bridge.metrics.media.labels(mode).inc()
+        if first:
+            self.bridge.metrics.media.labels(mode).inc()
         log.info("%s: media %s, app leg %s, SIP leg %s, RTP %s <-> %s", self.name, mode, self.app.codec,
                  sip.media.codec, "%s:%d" % sip.media.local_address, sip.media.remote_address)
         self.events.on_dtmf = lambda digits: self._dtmf_from_app(sip, digits)
         sip.media.on_dtmf = self._dtmf_from_phone
+        sip.on_refer = self._refer
+
+    # transfer ------------------------------------------------------------------------------
+
+    def _refer(self, referral: Referral) -> bool:
+        """The desk phone transfers the app party (REFER): allowed only where a transfer route says."""
+        decision = self.bridge.router.route_transfer(referral.user, self.phone)
+        if isinstance(decision, Denied):
+            log.warning("%s: transfer by %s to %s %s", self.name, self.phone, safe(referral.target), decision)
+            return False
+        log.info("%s: %s transfers the call: %s%s", self.name, self.phone, decision,
+                 " (attended: replaces a call)" if referral.replaces else "")
+        self.bridge.spawn(self._transfer(referral, decision), f"{self.name}: transfer")
+        return True
+
+    async def _transfer(self, referral: Referral, decision: TransferDecision) -> None:
+        """Call the transfer target; when it answers, it takes the old leg's place."""
+        headers = [("Referred-By", referral.referred_by)] if referral.referred_by else []
+        if referral.replaces is not None:
+            headers.append(("Replaces", str(referral.replaces)))
+        caller, display = self.identity
+        new = await self.bridge.ua.call(referral.target, caller=caller, display_name=display,
+                                        ring_timeout=decision.route.ring_timeout, headers=headers)
+        new.on_ringing = lambda early: self.bridge.spawn(referral.notify(183 if early else 180),
+                                                         f"{self.name}: transfer NOTIFY")
+        await _first(new.answered, new.ended, self.events.ended.wait(), self._stop.wait())
+        if new.state != "answered":
+            if not new.ended.done():
+                await new.hangup()
+            end = new.ended.result() if new.ended.done() else None
+            log.info("%s: the transfer to %s failed (%s); the call stays", self.name, decision.target, end)
+            await referral.notify(end.code if end is not None and end.code >= 300 else 487)
+            return
+        await referral.notify(200)
+        old = self.sip
+        await self._swap(new)
+        log.info("%s: transferred to %s", self.name, decision.target)
+        await self._retire(old)
+
+    async def take_over(self, new: IncomingCall) -> None:
+        """An INVITE with Replaces named our SIP leg (RFC 3891): the new call takes its place."""
+        old = self.sip
+        try:
+            await new.answer()
+        except CallFailed:
+            log.info("%s: the replacing call %s was not confirmed; the call stays", self.name, new.call_id)
+            return
+        await self._swap(new)
+        log.info("%s: SIP leg replaced by %s", self.name, new.call_id)
+        if old is not None:
+            await old.hangup()
+
+    async def _swap(self, new: SipCall) -> None:
+        self.sip = new
+        await self._bridge_media(new, first=False)
+        self._swapped.set()
+
+    @staticmethod
+    async def _retire(old: SipCall | None) -> None:
+        """The transferor hangs up after the final NOTIFY (RFC 5589); if it does not, we do."""
+        if old is None:
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(old.ended), 5)
+        if not old.ended.done():
+            await old.hangup()
 
     def _dtmf_from_app(self, sip: SipCall, digits: str) -> None:
         if sip.media.dtmf_payload_type is None:
@@ -218,9 +298,16 @@ class BridgedCall:
         if digit in "0123456789*#ABCD" and self.app.state == "connected":
             self.bridge.spawn(self.app.send_dtmf(digit), f"{self.name}: DTMF to the app")
 
-    async def _talk(self, sip: SipCall) -> None:
-        """Both legs up: wait for either side (or a stop) to end it, then end the other."""
-        await _first(sip.ended, self.events.ended.wait(), self._stop.wait())
+    async def _talk(self) -> None:
+        """Both legs up: wait for either side (or a stop) to end it, then end the other. A
+        transfer may swap the SIP leg meanwhile: the app call goes on with the new one."""
+        while True:
+            sip = self.sip
+            assert sip is not None
+            self._swapped.clear()
+            await _first(sip.ended, self.events.ended.wait(), self._stop.wait(), self._swapped.wait())
+            if self.sip is sip or self.events.ended.is_set() or self._stop.is_set():
+                break
         if self.events.ended.is_set():
             log.info("%s: app side ended (%s): hanging up the phone", self.name, self.events.param)
             await sip.hangup()
@@ -291,6 +378,7 @@ class AppToDeskCall(BridgedCall):
             await self.app.end_call(reason=R.SERVICE_BUSY)
             return
         self.route = decision.route
+        self.identity = (decision.caller_id, decision.display_name)
         log.info("call %s: %s", p.sid, decision)
         for n, target in enumerate(decision.targets):
             sip = await self._ring(target, decision, first=n == 0)
@@ -315,12 +403,13 @@ class AppToDeskCall(BridgedCall):
             self.result = "app_gone"
             return
         self.bridge.metrics.setup_seconds.labels("answer_to_connected").observe(time.monotonic() - answered)
-        await self._talk(self.sip)
+        await self._talk()
 
     async def _ring(self, target: str, decision, first: bool) -> SipCall | None:
         """Ring one target; returns the call (answered or ended), None if the app side ended."""
         ua = self.bridge.ua
         invited = time.monotonic()
+        self.phone = target
         if first:
             self.bridge.metrics.setup_seconds.labels("notification_to_invite").observe(invited - self.received)
         sip = self.sip = await ua.call(target, caller=decision.caller_id, display_name=decision.display_name,
@@ -366,6 +455,8 @@ class DeskToAppCall(BridgedCall):
             await sip.reject(503)
             return
         self.route = decision.route
+        self.identity = (decision.user, f"{decision.user} (app)")
+        self.phone = sip.caller.number
         log.info("SIP call %s from %s to %s: %s", sip.call_id, sip.caller.number, sip.dialed, decision)
         await sip.ringing()
         try:
@@ -400,4 +491,4 @@ class DeskToAppCall(BridgedCall):
             self.result = "no_ack"                 # the PBX never confirmed: end the app side too
             await self.app.end_call(reason=R.NETWORK_UNSTABLE)
             return
-        await self._talk(sip)
+        await self._talk()

@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                       file=sys.stderr)
                 return 1
             print(f"{args.config}: OK ({len(cfg.platform.services)} services, {len(cfg.router.to_sip)} "
-                  f"app->SIP and {len(cfg.router.to_app)} SIP->app routes)")
+                  f"app->SIP, {len(cfg.router.to_app)} SIP->app and {len(cfg.router.transfer)} transfer routes)")
             return 0
         if args.command in ("run", "platform"):
             from . import daemon

@@ -485,7 +485,7 @@ def _ws_urls(value: Any) -> list[str]:
 
 
 def _routes(r: _Reader, root: _Map, platform: PlatformConfig) -> Router:
-    node = r.section(root, "routes", "routes", {"to_sip", "to_app"})
+    node = r.section(root, "routes", "routes", {"to_sip", "to_app", "transfer"})
     router = Router()
     names: set[str] = set()
     for direction in ("to_sip", "to_app"):
@@ -508,6 +508,29 @@ def _routes(r: _Reader, root: _Map, platform: PlatformConfig) -> Router:
                 r.error(item, "name", f"{keypath}.name", f"route name {route.name!r} is used twice")
             names.add(route.name)
             (router.to_sip if direction == "to_sip" else router.to_app).append(route)  # type: ignore[arg-type]
+    items = node.get("transfer")
+    if items is not None and not isinstance(items, list):
+        r.error(node, "transfer", "routes.transfer", "must be a list of transfer routes")
+        items = []
+    for i, item in enumerate(items or []):
+        keypath = f"routes.transfer[{i}]"
+        if not isinstance(item, _Map):
+            r.error(node, "transfer", keypath, "each transfer route must be a mapping")
+            continue
+        r.unknown(item, keypath, {"name", "match", "ring_timeout"})
+        pats = _patterns(r, item, keypath, ("target", "by"))
+        if pats and pats.get("target") is None:
+            r.error(item, "match", f"{keypath}.match.target", "is required (the extensions calls may be transferred to)")
+            continue
+        if not pats:
+            continue
+        name = str(item.get("name") or f"transfer-{i + 1}")
+        if name in names:
+            r.error(item, "name", f"{keypath}.name", f"route name {name!r} is used twice")
+        names.add(name)
+        router.transfer.append(routing.TransferRoute(
+            name, pats["target"], pats.get("by"),
+            r.get(item, "ring_timeout", f"{keypath}.ring_timeout", duration)))
     return router
 
 

@@ -116,6 +116,7 @@ class Daemon:
             assert cfg.sip is not None and cfg.notifications is not None
             self.ua = UserAgent(cfg.sip, self._on_incoming, journal=cfg.sip.journal)
             self.bridge = Bridge(cfg, self.ua, self.metrics, self.token_for)
+            self.ua.on_replaces = self.bridge.on_replaces
             self.metrics.watch_sip(self.ua.counters)
             try:
                 await self.ua.start()

@@ -122,6 +122,25 @@ Route = Union[SipRoute, AppRoute]
 
 
 @dataclass(frozen=True)
+class TransferRoute:
+    """Where a desk phone may transfer the app party of a call (REFER): deny by default."""
+
+    name: str
+    target: re.Pattern                 # the Refer-To user part (an extension), full match
+    by: re.Pattern | None = None       # the transferring phone's number
+    ring_timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class TransferDecision:
+    route: TransferRoute
+    target: str
+
+    def __str__(self) -> str:
+        return f"transfer route {self.route.name}: call {self.target}"
+
+
+@dataclass(frozen=True)
 class SipDecision:
     route: SipRoute
     targets: tuple[str, ...]
@@ -203,6 +222,7 @@ class Router:
 
     to_sip: list[SipRoute] = field(default_factory=list)
     to_app: list[AppRoute] = field(default_factory=list)
+    transfer: list[TransferRoute] = field(default_factory=list)
 
     def replace(self, other: "Router") -> None:
         """Take new routes (config reload), handing each old route's call count to its new
@@ -220,6 +240,7 @@ class Router:
             new[i] = self._carry(route, by_name.get((route.match[0], route.name)), taken)
         self.to_sip = [r for r in new if isinstance(r, SipRoute)]
         self.to_app = [r for r in new if isinstance(r, AppRoute)]
+        self.transfer = list(other.transfer)
 
     @staticmethod
     def _carry(route: Route, previous: Route | None, taken: set[int]) -> Route:
@@ -263,3 +284,12 @@ class Router:
                 caller_user = "anonymous"
             return AppDecision(r, r.service, user, r.caller_service, caller_user)
         return Denied(f"no route for {dialed!r} from {caller or 'anonymous'}")
+
+    def route_transfer(self, target: str, by: str | None) -> TransferDecision | Denied:
+        """May phone `by` transfer its app party to extension `target`?"""
+        for r in self.transfer:
+            if _match(r.target, target, {}) and _match(r.by, by, {}):
+                if not EXTENSION.fullmatch(target):
+                    return Denied(f"transfer target {target[:40]!r} is not an extension")
+                return TransferDecision(r, target)
+        return Denied(f"no transfer route to {target[:40]!r} from {by or 'anonymous'}")

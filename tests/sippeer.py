@@ -192,3 +192,16 @@ class SipPeer(asyncio.DatagramProtocol):
                  f"From: {request.header('From')}", f"To: {response.header('To')}",
                  f"Call-ID: {request.header('Call-ID')}", f"CSeq: {request.cseq} ACK", "Content-Length: 0"]
         return "\r\n".join(lines) + "\r\n\r\n"
+
+
+async def stream_tone(sock, dest: tuple[str, int], freq: float, seconds: float, pt: int = 0) -> None:
+    """Send `seconds` of a `freq` tone as PCMU RTP packets every 20 ms from `sock` to `dest`."""
+    from bridge import g711
+    from bridge.audio import tone
+    from bridge.rtp import RtpPacket
+    payload = g711.encode("PCMU", tone(freq, seconds, rate=8000, dbfs=-12))
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for k in range(len(payload) // 160):
+        sock.sendto(RtpPacket(pt, k, 160 * k, 0x5EE, payload[160 * k:160 * (k + 1)], marker=k == 0).serialize(), dest)
+        await asyncio.sleep(max(0.0, start + 0.02 * (k + 1) - loop.time()))

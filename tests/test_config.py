@@ -194,3 +194,28 @@ def test_sip_key_errors_name_the_key(key, value, message):
     with pytest.raises(config.ConfigError) as err:
         config.loads(text, "c.yaml", env={})
     assert any(f"sip.{key}" in e and message in e for e in err.value.errors), err.value.errors
+
+
+@pytest.mark.parametrize("transfer,message", [
+    ("[{name: t, match: {by: '2001'}}]", "routes.transfer[0].match.target: is required"),
+    ("[{name: t, match: {target: '('}}]", "routes.transfer[0].match.target: bad regular expression"),
+    ("[{name: t, match: {target: '2.*'}, via: pbx}]", "routes.transfer[0].via: unknown key"),
+    ("{name: t}", "routes.transfer: must be a list of transfer routes"),
+])
+def test_transfer_route_errors_name_the_key(transfer, message):
+    text = (ROOT / "config.yaml").read_text()
+    start = text.index("  transfer:")
+    end = text.index("\n\n", start)
+    text = text[:start] + f"  transfer: {transfer}" + text[end:]
+    with pytest.raises(config.ConfigError) as err:
+        config.loads(text, "c.yaml", env={})
+    assert any(message in e for e in err.value.errors), err.value.errors
+
+
+def test_transfer_routes_deny_by_default_and_match_target_and_transferor():
+    router = config.load(ROOT / "config.yaml", env={}).router
+    assert str(router.route_transfer("2002", "2001")) == "transfer route desk-to-desk: call 2002"
+    assert "denied" in str(router.route_transfer("9011", "2001"))          # an outside line: no
+    assert "denied" in str(router.route_transfer("2002", "7001"))          # not a desk phone transferring
+    router.transfer.clear()
+    assert "denied" in str(router.route_transfer("2002", "2001"))

@@ -2,7 +2,7 @@
 
 Modules, one per concept: `uri` and `message` (parsing, building), `sdp`, `transport` (UDP),
 `resolver` (RFC 3263), `transaction` (RFC 3261 section 17), `dialog`, `trust` (who may talk to
-us, where media may go), `call`, `outgoing`, `incoming`, `sessiontimer` (RFC 4028), `dtmf`
+us, where media may go), `call`, `outgoing`, `incoming`, `transfer` (REFER, Replaces), `sessiontimer` (RFC 4028), `dtmf`
 (SIP INFO), `registration`, `journal` (crash recovery) and `useragent`, which ties them
 together. The bridge sees only the names exported here.
 """
@@ -11,7 +11,8 @@ from .call import CallEnd, CallFailed, SipCall, SipResult
 from .incoming import IncomingCall
 from .journal import JournalError
 from .outgoing import OutgoingCall
+from .transfer import Referral
 from .useragent import UserAgent
 
-__all__ = ["CallEnd", "CallFailed", "IncomingCall", "JournalError", "OutgoingCall", "SipCall", "SipResult",
-           "UserAgent"]
+__all__ = ["CallEnd", "CallFailed", "IncomingCall", "JournalError", "OutgoingCall", "Referral", "SipCall",
+           "SipResult", "UserAgent"]

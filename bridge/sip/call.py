@@ -22,6 +22,8 @@ from .dialog import Dialog
 from .message import METHODS, SipMessage
 from .sessiontimer import SessionTimer
 from .transaction import ServerTransaction
+from .transfer import Referral
+from .uri import SipParseError
 
 if TYPE_CHECKING:
     from .useragent import UserAgent
@@ -96,6 +98,7 @@ class SipCall:
         self.ended: asyncio.Future[CallEnd] = loop.create_future()
         self.on_ringing: Callable[[bool], None] | None = None   # arg: early media present
         self.on_hold: Callable[[bool], None] | None = None
+        self.on_refer: Callable[[Referral], bool] | None = None   # True: the transfer is taken
         self.codec = ""
         self.on_hold_now = False
         self.signalling_peer: str | None = None      # the address SIP for this call came from
@@ -202,6 +205,8 @@ class SipCall:
             self._reoffer(msg, tx)
         elif method == "INFO":
             self._info(msg, tx)
+        elif method == "REFER":
+            self._refer(msg, tx)
         elif method == "OPTIONS":
             ua.reply(tx, 200, headers=ua.capabilities())
         else:
@@ -221,6 +226,20 @@ class SipCall:
                 self.ua.spawn(self._bye(CallEnd(SipResult.FAILED, 0, "local")))
                 return
             self._apply_remote_sdp(answer)
+
+    def _refer(self, msg: SipMessage, tx: ServerTransaction) -> None:
+        """A transfer request (RFC 3515): 202 and progress NOTIFYs if the call's user takes it."""
+        assert self.dialog is not None
+        try:
+            referral = Referral.of(msg, self.dialog, self.ua)
+        except SipParseError as exc:
+            self.ua.reply(tx, 400, reason=str(exc))
+            return
+        if self.state != "answered" or self.on_refer is None or not self.on_refer(referral):
+            self.ua.reply(tx, 403, reason="Transfer Not Allowed")
+            return
+        self.ua.reply(tx, 202, headers=[("Contact", self.ua.contact_header())])
+        self.ua.spawn(referral.notify(100, "Trying"))
 
     def _info(self, msg: SipMessage, tx: ServerTransaction) -> None:
         digits = dtmf.from_info(msg.content_type, msg.body_bytes)

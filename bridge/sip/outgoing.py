@@ -42,8 +42,10 @@ class OutgoingCall(SipCall):
     direction = "outgoing"
 
     def __init__(self, ua: "UserAgent", media: RtpEndpoint, target: str, caller: str,
-                 display_name: str | None, ring_timeout: float) -> None:
+                 display_name: str | None, ring_timeout: float,
+                 headers: list[tuple[str, str]] | None = None) -> None:
         super().__init__(ua, media, new_call_id(ua.cfg.contact_host))
+        self.extra_headers = headers or []         # Replaces, Referred-By (a transfer)
         self.target = target
         self.caller = caller
         self.display_name = display_name
@@ -79,7 +81,7 @@ class OutgoingCall(SipCall):
             if self.caller and self.caller != cfg.username else []
         codecs = [(c, sdp.STATIC_PT[c]) for c in cfg.codecs]
         self._offered_dtmf_pt = DTMF_PT
-        extra = identity + ua.timer_headers()
+        extra = identity + self.extra_headers + ua.timer_headers()
         invite = Request("INVITE", uri, ua.via(), f"{local_uri};tag={new_tag()}", f"<{uri}>", self.call_id, 1,
                          headers=ua.contact_headers() + extra, body=self._local_sdp(codecs, DTMF_PT))
         timer = asyncio.get_running_loop().call_later(self.ring_timeout, self._ring_timeout)
@@ -108,7 +110,7 @@ class OutgoingCall(SipCall):
                     continue
                 if code == 422 and 422 not in retried and (reply.first("Min-SE") or "").strip().isdigit():
                     retried.add(422)
-                    extra = identity + ua.timer_headers(int((reply.first("Min-SE") or "").strip()))
+                    extra = identity + self.extra_headers + ua.timer_headers(int((reply.first("Min-SE") or "").strip()))
                     invite = self._again(invite, extra + invite.credentials())
                     continue
                 if 200 <= code < 300:

@@ -42,6 +42,7 @@ from .registration import Registration, RegistrationState
 from .resolver import ResolveError, Resolver
 from .sessiontimer import SessionTimer, parse_expires
 from .transaction import ClientTransaction, ServerTransaction, Timers, TransactionLayer
+from .transfer import Replaces
 from .transport import UdpTransport
 from .trust import TrustPolicy, networks
 from .uri import SipUri, hostport, is_ip
@@ -50,19 +51,21 @@ log = logging.getLogger("bridge.sip")
 
 Addr = tuple[str, int]
 IncomingHandler = Callable[[IncomingCall], Awaitable[None]]
-SUPPORTED = ("timer",)
+SUPPORTED = ("timer", "replaces")
 ACCEPT = "application/sdp, application/dtmf-relay, application/dtmf"
 
 
 class UserAgent:
     """bridge's SIP account: registers, places calls, receives calls."""
 
-    allow = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE"
+    allow = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE, REFER"
 
     def __init__(self, cfg: SipConfig, on_incoming: IncomingHandler | None = None,
                  journal: str | None = None) -> None:
         self.cfg = cfg
         self.on_incoming = on_incoming
+        # an INVITE with Replaces naming one of our calls (RFC 3891): (the new call, the old one)
+        self.on_replaces: Callable[[IncomingCall, SipCall], Awaitable[None]] | None = None
         self.timers = Timers(cfg.t1, cfg.t2, cfg.t4)
         self.transport = UdpTransport(self._on_message)
         self.layer = TransactionLayer(self.transport, self.timers, cfg.max_transactions)
@@ -381,6 +384,11 @@ class UserAgent:
             self.reply_stateless(msg, addr, 482)
             return
         refused = self._check_invite(msg)
+        replacing: SipCall | None = None
+        if refused is None and msg.first("Replaces") is not None:
+            replacing = self._replaced(msg)
+            if replacing is None:
+                refused = 481, "Call Does Not Exist (Replaces)", []
         offer = codec = None
         if refused is None and msg.body_bytes:
             try:
@@ -395,7 +403,19 @@ class UserAgent:
             return
         tx = self.layer.new_server(msg, addr)
         self.reply(tx, 100)
-        self.spawn(self._incoming(msg, tx, offer, codec))
+        self.spawn(self._incoming(msg, tx, offer, codec, replacing))
+
+    def _replaced(self, msg: SipMessage) -> SipCall | None:
+        """The answered call an INVITE's Replaces names (None: none, or nobody takes replacements)."""
+        try:
+            replaces = Replaces.parse(msg.first("Replaces") or "")
+        except SipParseError:
+            return None
+        call = self.calls.get(replaces.call_id)
+        if (call is None or call.dialog is None or call.state != "answered" or self.on_replaces is None
+                or replaces.early_only or not replaces.names(call.dialog)):
+            return None
+        return call
 
     def _check_invite(self, msg: SipMessage) -> tuple[int, str, list[tuple[str, str]]] | None:
         """Why an INVITE is refused before its SDP is read: (code, reason, headers), or None."""
@@ -408,7 +428,8 @@ class UserAgent:
             return 422, "Session Interval Too Small", [("Min-SE", str(self.cfg.min_se))]
         return None
 
-    async def _incoming(self, msg: SipMessage, tx, offer: sdp.Audio | None, codec: tuple[str, int] | None) -> None:
+    async def _incoming(self, msg: SipMessage, tx, offer: sdp.Audio | None, codec: tuple[str, int] | None,
+                        replacing: SipCall | None = None) -> None:
         try:
             media = await self._media()
         except (PortPoolExhausted, OSError) as exc:
@@ -426,10 +447,14 @@ class UserAgent:
             raise
         self.calls[call.call_id] = call
         self.add_peers(call.dialog)  # type: ignore[arg-type]
-        log.info("call %s: incoming from %s (%s) to %s", safe(call.call_id), safe(call.caller.number),
-                 safe(call.caller.display_name or "-"), safe(call.dialed))
-        assert self.on_incoming is not None
+        log.info("call %s: incoming from %s (%s) to %s%s", safe(call.call_id), safe(call.caller.number),
+                 safe(call.caller.display_name or "-"), safe(call.dialed),
+                 f", replacing {safe(replacing.call_id)}" if replacing is not None else "")
         try:
+            if replacing is not None and self.on_replaces is not None:
+                await self.on_replaces(call, replacing)
+                return
+            assert self.on_incoming is not None
             await self.on_incoming(call)
         except Exception:
             log.exception("incoming call handler failed")
@@ -452,12 +477,13 @@ class UserAgent:
     # calling ---------------------------------------------------------------------------
 
     async def call(self, target: str, *, caller: str | None = None, display_name: str | None = None,
-                   ring_timeout: float | None = None) -> OutgoingCall:
-        """Place a call to an extension or SIP URI; watch `answered` and `ended`."""
+                   ring_timeout: float | None = None, headers: list[tuple[str, str]] | None = None) -> OutgoingCall:
+        """Place a call to an extension or SIP URI; watch `answered` and `ended`. `headers` go
+        into the INVITE (Replaces and Referred-By, for a transfer)."""
         media = await self._media()
         try:
             call = OutgoingCall(self, media, target, caller or self.cfg.username, display_name,
-                                ring_timeout or self.cfg.ring_timeout)
+                                ring_timeout or self.cfg.ring_timeout, headers)
         except Exception:
             media.close()
             raise
