@@ -136,6 +136,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _route(cfg: config.Config, args: argparse.Namespace) -> int:
     from .routing import Denied
+    if (args.caller or args.callee) and (args.dialed or args.caller_number):
+        raise UsageError("--from/--to (app -> desk phone) and --dialed/--caller (desk phone -> app) "
+                         "ask about different directions: give one pair")
+    if bool(args.caller) != bool(args.callee):
+        raise UsageError("give both --from and --to (app -> desk phone)")
     if args.caller and args.callee:
         decision = cfg.router.route_to_sip(args.caller[1], args.caller[0], args.callee[1], args.callee[0])
     elif args.dialed:

@@ -117,6 +117,30 @@ def test_route_errors_name_line_and_key():
         assert any(e.startswith(prefix) and f" {key}:" in e and text in e for e in errors), (prefix, key, errors)
 
 
+@pytest.mark.parametrize("text,line,message", [
+    ("platform:\n  listen: 127.0.0.1:8080\n   services: {}\n", 3, "check this line's indentation"),
+    ("platform:\n  listen: 127.0.0.1:8080\n services: {}\n", 3, "indentation does not match the lines above"),
+    ("platform:\n\tlisten: 1\n", 2, "a tab: YAML indents with spaces only"),
+    ("platform:\n  listen: \"127.0.0.1:8080\n", 2, "a quote, bracket or brace opened here is never closed"),
+    ("a: 1\nb\nc: 3\n", 3, "a line that is not `key: value`"),
+])
+def test_yaml_syntax_errors_say_what_to_fix(text, line, message):
+    with pytest.raises(config.ConfigError) as exc:
+        config.loads(text, "x.yaml")
+    assert exc.value.errors == [f"x.yaml:{line}: YAML syntax: {exc.value.errors[0].split(': ', 2)[2]}"]
+    assert message in exc.value.errors[0], exc.value.errors
+    assert "<block" not in exc.value.errors[0] and "token" not in exc.value.errors[0]
+
+
+def test_a_stray_top_level_key_is_named_plainly():
+    text = (ROOT / "config.yaml").read_text() + "routez: {}\n"
+    line = text.count("\n")
+    with pytest.raises(config.ConfigError) as exc:
+        config.loads(text, "c.yaml", env={})
+    assert exc.value.errors == [f"c.yaml:{line}: routez: unknown top-level key (did you mean routes? expected one "
+                                "of: bridge, log_level, notifications, platform, routes, sip, webrtc)"], exc.value.errors
+
+
 def test_route_command_prints_the_decision():
     def route(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "bridge", "route", "-c", str(ROOT / "config.yaml"), *args],
@@ -130,6 +154,11 @@ def test_route_command_prints_the_decision():
                  ("--dialed", "9011442079460000")):                                 # toll fraud attempt
         denied = route(*args)
         assert denied.returncode == 1 and denied.stdout.startswith("denied:"), (args, denied.stdout)
+    mixed = route("--from", "alice@demo-app", "--to", "desk-2001@demo-desk", "--dialed", "7001")
+    assert mixed.returncode == 2 and mixed.stdout == "" and "Traceback" not in mixed.stderr
+    assert "ask about different directions: give one pair" in mixed.stderr, mixed.stderr
+    half = route("--from", "alice@demo-app")
+    assert half.returncode == 2 and "give both --from and --to" in half.stderr, half.stderr
 
 
 def test_bridge_media_must_be_relay_or_transcode(tmp_path):
