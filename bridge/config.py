@@ -121,6 +121,7 @@ class SipConfig:
     dns_servers: list[tuple[str, int]] | None = None   # None: the system's resolver
     max_transactions: int = 5000                  # server transactions kept at once
     journal: str | None = None                    # crash journal file (None: none)
+    trace: bool = False                           # log every SIP message sent and received
 
 
 @dataclass(frozen=True)
@@ -642,7 +643,7 @@ def _sip(r: _Reader, root: _Map) -> SipConfig:
              "contact_host", "register", "register_expires", "keepalive", "rtp_ports", "rtp_host",
              "codecs", "ring_timeout", "transaction_timeout", "jitter_target", "trusted_peers", "untrusted",
              "media_networks", "media_timeout", "session_expires", "min_se", "timers", "dns_servers",
-             "max_transactions", "journal"}
+             "max_transactions", "journal", "trace"}
     s = r.section(root, "sip", "sip", known)
     host, port = r.get(s, "registrar", "sip.registrar", _sip_host, ("127.0.0.1", 5060), required=True)
     bind_host, bind_port = r.get(s, "listen", "sip.listen", _hostport_any, ("127.0.0.1", 5080))
@@ -690,6 +691,7 @@ def _sip(r: _Reader, root: _Map) -> SipConfig:
         dns_servers=r.get(s, "dns_servers", "sip.dns_servers", _dns_servers, None),
         max_transactions=r.get(s, "max_transactions", "sip.max_transactions", positive_int, 5000),
         journal=r.get(s, "journal", "sip.journal", _journal, _default_journal(r.path, r.env)),
+        trace=r.get(s, "trace", "sip.trace", boolean, False),
     )
 
 
