@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if getattr(args, "sip_trace", False) and cfg.sip is not None:
         cfg = dataclasses.replace(cfg, sip=dataclasses.replace(cfg.sip, trace=True))
-    _logging(args.log_level or (cfg.log_level if args.command in ("run", "platform", "demo") else "warning"),
+    quiet = "critical" if args.command == "doctor" else "warning"     # doctor prints what the logs would say
+    _logging(args.log_level or (cfg.log_level if args.command in ("run", "platform", "demo") else quiet),
              sip_trace=bool(cfg.sip and cfg.sip.trace))
     try:
         if args.command == "check-config":
