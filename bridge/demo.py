@@ -34,6 +34,7 @@ import tempfile
 import time
 import wave
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -225,11 +226,12 @@ module_app account.so
 module_app menu.so
 module_app ctrl_tcp.so
 ctrl_tcp_listen {host}:{ctrl_port}
-snd_path {rec}
+snd_path recordings
 """)
     (conf / "accounts").write_text(f'"Desk {PHONE}" <sip:{PHONE}@{host}:{pbx_port}>;auth_pass={PHONES[PHONE]};'
                                    "regint=60;answermode=auto;audio_codecs=PCMU,PCMA\n")
     (conf / "contacts").write_text("")
+    # snd_path relative to its working directory: sndfile cuts a file name beyond 128 bytes (".wav" lost)
     sup.start([exe, "-f", str(conf)], sup.work / "baresip.log")
     return ctrl_port, rec
 
@@ -258,9 +260,10 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         state.write_text(json.dumps({"pid": os.getpid(), "work": str(work), "pbx": [host, port]}))
         _kamailio(sup, cfg, port)
         ctrl, rec = _baresip(sup, host, port)
-        state.write_text(json.dumps({"pid": os.getpid(), "work": str(work), "pbx": [host, port],
-                                     "phone": {"ext": PHONE, "ctrl": [host, ctrl]}}))
         console = Console(cfg, (host, ctrl), (host, port), rec, work, args.keep)
+        console.on_relay = lambda relay_port: state.write_text(json.dumps({
+            "pid": os.getpid(), "work": str(work), "pbx": [host, port],
+            "phone": {"ext": PHONE, "ctrl": [host, relay_port]}}))
         daemon.run(cfg, console.run)
         return 0
     except DemoError as exc:
@@ -282,6 +285,8 @@ class Console:
                  keep: bool) -> None:
         self.cfg, self.ctrl, self.pbx, self.rec, self.work, self.keep = cfg, ctrl, pbx, rec, work, keep
         self.phone: DeskPhone | None = None
+        self.relay: deskphone.Relay | None = None
+        self.on_relay: Callable[[int], None] = lambda port: None    # where `bridge phone` finds the phone
 
     def say(self, text: str) -> None:
         print(text, flush=True)
@@ -292,6 +297,8 @@ class Console:
         except PhoneError as exc:
             self.say(f"bridge demo: {exc}")
             return
+        self.relay = deskphone.Relay(self.phone)
+        self.on_relay(await self.relay.start(self.ctrl[0]))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + REGISTER_WAIT
         while loop.time() < deadline:
@@ -311,6 +318,7 @@ class Console:
         finally:
             for t in tasks:
                 t.cancel()
+            await self.relay.close()
             await self.phone.close()
 
     async def _connect(self) -> DeskPhone:
@@ -345,6 +353,8 @@ Logs: {self.work}{'' if self.keep else ' (removed at exit; --keep keeps it)'}.
             if event is None:
                 self.say(f"desk phone {PHONE}: its control socket closed (see {self.work / 'baresip.log'})")
                 return
+            if self.relay is not None:
+                self.relay.broadcast(event)
             line = deskphone.describe(event)
             if line:
                 self.say(f"desk phone {PHONE}: {line}")

@@ -6,6 +6,9 @@ and every connected client also receives the phone's events, `{"event": true, "c
 "type": "CALL_ESTABLISHED", "peeruri": "...", "param": "..."}` (CALL_INCOMING, CALL_RINGING,
 CALL_PROGRESS, CALL_ESTABLISHED, CALL_CLOSED with the reason in "param", REGISTER_OK, ...).
 
+baresip serves one control client at a time, so the demo holds that connection and relays it
+(`Relay`) to any number of clients on a port of its own: its console and `bridge phone`.
+
 `bridge phone EXT dial NUMBER` finds the running demo of the same config (its state file), has
 desk phone EXT dial NUMBER at the demo's PBX, prints the call's progress and waits for its end
 (or hangs up after --seconds, or on Ctrl-C); `bridge phone EXT hangup` ends the phone's call.
@@ -76,11 +79,10 @@ class DeskPhone:
         msg: dict[str, str] = {"command": command, "token": token}
         if params is not None:
             msg["params"] = params
-        data = json.dumps(msg).encode()
         waiter = asyncio.get_running_loop().create_future()
         self._replies[token] = waiter
         try:
-            self._writer.write(str(len(data)).encode() + b":" + data + b",")
+            self._writer.write(_frame(msg))
             await self._writer.drain()
             return await asyncio.wait_for(waiter, timeout)
         except (OSError, asyncio.TimeoutError) as exc:
@@ -98,6 +100,54 @@ class DeskPhone:
         with contextlib.suppress(OSError):
             self._writer.close()
             await self._writer.wait_closed()
+
+
+def _frame(msg: dict) -> bytes:
+    data = json.dumps(msg).encode()
+    return str(len(data)).encode() + b":" + data + b","
+
+
+class Relay:
+    """baresip's ctrl_tcp serves one client at a time (a new connection drops the last one), so
+    the demo holds that connection and serves any number of clients on a port of its own, in the
+    same protocol: each command goes to the phone and its reply back to the client that asked;
+    every event goes to every client."""
+
+    def __init__(self, phone: DeskPhone) -> None:
+        self.phone = phone
+        self._clients: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self, host: str) -> int:
+        self._server = await asyncio.start_server(self._serve, host, 0)
+        return self._server.sockets[0].getsockname()[1]
+
+    def broadcast(self, event: Event) -> None:
+        for writer in list(self._clients):
+            writer.write(_frame(event))
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._clients.add(writer)
+        try:
+            while True:
+                length = await reader.readuntil(b":")
+                msg = json.loads((await reader.readexactly(int(length[:-1]) + 1))[:-1])
+                try:
+                    reply = await self.phone.command(str(msg["command"]), msg.get("params"))
+                except PhoneError as exc:
+                    reply = {"response": True, "ok": False, "data": str(exc)}
+                writer.write(_frame({**reply, "token": msg.get("token")}))
+        except (OSError, ValueError, KeyError, TypeError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            self._clients.discard(writer)
+            writer.close()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for writer in list(self._clients):
+            writer.close()
 
 
 def describe(event: Event) -> str | None:
