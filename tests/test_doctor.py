@@ -3,6 +3,8 @@ each failure it names, as the user sees it: the check, FAIL, what to fix, exit s
 
 from __future__ import annotations
 
+import argparse
+import re
 import shutil
 import socket
 import subprocess
@@ -112,3 +114,29 @@ def test_platform_port_held_by_another_program_and_a_foreign_ice_address(tmp_pat
                                           "platform.listen")
     assert checks["ICE addresses"][0] == "FAIL" and checks["ICE addresses"][1].startswith(
         "192.0.2.1 not assigned to this host")
+
+
+@pytest.mark.parametrize("how", ["--sip-trace", "sip.trace: true"])
+def test_sip_trace_logs_every_message_without_the_password(tmp_path, pbx, how):
+    edit = (lambda d: d["sip"].update(trace=True)) if how != "--sip-trace" else None
+    cfg = stack_config(tmp_path, pbx.port, edit)
+    run = subprocess.run([BRIDGE, "doctor", "-c", str(cfg), *(["--sip-trace"] if edit is None else [])],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stdout + run.stderr
+    out = run.stdout
+    sent = re.findall(rf"SIP sent to 127\.0\.0\.1:{pbx.port} \(\d+ bytes\):\n((?:    .*\n)+)", out)
+    received = re.findall(rf"SIP received from 127\.0\.0\.1:{pbx.port} \(\d+ bytes\):\n((?:    .*\n)+)", out)
+    # OPTIONS, and REGISTER (401, again with credentials, then expires=0 at the end), in either order
+    assert sorted(m.splitlines()[0].split()[0] for m in sent) == ["OPTIONS", "REGISTER", "REGISTER", "REGISTER"], sent
+    assert sorted(m.splitlines()[0].strip() for m in received) == \
+        ["SIP/2.0 200 OK"] * 3 + ["SIP/2.0 401 Unauthorized"], received
+    assert any("    Authorization: Digest " in m and 'response="' in m for m in sent)
+    assert BRIDGE_PW not in out + run.stderr
+
+
+def test_every_command_takes_a_log_level():
+    from bridge.cli import _parser
+    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert len(sub.choices) == 11
+    for name, parser in sub.choices.items():
+        assert "--log-level {debug,info,warning,error}" in parser.format_usage().replace("\n", " "), name
