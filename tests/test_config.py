@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -223,3 +224,19 @@ def test_sip_key_errors_name_the_key(key, value, message):
     with pytest.raises(config.ConfigError) as err:
         config.loads(text, "c.yaml", env={})
     assert any(f"sip.{key}" in e and message in e for e in err.value.errors), err.value.errors
+
+
+@pytest.mark.parametrize("page", sorted((ROOT / "docs" / "pbx").glob("*.md")), ids=lambda p: p.stem)
+def test_the_pbx_pages_sip_sections_are_valid_config(page):
+    import yaml
+    blocks = re.findall(r"```yaml\n(.*?)```", page.read_text(), re.S)
+    if page.stem == "README":
+        assert blocks == []
+        return
+    assert blocks, page
+    sample = yaml.safe_load((ROOT / "config.yaml").read_text())
+    for block in blocks:
+        sample["sip"] = yaml.safe_load(block)["sip"]
+        sample["sip"].pop("password_env")
+        sample["sip"]["password"] = "x"
+        config.loads(yaml.safe_dump(sample), page.name, env={})      # raises ConfigError on any bad key
