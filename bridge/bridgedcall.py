@@ -160,12 +160,18 @@ class Bridge:
                 return
         await new.reject(481)
 
-    async def drain(self, timeout: float) -> None:
-        """Take no new calls; let active ones finish for up to `timeout`, then end them."""
+    async def drain(self, timeout: float, cut: asyncio.Event | None = None) -> None:
+        """Take no new calls; let active ones finish for up to `timeout` (or until `cut` is
+        set), then end them."""
         self.draining = True
         if self.calls:
             log.info("draining %d call(s) for up to %.0f s", len(self.calls), timeout)
-            await asyncio.wait(list(self._tasks), timeout=timeout)      # waits; never cancels a call
+            waits = [asyncio.ensure_future(asyncio.wait(list(self._tasks)))]    # cancelling it cancels no call
+            if cut is not None:
+                waits.append(asyncio.ensure_future(cut.wait()))
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            for w in waits:
+                w.cancel()
         if self.calls:
             log.info("ending %d call(s) still up after the drain", len(self.calls))
         for call in list(self.calls):

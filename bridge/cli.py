@@ -13,6 +13,7 @@ import time
 from . import __version__, config, ice, protocol, token
 
 DEFAULT_CONFIG = os.environ.get("BRIDGE_CONFIG", "config.yaml")
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class UsageError(Exception):
@@ -31,15 +32,35 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"bridge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help)
+    def command(name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=description or help)
         p.add_argument("-c", "--config", default=DEFAULT_CONFIG,
                        help=f"config file (default: {DEFAULT_CONFIG}; env BRIDGE_CONFIG)")
+        p.add_argument("--log-level", choices=LOG_LEVELS,
+                       help="log this much (default: the config's log_level for run, platform and demo, "
+                            "warning for the others)")
         return p
 
-    command("run", "run the daemon (embedded platform and bridge) in the foreground")
+    def sip_trace(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--sip-trace", action="store_true",
+                       help="log every SIP message sent and received (as the config key sip.trace: true)")
+
+    sip_trace(command("run", "run the daemon (embedded platform and bridge) in the foreground"))
     command("platform", "run only the call platform")
-    command("demo", "run a whole local system: a Kamailio PBX, a baresip desk phone 2001 and the daemon")
+    from . import demo, deskphone
+    p = command("demo", "run a whole local system: a Kamailio PBX, a baresip desk phone 2001 and the daemon",
+                "Run a whole local system: a Kamailio PBX, a baresip desk phone 2001 that answers by itself "
+                "(it plays 700 Hz and records what it hears) and the daemon. Then, in another terminal: "
+                "app -> desk phone: `bridge dial --from alice@demo-app --to desk-2001@demo-desk --tone 1000`; "
+                "desk phone -> app: `bridge answer --as agent-001@demo-app` and `bridge phone 2001 dial 7001` "
+                "(or type `dial 7001` on the demo's console). Ctrl-C drains the calls and stops everything; "
+                "a second Ctrl-C ends the calls at once.")
+    demo.add_arguments(p)
+    p = command("phone", "have the running demo's desk phone dial a number (7001: app user agent-001) or hang up")
+    deskphone.add_arguments(p)
+    p = command("doctor", "check a setup: the config, the PBX (OPTIONS, registration), RTP ports, the platform "
+                          "URL, ICE addresses; print what to fix (exit 1 on any failure)")
+    sip_trace(p)
     command("check-config", "validate the config file and print every error with file, line and key")
 
     p = command("route", "print the routing decision for a call, without calling")
@@ -88,7 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     except config.ConfigError as exc:
         print(f"bridge: configuration errors:\n{exc}", file=sys.stderr)
         return 2
-    _logging(cfg.log_level if args.command in ("run", "platform", "demo") else "warning")
+    if getattr(args, "sip_trace", False) and cfg.sip is not None:
+        cfg = dataclasses.replace(cfg, sip=dataclasses.replace(cfg.sip, trace=True))
+    quiet = "critical" if args.command == "doctor" else "warning"     # doctor prints what the logs would say
+    _logging(args.log_level or (cfg.log_level if args.command in ("run", "platform", "demo") else quiet),
+             sip_trace=bool(cfg.sip and cfg.sip.trace))
     try:
         if args.command == "check-config":
             from . import production
@@ -112,7 +137,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "demo":
             from . import demo
-            return demo.run(cfg)
+            return demo.run(cfg, args)
+        if args.command == "phone":
+            return _phone(cfg, args)
+        if args.command == "doctor":
+            from . import doctor
+            return asyncio.run(doctor.run(cfg))
         if args.command == "route":
             return _route(cfg, args)
         if args.command == "token":
@@ -134,8 +164,27 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _phone(cfg: config.Config, args: argparse.Namespace) -> int:
+    from . import demo, deskphone
+    state = demo.read_state(cfg.path)
+    if state is None or "phone" not in state:
+        raise UsageError(f"no `bridge demo -c {cfg.path}` is running: start it first (it runs the desk phone)")
+    if args.ext != state["phone"]["ext"]:
+        raise UsageError(f"the demo runs desk phone {state['phone']['ext']}, not {args.ext}")
+    try:
+        return asyncio.run(deskphone.run(args, tuple(state["phone"]["ctrl"]), tuple(state["pbx"])))
+    except deskphone.PhoneError as exc:
+        print(f"bridge phone: {exc}", file=sys.stderr)
+        return 1
+
+
 def _route(cfg: config.Config, args: argparse.Namespace) -> int:
     from .routing import Denied
+    if (args.caller or args.callee) and (args.dialed or args.caller_number):
+        raise UsageError("--from/--to (app -> desk phone) and --dialed/--caller (desk phone -> app) "
+                         "ask about different directions: give one pair")
+    if bool(args.caller) != bool(args.callee):
+        raise UsageError("give both --from and --to (app -> desk phone)")
     if args.caller and args.callee:
         decision = cfg.router.route_to_sip(args.caller[1], args.caller[0], args.callee[1], args.callee[0])
     elif args.dialed:
@@ -156,7 +205,7 @@ def _token(cfg: config.Config, service_id: str, user_id: str) -> str:
     return token.issue(token.ServiceKey(service.id, service.api_key, service.api_secret), user_id)
 
 
-def _logging(level: str) -> None:
+def _logging(level: str, sip_trace: bool = False) -> None:
     journald = bool(os.environ.get("JOURNAL_STREAM"))
     fmt = "%(levelname)s %(name)s: %(message)s" if journald else \
         "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -165,3 +214,5 @@ def _logging(level: str) -> None:
     if level != "debug":
         for noisy in ("aioice", "aiortc", "aiohttp.access"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+    if sip_trace:                                   # asked for: shown whatever the level
+        logging.getLogger("bridge.sip.trace").setLevel(logging.INFO)

@@ -8,6 +8,7 @@ Where each secret came from is kept (`Config.secrets`) for the production checks
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import ipaddress
 import os
@@ -120,6 +121,7 @@ class SipConfig:
     dns_servers: list[tuple[str, int]] | None = None   # None: the system's resolver
     max_transactions: int = 5000                  # server transactions kept at once
     journal: str | None = None                    # crash journal file (None: none)
+    trace: bool = False                           # log every SIP message sent and received
 
 
 @dataclass(frozen=True)
@@ -227,8 +229,11 @@ class _Reader:
     def unknown(self, where: _Map, keypath: str, known: set[str]) -> None:
         for key in where:
             if key not in known:
-                hint = ", ".join(sorted(known))
-                self.error(where, key, f"{keypath}.{key}", f"unknown key (expected one of: {hint})")
+                close = difflib.get_close_matches(str(key), known, n=1)
+                hint = f"did you mean {close[0]}? " if close else ""
+                what = f"unknown key in {keypath}" if keypath else "unknown top-level key"
+                self.error(where, key, f"{keypath}.{key}" if keypath else str(key),
+                           f"{what} ({hint}expected one of: {', '.join(sorted(known))})")
 
     def get(self, where: _Map, key: str, keypath: str, convert: Callable[[Any], Any],
             default: Any = None, required: bool = False) -> Any:
@@ -368,9 +373,7 @@ def loads(text: str, path: str = "<config>", env: dict[str, str] | None = None) 
     try:
         root = yaml.load(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else 0
-        raise ConfigError([f"{path}:{line}: YAML syntax: {exc.problem or exc.context}"]) from None
+        raise ConfigError([_yaml_error(path, exc)]) from None
     except yaml.YAMLError as exc:
         raise ConfigError([f"{path}: YAML: {exc}"]) from None
     if not isinstance(root, _Map):
@@ -399,6 +402,37 @@ def loads(text: str, path: str = "<config>", env: dict[str, str] | None = None) 
         raise ConfigError(r.errors)
     return Config(path=path, log_level=log_level, platform=platform, webrtc=webrtc, sip=sip,
                   notifications=notifications, bridge=bridge, router=router, secrets=tuple(r.secrets))
+
+
+# PyYAML's wording -> what to fix; (problem fragment, message, report the context's line)
+_YAML_PROBLEMS = (
+    ("mapping values are not allowed", "a `key: value` where none can start: check this line's "
+     "indentation, or quote a value that holds ': '", False),
+    ("expected <block end>", "this line's indentation does not match the lines above it (keys of one "
+     "section need the same number of spaces)", False),
+    ("could not find expected ':'", "a line that is not `key: value` (a missing ':', or an indentation "
+     "that does not match the lines above)", False),
+    ("'\\t'", "a tab: YAML indents with spaces only", False),
+    ("cannot start any token", "a character that cannot start a value here (a tab? indent with spaces; "
+     "quote values that start with @ or `)", False),
+    ("end of stream", "a quote, bracket or brace opened here is never closed", True),
+    ("expected ',' or ']'", "a [list] opened here is not closed with ]", True),
+    ("expected ',' or '}'", "a {mapping} opened here is not closed with }", True),
+)
+
+
+def _yaml_error(path: str, exc: yaml.MarkedYAMLError) -> str:
+    """A YAML syntax error as `file:line: what to fix`, not in PyYAML's parser terms."""
+    problem = f"{exc.problem or ''} {exc.context or ''}"
+    for fragment, message, at_context in _YAML_PROBLEMS:
+        if fragment in problem:
+            mark = (exc.context_mark if at_context else None) or exc.problem_mark or exc.context_mark
+            break
+    else:
+        message = f"{exc.problem or exc.context}"
+        mark = exc.problem_mark or exc.context_mark
+    line = mark.line + 1 if mark else 0
+    return f"{path}:{line}: YAML syntax: {message}"
 
 
 def _http(r: _Reader, parent: _Map, keypath: str) -> HttpLimits:
@@ -632,7 +666,7 @@ def _sip(r: _Reader, root: _Map) -> SipConfig:
              "contact_host", "register", "register_expires", "keepalive", "rtp_ports", "rtp_host",
              "codecs", "ring_timeout", "transaction_timeout", "jitter_target", "trusted_peers", "untrusted",
              "media_networks", "media_timeout", "session_expires", "min_se", "timers", "dns_servers",
-             "max_transactions", "journal"}
+             "max_transactions", "journal", "trace"}
     s = r.section(root, "sip", "sip", known)
     host, port = r.get(s, "registrar", "sip.registrar", _sip_host, ("127.0.0.1", 5060), required=True)
     bind_host, bind_port = r.get(s, "listen", "sip.listen", _hostport_any, ("127.0.0.1", 5080))
@@ -680,6 +714,7 @@ def _sip(r: _Reader, root: _Map) -> SipConfig:
         dns_servers=r.get(s, "dns_servers", "sip.dns_servers", _dns_servers, None),
         max_transactions=r.get(s, "max_transactions", "sip.max_transactions", positive_int, 5000),
         journal=r.get(s, "journal", "sip.journal", _journal, _default_journal(r.path, r.env)),
+        trace=r.get(s, "trace", "sip.trace", boolean, False),
     )
 
 

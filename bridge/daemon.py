@@ -2,7 +2,7 @@
 account and the bridged calls.
 
 Signals: SIGTERM/SIGINT drain (no new calls; active ones may finish until `drain_timeout`),
-SIGHUP reloads the routes (a broken file keeps the old ones and logs why). systemd is told
+and say so with the number of calls; a second SIGTERM/SIGINT ends the calls at once. SIGHUP reloads the routes (a broken file keeps the old ones and logs why). systemd is told
 READY, RELOADING, STOPPING, STATUS (active calls) and WATCHDOG.
 """
 
@@ -16,6 +16,7 @@ import os
 import resource
 import signal
 import time
+from typing import Awaitable, Callable
 
 import uvloop
 from aiohttp import web
@@ -30,6 +31,8 @@ from .sip import JournalError, UserAgent
 
 log = logging.getLogger("bridge.daemon")
 
+Companion = Callable[["Daemon"], Awaitable[None]]
+
 
 class Daemon:
     def __init__(self, cfg: Config) -> None:
@@ -39,6 +42,7 @@ class Daemon:
         self.ua: UserAgent | None = None
         self.bridge: Bridge | None = None
         self._stop = asyncio.Event()
+        self._hurry = asyncio.Event()              # a second stop signal: end the calls now
         self._listeners: list[httpguard.Listener] = []
 
     def token_for(self, service_id: str, user_id: str) -> str:
@@ -80,7 +84,8 @@ class Daemon:
     def _http_refused(self, listener: str, reason: str) -> None:
         self.metrics.http_refused.labels(listener, reason).inc()
 
-    async def serve(self) -> None:
+    async def serve(self, companion: Companion | None = None) -> None:
+        """Run until SIGTERM/SIGINT; `companion(self)` runs beside it (the demo's console)."""
         cfg = self.cfg
         ice.use_host_addresses(cfg.webrtc.ice_addresses)
         rtcjitter.use(cfg.webrtc.receive_prefetch)
@@ -91,18 +96,42 @@ class Daemon:
             raise
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
+            loop.add_signal_handler(sig, self._stop_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         self._watch_gc()
         systemd.notify("READY=1", f"STATUS={self.status()}")
         tasks = [asyncio.ensure_future(systemd.watchdog()), asyncio.ensure_future(self._report()),
                  asyncio.ensure_future(self._watch_loop())]
+        if companion is not None:
+            tasks.append(asyncio.ensure_future(companion(self)))
         await self._stop.wait()
-        log.info("stopping: draining calls")
         systemd.notify("STOPPING=1")
-        await self._shutdown()
-        for task in tasks:
-            task.cancel()
+        try:
+            await self._shutdown()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks, timeout=2)
+
+    def stop(self) -> None:
+        """Stop as on SIGTERM (the demo's console)."""
+        self._stop_signal(signal.SIGTERM)
+
+    def _stop_signal(self, sig: int) -> None:
+        name = signal.Signals(sig).name
+        calls = len(self.bridge.calls) if self.bridge else 0
+        if self._stop.is_set():
+            if not self._hurry.is_set():
+                log.warning("%s again: ending %d call(s) now", name, calls)
+                self._hurry.set()
+            return
+        self._stop.set()
+        if calls and self.cfg.bridge is not None:
+            again = "Ctrl-C" if sig == signal.SIGINT else name
+            log.warning("stopping (%s): draining %d call(s) for up to %.0f s; %s again ends them now",
+                        name, calls, self.cfg.bridge.drain_timeout, again)
+        else:
+            log.info("stopping (%s): no calls", name)
 
     async def _start(self) -> None:
         cfg = self.cfg
@@ -137,7 +166,7 @@ class Daemon:
             assert self.cfg.bridge is not None
             if self.platform is not None:
                 self.platform.accepting = False
-            await self.bridge.drain(self.cfg.bridge.drain_timeout)
+            await self.bridge.drain(self.cfg.bridge.drain_timeout, self._hurry)
         if self.ua is not None:
             await self.ua.stop()
         for listener in reversed(self._listeners):
@@ -200,11 +229,11 @@ class Daemon:
             self.metrics.loop_lag.observe(max(0.0, loop.time() - due))
 
 
-def run(cfg: Config) -> None:
+def run(cfg: Config, companion: Companion | None = None) -> None:
     """Check the config for production (refuse development settings beyond loopback), then serve."""
     production.check(cfg)
     _raise_file_limit()
-    uvloop.run(Daemon(cfg).serve())
+    uvloop.run(Daemon(cfg).serve(companion))
 
 
 def _raise_file_limit() -> None:

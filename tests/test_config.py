@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -117,6 +118,30 @@ def test_route_errors_name_line_and_key():
         assert any(e.startswith(prefix) and f" {key}:" in e and text in e for e in errors), (prefix, key, errors)
 
 
+@pytest.mark.parametrize("text,line,message", [
+    ("platform:\n  listen: 127.0.0.1:8080\n   services: {}\n", 3, "check this line's indentation"),
+    ("platform:\n  listen: 127.0.0.1:8080\n services: {}\n", 3, "indentation does not match the lines above"),
+    ("platform:\n\tlisten: 1\n", 2, "a tab: YAML indents with spaces only"),
+    ("platform:\n  listen: \"127.0.0.1:8080\n", 2, "a quote, bracket or brace opened here is never closed"),
+    ("a: 1\nb\nc: 3\n", 3, "a line that is not `key: value`"),
+])
+def test_yaml_syntax_errors_say_what_to_fix(text, line, message):
+    with pytest.raises(config.ConfigError) as exc:
+        config.loads(text, "x.yaml")
+    assert exc.value.errors == [f"x.yaml:{line}: YAML syntax: {exc.value.errors[0].split(': ', 2)[2]}"]
+    assert message in exc.value.errors[0], exc.value.errors
+    assert "<block" not in exc.value.errors[0] and "token" not in exc.value.errors[0]
+
+
+def test_a_stray_top_level_key_is_named_plainly():
+    text = (ROOT / "config.yaml").read_text() + "routez: {}\n"
+    line = text.count("\n")
+    with pytest.raises(config.ConfigError) as exc:
+        config.loads(text, "c.yaml", env={})
+    assert exc.value.errors == [f"c.yaml:{line}: routez: unknown top-level key (did you mean routes? expected one "
+                                "of: bridge, log_level, notifications, platform, routes, sip, webrtc)"], exc.value.errors
+
+
 def test_route_command_prints_the_decision():
     def route(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "bridge", "route", "-c", str(ROOT / "config.yaml"), *args],
@@ -130,6 +155,11 @@ def test_route_command_prints_the_decision():
                  ("--dialed", "9011442079460000")):                                 # toll fraud attempt
         denied = route(*args)
         assert denied.returncode == 1 and denied.stdout.startswith("denied:"), (args, denied.stdout)
+    mixed = route("--from", "alice@demo-app", "--to", "desk-2001@demo-desk", "--dialed", "7001")
+    assert mixed.returncode == 2 and mixed.stdout == "" and "Traceback" not in mixed.stderr
+    assert "ask about different directions: give one pair" in mixed.stderr, mixed.stderr
+    half = route("--from", "alice@demo-app")
+    assert half.returncode == 2 and "give both --from and --to" in half.stderr, half.stderr
 
 
 def test_bridge_media_must_be_relay_or_transcode(tmp_path):
@@ -219,3 +249,19 @@ def test_transfer_routes_deny_by_default_and_match_target_and_transferor():
     assert "denied" in str(router.route_transfer("2002", "7001"))          # not a desk phone transferring
     router.transfer.clear()
     assert "denied" in str(router.route_transfer("2002", "2001"))
+
+
+@pytest.mark.parametrize("page", sorted((ROOT / "docs" / "pbx").glob("*.md")), ids=lambda p: p.stem)
+def test_the_pbx_pages_sip_sections_are_valid_config(page):
+    import yaml
+    blocks = re.findall(r"```yaml\n(.*?)```", page.read_text(), re.S)
+    if page.stem == "README":
+        assert blocks == []
+        return
+    assert blocks, page
+    sample = yaml.safe_load((ROOT / "config.yaml").read_text())
+    for block in blocks:
+        sample["sip"] = yaml.safe_load(block)["sip"]
+        sample["sip"].pop("password_env")
+        sample["sip"]["password"] = "x"
+        config.loads(yaml.safe_dump(sample), page.name, env={})      # raises ConfigError on any bad key

@@ -116,3 +116,34 @@ def test_loadtest_refuses_more_calls_than_the_route_takes():
                          capture_output=True, text=True, cwd=ROOT)
     assert run.returncode == 2, run.stderr
     assert "desk-2002@demo-desk is routed to 2002, not to the far end 2001" in run.stderr, run.stderr
+
+
+async def test_loadtest_without_pesq_needs_neither_espeak_nor_the_extra(bridge_stack, tmp_path):
+    # --pesq-calls 0: no espeak-ng on PATH, and pesq/matplotlib cannot be imported; the run still
+    # measures both directions (latency by tone bursts)
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    for name in ("pesq", "matplotlib"):
+        (blocked / f"{name}.py").write_text(f"raise ImportError('{name} is not installed (blocked by the test)')\n")
+    empty_bin = tmp_path / "bin"
+    empty_bin.mkdir()
+    exe = shutil.which("bridge") or pytest.fail("the `bridge` command is not installed: run tests/run")
+    report_path = tmp_path / "report.json"
+    proc = await asyncio.create_subprocess_exec(
+        exe, "loadtest", "-c", str(bridge_stack.path), "--calls", "1", "--duration", "8", "--pesq-calls", "0",
+        "--json", str(report_path), "--quiet", cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, env={"PATH": str(empty_bin), "PYTHONPATH": str(blocked)})
+    out, _ = await asyncio.wait_for(proc.communicate(), 120)
+    text = out.decode(errors="replace")
+    print(text)
+    assert proc.returncode == 0, text[-3000:]
+    report = json.loads(report_path.read_text())
+    assert report["machine"]["espeak_ng"] == "" and report["summary"]["calls"]["completed"] == 1
+    for d in ("app_to_sip", "sip_to_app"):
+        x = report["summary"]["directions"][d]
+        assert x["pesq_mos_nb"]["n"] == 0 and x["pesq_mos_nb"]["g711_only"] is None, x
+        assert x["latency_ms"]["n"] >= 3 and x["bursts_detected"] >= x["bursts_sent"] - 1, x
+    # asked for PESQ without the tools, it says what to install
+    run = subprocess.run([exe, "loadtest", "-c", str(bridge_stack.path), "--calls", "1", "--duration", "8"],
+                         capture_output=True, text=True, env={"PATH": str(empty_bin), "PYTHONPATH": str(blocked)})
+    assert run.returncode == 2 and "espeak-ng is not installed" in run.stderr and "--pesq-calls 0" in run.stderr

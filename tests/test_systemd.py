@@ -29,6 +29,10 @@ def test_unit_file_verifies(tmp_path):
     for line in ("Type=notify", "WatchdogSec=", "User=bridge", "NoNewPrivileges=yes", "ProtectSystem=strict",
                  "PrivateTmp=yes", "EnvironmentFile="):
         assert line in text
+    # Documentation= names files the install steps put in place (the project in /opt/bridge)
+    docs = next(x for x in text.splitlines() if x.startswith("Documentation=")).split("=", 1)[1].split()
+    assert docs and all(d.startswith("file:///opt/bridge/") and (ROOT / d[len("file:///opt/bridge/"):]).is_file()
+                        for d in docs), docs
 
 
 def test_sd_notify_ready_watchdog_status_stopping(tmp_path):

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ..logsafe import safe
 from .message import Request, SipMessage, SipParseError, new_call_id, new_tag
 from .resolver import ResolveError
 from .uri import NameAddr
@@ -63,6 +64,7 @@ class Registration:
         self._challenge: tuple[int, dict[str, str]] | None = None
         self._wake = asyncio.Event()
         self.resolve_error = ""
+        self.answer = ""               # the registrar's last status line, as logged
 
     @property
     def registered(self) -> bool:
@@ -99,6 +101,7 @@ class Registration:
             if reply is None:
                 ua.proxy_failed(dests[0])
                 return None
+            self.answer = f"{reply.code} {safe(reply.reason, 80)}".strip()
             if reply.code in (401, 407) and attempt == 0:
                 self._challenge = (reply.code, reply.challenge)   # new, or our reused nonce was stale
                 continue
@@ -188,7 +191,8 @@ class Registration:
             why = {401: "check sip.username, sip.auth_username and sip.password",
                    407: "check sip.username, sip.auth_username and sip.password",
                    403: "the registrar forbids this account"}.get(code, "")
-            reg.set("failed", f"registrar answered {code}" + (f" ({why})" if why else ""), logging.ERROR)
+            reg.set("failed", f"registrar answered {self.answer or code}" + (f" ({why})" if why else ""),
+                    logging.ERROR)
             await self._sleep(backoff)
             backoff = min(backoff * 2, self.cfg.max_backoff)
 

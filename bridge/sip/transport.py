@@ -4,6 +4,11 @@ Datagrams are handed to the user agent as they arrive, with their source address
 keep-alives (RFC 5626 3.5.1) are answered by nothing and dropped. Sending never raises: a
 datagram to an unreachable or unroutable address is counted and dropped, so no caller can
 leave a call half-ended because a peer's address was bad.
+
+With `trace` on (`sip.trace`, `bridge run --sip-trace`) every message sent and received is
+logged whole on `bridge.sip.trace` at INFO, one record per message, each of its lines escaped
+(`bridge.logsafe.safe`), at most TRACE_LIMIT bytes. Passwords are never in a SIP message (an
+Authorization header carries a digest), so a trace holds none.
 """
 
 from __future__ import annotations
@@ -13,7 +18,12 @@ import logging
 import socket
 from typing import Callable
 
+from ..logsafe import safe
+
 log = logging.getLogger("bridge.sip")
+trace_log = logging.getLogger("bridge.sip.trace")
+
+TRACE_LIMIT = 16384
 
 Addr = tuple[str, int]
 
@@ -22,8 +32,9 @@ class UdpTransport(asyncio.DatagramProtocol):
     reliable = False
     name = "UDP"
 
-    def __init__(self, on_message: Callable[[bytes, Addr], None]) -> None:
+    def __init__(self, on_message: Callable[[bytes, Addr], None], trace: bool = False) -> None:
         self.on_message = on_message
+        self.trace = trace
         self._transport: asyncio.DatagramTransport | None = None
         self.local: Addr = ("", 0)
         self.family = socket.AF_INET
@@ -39,6 +50,8 @@ class UdpTransport(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr) -> None:
         if not data.strip(b"\r\n\x00 "):
             return                                   # keep-alive
+        if self.trace:
+            _trace("received from", data, addr)
         self.on_message(data, (addr[0], addr[1]))
 
     def error_received(self, exc: Exception) -> None:
@@ -47,6 +60,8 @@ class UdpTransport(asyncio.DatagramProtocol):
     def send(self, data: bytes, addr: Addr) -> None:
         if self._transport is None or self._transport.is_closing():
             return
+        if self.trace:
+            _trace("sent to", data, addr)
         try:
             self._transport.sendto(data, addr)
         except (OSError, ValueError, TypeError) as exc:
@@ -57,3 +72,10 @@ class UdpTransport(asyncio.DatagramProtocol):
         if self._transport is not None:
             self._transport.close()
             self._transport = None
+
+
+def _trace(direction: str, data: bytes, addr: Addr) -> None:
+    lines = [safe(line.rstrip(b"\r"), TRACE_LIMIT) for line in data[:TRACE_LIMIT].rstrip(b"\r\n").split(b"\n")]
+    cut = f", first {TRACE_LIMIT} shown" if len(data) > TRACE_LIMIT else ""
+    trace_log.info("SIP %s %s:%d (%d bytes%s):\n    %s", direction, safe(addr[0], 60), addr[1], len(data), cut,
+                   "\n    ".join(lines))
