@@ -289,7 +289,7 @@ class _Reader:
         return value
 
 
-    def path(self, value: Any) -> str:
+    def file_path(self, value: Any) -> str:
         """A file path; `$NAME` / `${NAME}` are taken from the environment (e.g.
         `${CREDENTIALS_DIRECTORY}/sip-password` under systemd's LoadCredential=)."""
         if not isinstance(value, str) or not value:
@@ -310,7 +310,7 @@ class _Reader:
 
     def secret_file(self, value: Any) -> str:
         """The secret held in a file (one trailing newline dropped)."""
-        path = self.path(value)
+        path = self.file_path(value)
         try:
             text = Path(path).read_text()
         except OSError as exc:
@@ -490,8 +490,8 @@ def _tls(r: _Reader, parent: _Map, keypath: str) -> TlsFiles | None:
     if parent.get("tls") is None:
         return None
     t = r.section(parent, "tls", keypath, {"cert", "key"})
-    cert = r.get(t, "cert", f"{keypath}.cert", r.path, required=True)
-    key = r.get(t, "key", f"{keypath}.key", r.path, required=True)
+    cert = r.get(t, "cert", f"{keypath}.cert", r.file_path, required=True)
+    key = r.get(t, "key", f"{keypath}.key", r.file_path, required=True)
     if cert is None or key is None:
         return None
     try:
@@ -504,7 +504,7 @@ def _tls(r: _Reader, parent: _Map, keypath: str) -> TlsFiles | None:
 
 def _ca_file(r: _Reader, where: _Map, key: str, keypath: str) -> str | None:
     """A CA bundle (PEM) to verify servers with, checked at load."""
-    path = r.get(where, key, keypath, r.path)
+    path = r.get(where, key, keypath, r.file_path)
     if path is not None:
         try:
             tls.client_context(path)

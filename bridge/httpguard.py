@@ -197,6 +197,8 @@ class _Connection(RequestHandler):
         self._handshake: asyncio.Task | None = None
         self._http = False                                  # aiohttp has the connection
         self._early: list[bytes] = []                       # decrypted before start_tls returned
+        self._hello: list[bytes] = []                       # raw TLS before start_tls took over
+        self._replayed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         tcp = cast(asyncio.Transport, transport)
@@ -217,6 +219,10 @@ class _Connection(RequestHandler):
             self._handshake = self._loop.create_task(self._start_tls(tcp, self._tls))
 
     async def _start_tls(self, tcp: asyncio.Transport, context: ssl.SSLContext) -> None:
+        # uvloop starts reading right after connection_made: a ClientHello may reach
+        # data_received before start_tls takes the transport. Hand those bytes to its TLS
+        # protocol once it is connected (start_tls's own call_soon's run first: FIFO).
+        self._loop.call_soon(self._loop.call_soon, self._replay_hello, tcp)
         try:
             secure = await self._loop.start_tls(tcp, self, context, server_side=True,
                                                 ssl_handshake_timeout=self._guard.limits.header_timeout)
@@ -233,6 +239,19 @@ class _Connection(RequestHandler):
         for data in early:
             super().data_received(data)
 
+    def _replay_hello(self, tcp: asyncio.Transport) -> None:
+        data, self._hello, self._replayed = b"".join(self._hello), [], True
+        tls_protocol = tcp.get_protocol()
+        if not data or tls_protocol is self or tcp.is_closing():
+            return
+        view = memoryview(data)
+        while view:
+            buffer = tls_protocol.get_buffer(len(view))      # asyncio's and uvloop's are buffered protocols
+            n = min(len(buffer), len(view))
+            buffer[:n] = view[:n]
+            tls_protocol.buffer_updated(n)
+            view = view[n:]
+
     def _start_http(self, transport: asyncio.Transport) -> None:
         self._http = True
         super().connection_made(transport)
@@ -246,8 +265,13 @@ class _Connection(RequestHandler):
     def data_received(self, data: bytes) -> None:
         if self._http:
             super().data_received(data)
-        elif self._client is not None and self._tls is not None:
-            self._early.append(data)
+        elif self._client is None or self._tls is None:
+            return
+        elif self._raw is not None and self._raw.get_protocol() is self and self._handshake is not None \
+                and not self._replayed:
+            self._hello.append(data)            # TLS bytes before start_tls took the transport
+        else:
+            self._early.append(data)            # decrypted, before start_tls returned
 
     def _release(self) -> None:
         if self._client is not None:

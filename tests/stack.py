@@ -7,6 +7,7 @@ import asyncio
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ import aiohttp
 import pytest
 import yaml
 
-from bridge import config, token
+from bridge import config, tls, token
 from conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,8 +54,11 @@ class Daemon:
         self.proc: subprocess.Popen | None = None
         n = self.cfg.notifications
         assert n is not None
-        self.admin = f"http://{n.host}:{n.port}"
+        self.admin = f"{'https' if n.tls else 'http'}://{n.host}:{n.port}"
         self.platform_url = self.cfg.platform.public_url
+        # a TLS daemon of the tests has a private CA: the one its platform trusts for pushes
+        ca = self.cfg.platform.callback_ca
+        self.ssl: ssl.SSLContext | bool = tls.client_context(ca) if ca else True
 
     def start(self) -> "Daemon":
         exe = shutil.which("bridge") or pytest.fail("the `bridge` command is not installed: run tests/run")
@@ -68,7 +72,7 @@ class Daemon:
 
     async def health(self) -> tuple[int, dict]:
         async with aiohttp.ClientSession() as http:
-            async with http.get(self.admin + "/healthz") as r:
+            async with http.get(self.admin + "/healthz", ssl=self.ssl) as r:
                 return r.status, await r.json()
 
     async def ready(self, timeout: float = 20) -> None:
@@ -108,7 +112,7 @@ class Daemon:
 
     async def metrics(self) -> str:
         async with aiohttp.ClientSession() as http:
-            async with http.get(self.admin + "/metrics") as r:
+            async with http.get(self.admin + "/metrics", ssl=self.ssl) as r:
                 return await r.text()
 
 
