@@ -508,7 +508,12 @@ class Call:
                 rtcjitter.no_send_history(pc.addTrack(self._gate))
             answer = await pc.createAnswer()
             self.codec = negotiated_codec(answer.sdp)   # before media starts: tracks pick their rate by it
-            await pc.setLocalDescription(answer)
+            try:
+                await pc.setLocalDescription(answer)    # gathers the ICE candidates
+            except OSError as exc:      # e.g. no interface list: a sandbox without AF_NETLINK
+                log.error("call %s: cannot gather ICE candidates: %s", self.sid, exc)
+                await self._send({"type": "end_call", "reason": int(DisconnectReason.INTERNAL_ERROR)})
+                return
             await self._send({"type": "answer", "sdp": pc.localDescription.sdp})
             self.state = "verified"
             self._emit("evt_verified", self.peer)

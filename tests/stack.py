@@ -60,11 +60,12 @@ class Daemon:
         ca = self.cfg.platform.callback_ca
         self.ssl: ssl.SSLContext | bool = tls.client_context(ca) if ca else True
 
-    def start(self) -> "Daemon":
+    def start(self, wrapper: list[str] | None = None) -> "Daemon":
+        """Start `bridge run`, through `wrapper` (a command that execs the rest) if given."""
         exe = shutil.which("bridge") or pytest.fail("the `bridge` command is not installed: run tests/run")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "DEMO_"))}
-        self.proc = subprocess.Popen([exe, "run", "-c", str(self.path)], stdout=open(self.log_path, "w"),
-                                     stderr=subprocess.STDOUT, env=env)
+        self.proc = subprocess.Popen([*(wrapper or []), exe, "run", "-c", str(self.path)],
+                                     stdout=open(self.log_path, "w"), stderr=subprocess.STDOUT, env=env)
         return self
 
     def log(self) -> str:
@@ -127,11 +128,12 @@ def kamailio(kamailio_factory):
 
 @pytest.fixture
 async def start_bridge(tmp_path, kamailio):
-    """start_bridge(edit=None) -> a healthy `bridge run` on the sample config (edited by `edit`)."""
+    """start_bridge(edit=None, wrapper=None) -> a healthy `bridge run` on the sample config (edited by
+    `edit`, started through `wrapper`: see Daemon.start)."""
     daemons: list[Daemon] = []
 
-    async def start(edit=None) -> Daemon:
-        d = Daemon(stack_config(tmp_path, kamailio.port, edit)).start()
+    async def start(edit=None, wrapper: list[str] | None = None) -> Daemon:
+        d = Daemon(stack_config(tmp_path, kamailio.port, edit)).start(wrapper)
         daemons.append(d)
         await d.ready()
         return d
