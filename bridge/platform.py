@@ -4,7 +4,7 @@ One WebSocket per call leg (see `protocol`). The platform relays SDP between the
 and owns the call's state: who may do what, when it ends, and why. It hands each leg the
 STUN/TURN servers of `webrtc.ice_servers` (TURN credentials minted for that user, `iceservers`):
 the caller asks first (`ice_servers`, with its access token), the callee gets them in `verified`.
-A client without a valid token gets no TURN credentials.
+A client without a valid token (or cc_param) gets none.
 
 Callbacks go out through `callbacks.Clients`: per service, one connection pool for call setup
 (Notify callback, push POST) and one for Call Events, so an app server that hangs holds only
@@ -183,13 +183,13 @@ class Platform:
         return ws
 
     async def _ice_servers(self, ws: web.WebSocketResponse, msg: dict, messages) -> dict | None:
-        """A caller's first step: its token checked, the servers for its call, then its make_call."""
+        """A caller's first step: the servers for its call, then its make_call. A bad token gets
+        no servers (no TURN credentials); make_call then refuses the call as it always does (its
+        sid, evtDisconnected, the Call Event)."""
         me = User(msg["my_service_id"], msg["my_id"])
         refusal = self._token_refusal(msg["token"], me, "ice_servers")
-        if refusal is not None:
-            await self._disconnect(ws, Disconnected(Source.CLOUD_SERVER, refusal))
-            return None
-        await self._send(ws, {"type": "ice_servers", "ice_servers": self._servers_for(me)})
+        servers = self._servers_for(me) if refusal is None else []
+        await self._send(ws, {"type": "ice_servers", "ice_servers": servers})
         try:
             async with asyncio.timeout(FIRST_MESSAGE_TIMEOUT):
                 nxt = await anext(messages, None)

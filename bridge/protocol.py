@@ -5,8 +5,8 @@ Client -> platform, first message of a socket (it says what the socket is for):
   verify_call {cc_param, my_id, my_service_id, media_type}
   listen      {token, my_id, my_service_id}            (embedded push: receive `push` messages)
   ice_servers {token, my_id, my_service_id}            (before make_call, on the same socket: a
-              caller gathers its ICE candidates before its offer; answered `ice_servers`, then
-              the socket's next message must be make_call, within 10 s)
+              caller gathers its ICE candidates before its offer; answered `ice_servers`, empty
+              for a bad token; the socket's next message must be make_call, within 10 s)
 Client -> platform, later:
   answer {sdp}  accept_call {}  end_call {reason?}  mute {muted}  dtmf {digits}
 Platform -> client:
