@@ -21,12 +21,14 @@ def server_context(cert: str, key: str) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    for path in (cert, key):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise TlsError(f"cannot read {path}: {exc.strerror}") from None
     try:
         ctx.load_cert_chain(cert, key)
-    except FileNotFoundError as exc:
-        raise TlsError(f"cannot read {exc.filename}: no such file") from None
-    except PermissionError as exc:
-        raise TlsError(f"cannot read {exc.filename}: permission denied") from None
     except ssl.SSLError as exc:
         raise TlsError(f"certificate {cert} and key {key} do not make a usable pair "
                        f"(PEM, key unencrypted and matching): {exc.reason or exc}") from None
