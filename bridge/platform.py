@@ -153,12 +153,7 @@ class Platform:
                               "Sec-WebSocket-Version: 13, a valid Sec-WebSocket-Key)")
         await ws.prepare(request)
         messages = self._messages(ws)
-        try:
-            async with asyncio.timeout(FIRST_MESSAGE_TIMEOUT):
-                first = await anext(messages, None)
-        except TimeoutError:
-            await self._reject(ws, ProtocolError("timeout", "no opening message within 10 s"))
-            return ws
+        first = await self._next_within(ws, messages, "no opening message within 10 s")
         if first is None:
             return ws
         if first["type"] == "ice_servers":
@@ -190,12 +185,7 @@ class Platform:
         refusal = self._token_refusal(msg["token"], me, "ice_servers")
         servers = self._servers_for(me) if refusal is None else []
         await self._send(ws, {"type": "ice_servers", "ice_servers": servers})
-        try:
-            async with asyncio.timeout(FIRST_MESSAGE_TIMEOUT):
-                nxt = await anext(messages, None)
-        except TimeoutError:
-            await self._reject(ws, ProtocolError("timeout", "no make_call within 10 s of ice_servers"))
-            return None
+        nxt = await self._next_within(ws, messages, "no make_call within 10 s of ice_servers")
         if nxt is None:
             return None
         if nxt["type"] != "make_call" or (nxt["my_service_id"], nxt["my_id"]) != (me.service, me.user):
@@ -203,6 +193,15 @@ class Platform:
                                                  "user's make_call"))
             return None
         return nxt
+
+    async def _next_within(self, ws: web.WebSocketResponse, messages, late: str) -> dict | None:
+        """The socket's next valid message within FIRST_MESSAGE_TIMEOUT (None: closed, or too late)."""
+        try:
+            async with asyncio.timeout(FIRST_MESSAGE_TIMEOUT):
+                return await anext(messages, None)
+        except TimeoutError:
+            await self._reject(ws, ProtocolError("timeout", late))
+            return None
 
     def _servers_for(self, user: "User") -> list[dict]:
         return iceservers.for_user(self.ice_servers, str(user))

@@ -199,3 +199,19 @@ def test_turn_rest_credential_is_coturns():
     """The credential of the TURN REST draft: base64(HMAC-SHA1(secret, "<expiry>:<user>"))."""
     assert iceservers.rest_credential("north", "alice@demo-app", 1700000000) == (
         "1700000000:alice@demo-app", "y+Dz8hVLv3K37iy2d+pBLkbxdPU=")   # openssl dgst -sha1 -hmac north
+
+
+async def test_ice_servers_must_be_followed_by_the_same_users_make_call(start_platform):
+    p = await start_platform()
+    async with aiohttp.ClientSession() as http:
+        for follow in ({"type": "listen", "token": p.token("alice"), "my_id": "alice", "my_service_id": "demo-app"},
+                       {"type": "make_call", "token": p.token("bob"), "my_id": "bob", "my_service_id": "demo-app",
+                        "peer_id": "carol", "peer_service_id": "demo-app", "media_type": "audio", "sdp": "v=0"}):
+            async with http.ws_connect(p.url.replace("http", "ws", 1) + "/v1/ws") as ws:
+                await ws.send_str(json.dumps({"type": "ice_servers", "token": p.token("alice"), "my_id": "alice",
+                                              "my_service_id": "demo-app"}))
+                assert await ws.receive_json(timeout=5) == {"type": "ice_servers", "ice_servers": []}
+                await ws.send_str(json.dumps(follow))
+                error = await ws.receive_json(timeout=5)
+                assert (error["type"], error["code"]) == ("error", "unexpected"), error
+                assert (await ws.receive(timeout=5)).type == aiohttp.WSMsgType.CLOSE
