@@ -39,8 +39,9 @@ from typing import Any, Callable
 import aiohttp
 from aiortc import (RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver,
                     RTCSessionDescription)
-from aiortc.rtcconfiguration import RTCIceTransportPolicy
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtcconfiguration import RTCIceTransportPolicy
+from aiortc.rtcicetransport import parse_stun_turn_uri
 from aiortc.rtp import RtpPacket
 
 from . import ccparam, protocol, rtcjitter
@@ -147,10 +148,21 @@ def ice_configuration(servers: Any, policy: str = "all") -> RTCConfiguration:
         urls = [urls] if isinstance(urls, str) else urls
         if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
             continue
+        urls = [u for u in urls if _aiortc_takes(u)]     # e.g. not an IPv6 literal: aiortc refuses it
+        if not urls:
+            continue
         username, credential = entry.get("username"), entry.get("credential")
         ice.append(RTCIceServer(urls=urls, username=username if isinstance(username, str) else None,
                                 credential=credential if isinstance(credential, str) else None))
     return RTCConfiguration(iceServers=ice, iceTransportPolicy=ICE_TRANSPORT_POLICIES[policy])
+
+
+def _aiortc_takes(url: str) -> bool:
+    try:
+        parse_stun_turn_uri(url)
+    except ValueError:
+        return False
+    return True
 
 
 def _preferences(codecs: tuple[str, ...] | None) -> list:

@@ -41,11 +41,15 @@ def with_turn(server: Coturn, ttl: str = "10m"):
     return edit
 
 
-def selected_pair(call: Call):
-    """The nominated ICE pair of an SDK call (aiortc 1.16 / aioice 0.13 internals)."""
+async def selected_pair(call: Call, timeout: float = 5.0):
+    """The nominated ICE pair of an SDK call, once there is one (aiortc 1.16 / aioice 0.13
+    internals; a controlled side learns it from the peer's nomination)."""
     assert call._pc is not None
     transport = call._pc.getTransceivers()[0].sender.transport.transport
-    return transport._connection._nominated.get(1)
+    async with asyncio.timeout(timeout):
+        while (pair := transport._connection._nominated.get(1)) is None:
+            await asyncio.sleep(0.05)
+    return pair
 
 
 async def allocate(server: Coturn, username: str, credential: str) -> tuple[str, int]:
@@ -59,9 +63,10 @@ async def allocate(server: Coturn, username: str, credential: str) -> tuple[str,
 
 
 def relayed_for(server: Coturn, username: str) -> list[str]:
-    """coturn's log lines of `username`'s session that show media relayed to a peer."""
+    """coturn's log lines of the session of `username` (or of a username ending so, e.g.
+    ":alice@demo-app") that show media relayed to a peer."""
     return [line for line in server.log_text().splitlines()
-            if f"<{username}>" in line and ("peer usage" in line or "CHANNEL_BIND processed, success" in line
+            if f"{username}>" in line and ("peer usage" in line or "CHANNEL_BIND processed, success" in line
                                              or "SEND processed, success" in line)]
 
 
@@ -80,7 +85,7 @@ async def test_python_sdk_relay_only_calls_desk_phone_through_turn(start_bridge,
     assert 590 < int(expiry) - time.time() <= 600
     offered = [line for line in alice.call._pc.localDescription.sdp.splitlines() if line.startswith("a=candidate")]
     assert offered and all(" typ relay " in line for line in offered), offered
-    pair = selected_pair(alice.call)
+    pair = await selected_pair(alice.call)
     assert pair is not None and pair.local_candidate.type == "relay", pair
 
     await blocking(phone.wait_established, 5)
@@ -111,7 +116,7 @@ async def test_desk_phone_calls_relay_only_python_sdk_user_through_turn(start_br
         await agent.call.accept_call()
         [server] = agent.call.ice_servers
         assert server["username"].endswith(":agent-001@demo-app"), server
-        pair = selected_pair(agent.call)
+        pair = await selected_pair(agent.call)
         assert pair is not None and pair.local_candidate.type == "relay", pair
         await blocking(phone.wait_established, 5)
         await asyncio.sleep(5)
@@ -145,7 +150,9 @@ async def test_chromium_relay_only_calls_desk_phone_through_turn(start_bridge, k
     await dialer.until("window.turnEvents.includes('evtConnected')", 20)
     servers = await page.evaluate("window.turnCall.iceServers")
     assert servers[0]["urls"] == [coturn.url] and servers[0]["username"].endswith(":alice@demo-app"), servers
-    ice = await dialer.ice()
+    async with asyncio.timeout(5):                        # the pair is chosen by ICE, not the platform
+        while not ((ice := await dialer.ice())["selected"] or {}).get("state") == "succeeded":
+            await asyncio.sleep(0.1)
     assert ice["local"] and all(" typ relay " in line for line in ice["local"]), ice
     assert ice["selected"] and ice["selected"]["state"] == "succeeded", ice
     assert ice["selected"]["local"].startswith("relay "), ice
@@ -161,6 +168,21 @@ async def test_chromium_relay_only_calls_desk_phone_through_turn(start_bridge, k
     freq, snr, _ = await blocking(steady_tone, phone.latest_recording("dec"), CHROME_AGC_SETTLES)
     assert abs(freq - MIC_HZ) < 10 and snr > 20, (freq, snr)
     assert relayed_for(coturn, servers[0]["username"]), coturn.log_tail(40)
+
+
+async def test_bridge_dial_relay_checks_turn_from_a_terminal(start_bridge, kamailio, baresip_factory,  # noqa: F811
+                                                            coturn):  # noqa: F811
+    bridge = await start_bridge(with_turn(coturn))
+    phone = baresip_factory("2001", kamailio, tone_hz=PHONE_HZ)
+    dial = await asyncio.create_subprocess_exec(
+        "bridge", "dial", "-c", str(bridge.path), "--from", "alice@demo-app", "--to", "desk-2001@demo-desk",
+        "--relay", "--tone", "1000", "--seconds", "4", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out = (await asyncio.wait_for(dial.communicate(), 30))[0].decode()
+    assert dial.returncode == 0 and "connected" in out, out
+    await blocking(phone.wait_closed, 5)
+    freq, snr = await blocking(wav_dominant_frequency, phone.latest_recording("dec"), 1.0)
+    assert abs(freq - 1000) < 20 and snr > 20, (freq, snr)
+    assert relayed_for(coturn, ":alice@demo-app"), coturn.log_tail(40)
 
 
 async def _ask_ice_servers(url: str, token: str, user: str = "alice") -> dict:
