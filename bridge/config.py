@@ -1,8 +1,11 @@
 """YAML configuration -> typed, validated settings.
 
 Every error names the file, the line and the key, and all errors are reported at once.
-Secrets may be given inline (development) or by environment: for a secret key `X`, a key
-`X_env: NAME` reads the environment variable NAME, which wins over the inline value when set.
+Secrets may be given inline (development), by environment or by file: for a secret key `X`, a
+key `X_env: NAME` reads the environment variable NAME, which wins over the inline value when set;
+`X_file: PATH` reads the file (systemd's LoadCredential=: `${CREDENTIALS_DIRECTORY}/name`).
+File paths may name environment variables (`$NAME`, `${NAME}`) and are relative to the config
+file's folder.
 Where each secret came from is kept (`Config.secrets`) for the production checks of `production`.
 """
 

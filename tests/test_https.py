@@ -18,6 +18,7 @@ import os
 import socket
 import ssl
 import time
+import warnings
 from urllib.parse import urlsplit
 
 import pytest
@@ -125,7 +126,9 @@ async def test_tls_listener_keeps_its_guard(start_bridge, certs):  # noqa: F811
     # TLS 1.1 is refused; plain HTTP gets no answer
     old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     old.load_verify_locations(str(certs.ca))
-    old.minimum_version = old.maximum_version = ssl.TLSVersion.TLSv1_1
+    with warnings.catch_warnings():                        # deprecated: that is the point
+        warnings.simplefilter("ignore", DeprecationWarning)
+        old.minimum_version = old.maximum_version = ssl.TLSVersion.TLSv1_1
     old.set_ciphers("ALL:@SECLEVEL=0")
     with pytest.raises((ssl.SSLError, ConnectionError)):
         await asyncio.wait_for(asyncio.open_connection(n.host, n.port, ssl=old, server_hostname="127.0.0.1"), 5)
