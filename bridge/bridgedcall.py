@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from . import ccparam, reasons
+from . import ccparam, reasons, tls
 from .config import Config
 from .media import AppToSip, SipToApp, cancel_quietly
 from .metrics import Metrics
@@ -94,6 +94,8 @@ class Bridge:
         self.draining = False
         self._tasks: set[asyncio.Task] = set()
         self._seen_sids: dict[str, float] = {}
+        ca = cfg.bridge.platform_ca             # a wss:// platform with a private CA
+        self.platform_ssl = tls.client_context(ca) if ca else None
 
     @property
     def platform_url(self) -> str:
@@ -185,7 +187,8 @@ class BridgedCall:
 
     def __init__(self, bridge: Bridge) -> None:
         self.bridge = bridge
-        self.app = Call(bridge.platform_url, liveness_timeout=bridge.cfg.webrtc.liveness_timeout)
+        self.app = Call(bridge.platform_url, liveness_timeout=bridge.cfg.webrtc.liveness_timeout,
+                        ssl=bridge.platform_ssl)
         self.events = _Events()
         self.sip: SipCall | None = None
         assert bridge.cfg.bridge is not None

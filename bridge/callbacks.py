@@ -10,8 +10,8 @@ where payload is the request's path and query string as sent (for GET/DELETE) or
 (for POST). Receivers refuse signatures older than a replay window, and any timestamp that is
 not 1-12 ASCII digits or signature that is not ASCII is "bad", never an exception.
 
-The platform sends its callbacks through `Clients`: one bounded connection pool per service
-and purpose, so that one app server that hangs cannot hold the connections of another, or
+The platform sends its callbacks through `Clients`: https URLs verified against the system's
+CAs or `platform.callback_ca`, one bounded connection pool per service and purpose, so that one app server that hangs cannot hold the connections of another, or
 those call setup needs. Requests say `User-Agent: bridge`, without versions.
 """
 
@@ -21,11 +21,14 @@ import hashlib
 import hmac
 import json
 import re
+import ssl
 import time
 from typing import Mapping
 
 import aiohttp
 import yarl
+
+from . import tls
 
 TIMESTAMP = "X-Bridge-Timestamp"
 SIGNATURE = "X-Bridge-Signature"
@@ -74,9 +77,10 @@ class Clients:
 
     LIMITS = {"setup": 64, "events": 16}
 
-    def __init__(self) -> None:
+    def __init__(self, ca: str | None = None) -> None:
         self._sessions: dict[tuple[str, str], aiohttp.ClientSession] = {}
         self.closed = False
+        self._ssl: ssl.SSLContext | bool = tls.client_context(ca) if ca else True   # https: verified
 
     def session(self, service: str, purpose: str) -> aiohttp.ClientSession:
         if self.closed:
@@ -84,7 +88,7 @@ class Clients:
         key = (service, purpose)
         session = self._sessions.get(key)
         if session is None:
-            connector = aiohttp.TCPConnector(limit=self.LIMITS[purpose])
+            connector = aiohttp.TCPConnector(limit=self.LIMITS[purpose], ssl=self._ssl)
             session = self._sessions[key] = aiohttp.ClientSession(
                 connector=connector, headers={"User-Agent": USER_AGENT})
         return session

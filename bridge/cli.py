@@ -76,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
 
     def app_user(p: argparse.ArgumentParser) -> None:
         p.add_argument("--platform", help="platform URL (default: platform.public_url of the config)")
+        p.add_argument("--ca", metavar="PEM", help="CA bundle for a wss:// platform (default: bridge.platform_ca)")
+        p.add_argument("--relay", action="store_true", help="use TURN relay candidates only (checks TURN)")
         source = p.add_mutually_exclusive_group()
         source.add_argument("--play", metavar="WAV", help="send this 16-bit WAV file once answered")
         source.add_argument("--tone", metavar="HZ", type=float, help="send a sine tone of this frequency")

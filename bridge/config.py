@@ -1,8 +1,11 @@
 """YAML configuration -> typed, validated settings.
 
 Every error names the file, the line and the key, and all errors are reported at once.
-Secrets may be given inline (development) or by environment: for a secret key `X`, a key
-`X_env: NAME` reads the environment variable NAME, which wins over the inline value when set.
+Secrets may be given inline (development), by environment or by file: for a secret key `X`, a
+key `X_env: NAME` reads the environment variable NAME, which wins over the inline value when set;
+`X_file: PATH` reads the file (systemd's LoadCredential=: `${CREDENTIALS_DIRECTORY}/name`).
+File paths may name environment variables (`$NAME`, `${NAME}`) and are relative to the config
+file's folder.
 Where each secret came from is kept (`Config.secrets`) for the production checks of `production`.
 """
 
@@ -21,7 +24,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from . import protocol, routing
+from . import iceservers, protocol, routing, tls
+from .iceservers import IceServer
 from .routing import AppRoute, Router, SipRoute
 
 
@@ -56,12 +60,20 @@ class HttpLimits:
 
 
 @dataclass(frozen=True)
+class TlsFiles:
+    """A listener's certificate chain and private key (PEM files), checked at load."""
+
+    cert: str
+    key: str
+
+
+@dataclass(frozen=True)
 class SecretOrigin:
     """Where a secret of the config came from: its key, line, `*_env` variable and source."""
 
     keypath: str
     line: int
-    source: str                         # "env" or "inline"
+    source: str                         # "env", "file" or "inline"
     env_name: str | None                # the variable the config names (None: no `*_env` key)
     value: str = field(repr=False)
 
@@ -81,6 +93,8 @@ class PlatformConfig:
     services: dict[str, Service]
     dev_tokens: bool = False            # POST /v1/dev/token issues tokens to loopback clients
     http: HttpLimits = field(default_factory=HttpLimits)
+    tls: TlsFiles | None = None         # serve https/wss
+    callback_ca: str | None = None      # CA bundle for https callbacks and pushes (None: the system's)
 
     @property
     def ws_url(self) -> str:
@@ -132,6 +146,7 @@ class NotificationsConfig:
     replay_window: float = 300.0
     admin_token: str | None = field(default=None, repr=False)
     http: HttpLimits = field(default_factory=HttpLimits)
+    tls: TlsFiles | None = None
 
 
 @dataclass(frozen=True)
@@ -141,6 +156,7 @@ class BridgeConfig:
     max_calls: int = 200
     drain_timeout: float = 30.0
     media: str = "relay"     # relay: G.711 packets pass as they arrive; transcode: decode, re-clock
+    platform_ca: str | None = None   # CA bundle that verifies a wss:// platform (None: the system's)
 
 
 @dataclass(frozen=True)
@@ -149,6 +165,8 @@ class WebRtcConfig:
     codecs: tuple[str, ...] = ("PCMU", "PCMA", "opus")   # the bridge's app legs, preferred first
     receive_prefetch: int | None = 1    # packets aiortc's audio receivers hold back (None: aiortc's own, 4)
     liveness_timeout: float | None = 8.0   # an app leg silent this long (media, consent) ends (None: off)
+    ice_servers: tuple[IceServer, ...] = ()   # STUN/TURN handed to every app leg with each call
+    public_address: str | None = None   # 1:1 NAT: the public IPv4 of the bridge's host candidates
 
 
 @dataclass(frozen=True)
@@ -228,6 +246,8 @@ class _Reader:
 
     def unknown(self, where: _Map, keypath: str, known: set[str]) -> None:
         for key in where:
+            if isinstance(key, str) and key.endswith("_file") and f"{key[:-5]}_env" in known:
+                continue                    # every secret with an `_env` may come from a file
             if key not in known:
                 close = difflib.get_close_matches(str(key), known, n=1)
                 hint = f"did you mean {close[0]}? " if close else ""
@@ -249,11 +269,21 @@ class _Reader:
 
     def secret(self, where: _Map, key: str, keypath: str, required: bool = True,
                sensitive: bool = True) -> str | None:
-        """The value of secret `key`: from `<key>_env`'s variable if set, else inline.
+        """The value of secret `key`: from `<key>_env`'s variable if set, else from the file
+        `<key>_file` names (systemd's LoadCredential=), else inline.
         `sensitive` secrets are recorded in `secrets` (an API key is an id, not a secret)."""
-        env_key = f"{key}_env"
+        env_key, file_key = f"{key}_env", f"{key}_file"
         name = self.get(where, env_key, f"{keypath}_env", _env_name)
         lines = where.lines if isinstance(where, _Map) else {}
+        if file_key in where:
+            if name:
+                self.error(where, file_key, f"{keypath}_file", f"give {env_key} or {file_key}, not both")
+            value = self.get(where, file_key, f"{keypath}_file", self.secret_file)
+            if value is not None and sensitive:
+                self.secrets.append(SecretOrigin(keypath, lines.get(file_key, 0), "file", None, value))
+            if value is None and where.get(file_key) is None and required:
+                self.error(where, file_key, f"{keypath}_file", "secret is missing: name a file")
+            return value
         if name and self.env.get(name):
             if sensitive:
                 self.secrets.append(SecretOrigin(keypath, lines.get(env_key, 0), "env", name, self.env[name]))
@@ -265,6 +295,40 @@ class _Reader:
         if value is not None and sensitive:
             self.secrets.append(SecretOrigin(keypath, lines.get(key, 0), "inline", name, value))
         return value
+
+
+    def file_path(self, value: Any) -> str:
+        """A file path; `$NAME` / `${NAME}` are taken from the environment (e.g.
+        `${CREDENTIALS_DIRECTORY}/sip-password` under systemd's LoadCredential=)."""
+        if not isinstance(value, str) or not value:
+            raise ValueError("must be a file path")
+
+        def variable(match: re.Match) -> str:
+            name = match.group(1) or match.group(2)
+            if not self.env.get(name):
+                raise ValueError(f"names ${name}, which is not set")
+            return self.env[name]
+        text = re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)", variable, value)
+        return str(Path(self.path_base) / text) if not os.path.isabs(text) else text
+
+    @property
+    def path_base(self) -> str:
+        """Relative paths are relative to the config file's folder."""
+        return str(Path(self.path).resolve().parent) if self.path != "<config>" else os.getcwd()
+
+    def secret_file(self, value: Any) -> str:
+        """The secret held in a file (one trailing newline dropped)."""
+        path = self.file_path(value)
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"{path} is not UTF-8 text") from None
+        text = text[:-1] if text.endswith("\n") else text
+        if not text:
+            raise ValueError(f"{path} is empty")
+        return text
 
 
 # --- value converters --------------------------------------------------------------------
@@ -382,14 +446,17 @@ def loads(text: str, path: str = "<config>", env: dict[str, str] | None = None) 
     r.unknown(root, "", {"log_level", "platform", "webrtc", "sip", "notifications", "bridge", "routes"})
     log_level = r.get(root, "log_level", "log_level", _log_level, "info")
     platform = _platform(r, root)
-    w = r.section(root, "webrtc", "webrtc", {"ice_addresses", "codecs", "receive_prefetch", "liveness_timeout"})
+    w = r.section(root, "webrtc", "webrtc", {"ice_addresses", "codecs", "receive_prefetch", "liveness_timeout",
+                                             "ice_servers", "public_address"})
     prefetch = w.get("receive_prefetch", 1)
     webrtc = WebRtcConfig(ice_addresses=r.get(w, "ice_addresses", "webrtc.ice_addresses", ip_list, []),
                           codecs=r.get(w, "codecs", "webrtc.codecs", _webrtc_codecs, ("PCMU", "PCMA", "opus")),
                           receive_prefetch=None if prefetch == "aiortc" else
                           r.get(w, "receive_prefetch", "webrtc.receive_prefetch", _prefetch, 1),
                           liveness_timeout=r.get(w, "liveness_timeout", "webrtc.liveness_timeout",
-                                                 _liveness_timeout, 8.0))
+                                                 _liveness_timeout, 8.0),
+                          ice_servers=_ice_servers(r, w),
+                          public_address=r.get(w, "public_address", "webrtc.public_address", _ipv4))
     sip = _sip(r, root) if root.get("sip") is not None else None
     notifications = _notifications(r, root) if root.get("notifications") is not None else None
     bridge = _bridge(r, root, platform) if root.get("bridge") is not None else None
@@ -455,6 +522,93 @@ def _http(r: _Reader, parent: _Map, keypath: str) -> HttpLimits:
     return limits
 
 
+def _tls(r: _Reader, parent: _Map, keypath: str) -> TlsFiles | None:
+    """`<listener>.tls: {cert, key}`: serve HTTPS (and WSS) with these PEM files."""
+    if parent.get("tls") is None:
+        return None
+    t = r.section(parent, "tls", keypath, {"cert", "key"})
+    cert = r.get(t, "cert", f"{keypath}.cert", r.file_path, required=True)
+    key = r.get(t, "key", f"{keypath}.key", r.file_path, required=True)
+    if cert is None or key is None:
+        return None
+    try:
+        tls.server_context(cert, key)
+    except tls.TlsError as exc:
+        r.error(t, "cert", keypath, str(exc))
+        return None
+    return TlsFiles(cert, key)
+
+
+def _ca_file(r: _Reader, where: _Map, key: str, keypath: str) -> str | None:
+    """A CA bundle (PEM) to verify servers with, checked at load."""
+    path = r.get(where, key, keypath, r.file_path)
+    if path is not None:
+        try:
+            tls.client_context(path)
+        except tls.TlsError as exc:
+            r.error(where, key, keypath, str(exc))
+            return None
+    return path
+
+
+def _ice_servers(r: _Reader, w: _Map) -> tuple[IceServer, ...]:
+    """`webrtc.ice_servers`: [{urls, username, credential[_env|_file]} or {urls, auth_secret[_env|_file], ttl}]."""
+    items = w.get("ice_servers")
+    if items is None:
+        return ()
+    if not isinstance(items, list):
+        r.error(w, "ice_servers", "webrtc.ice_servers", "must be a list of {urls: [...], ...}")
+        return ()
+    servers = []
+    for i, item in enumerate(items):
+        keypath = f"webrtc.ice_servers[{i}]"
+        if not isinstance(item, _Map):
+            r.error(w, "ice_servers", keypath, "must be a mapping {urls: [...], ...}")
+            continue
+        r.unknown(item, keypath, {"urls", "username", "credential", "credential_env", "auth_secret",
+                                  "auth_secret_env", "ttl"})
+        urls = r.get(item, "urls", f"{keypath}.urls", _ice_urls, required=True)
+        static = any(k in item for k in ("username", "credential", "credential_env", "credential_file"))
+        rest = any(k in item for k in ("auth_secret", "auth_secret_env", "auth_secret_file"))
+        if not urls:
+            continue
+        server = IceServer(urls=urls)
+        turn = any(u.startswith("turn") for u in urls)
+        if static and rest:
+            r.error(item, "auth_secret" if "auth_secret" in item else "username", keypath,
+                    "give username and credential (static) or auth_secret (TURN REST), not both")
+        elif rest:
+            server = IceServer(urls=urls, auth_secret=r.secret(item, "auth_secret", f"{keypath}.auth_secret"),
+                               ttl=r.get(item, "ttl", f"{keypath}.ttl", duration, 3600.0))
+        elif static:
+            server = IceServer(urls=urls,
+                               username=r.get(item, "username", f"{keypath}.username", _nonempty_str, required=True),
+                               credential=r.secret(item, "credential", f"{keypath}.credential"))
+        elif turn:
+            r.error(item, "urls", keypath, "a turn: server needs credentials: username and credential, "
+                    "or auth_secret (TURN REST, coturn's use-auth-secret)")
+        if "ttl" in item and not rest:
+            r.error(item, "ttl", f"{keypath}.ttl", "ttl is for credentials minted with auth_secret")
+        if (static or rest) and not turn:
+            r.error(item, "urls", keypath, "credentials are for turn: URLs only")
+        servers.append(server)
+    return tuple(servers)
+
+
+def _ice_urls(value: Any) -> tuple[str, ...]:
+    values = [value] if isinstance(value, str) else value
+    if not isinstance(values, list) or not values or not all(isinstance(v, str) for v in values):
+        raise ValueError("must be a URL or a list of stun:/turn: URLs")
+    return tuple(iceservers.check_url(v) for v in values)
+
+
+def _ipv4(value: Any) -> str:
+    address = ipaddress.ip_address(str(value))
+    if address.version != 4:
+        raise ValueError("must be an IPv4 address (the NAT's public address)")
+    return str(address)
+
+
 def _check_own_connections(r: _Reader, root: _Map, platform: PlatformConfig, bridge: BridgeConfig) -> None:
     """The bridge's app legs are WebSockets to the embedded platform, all from the bridge's own
     address: the platform listener's caps must leave room for `bridge.max_calls` of them."""
@@ -472,7 +626,8 @@ def _check_own_connections(r: _Reader, root: _Map, platform: PlatformConfig, bri
 
 def _notifications(r: _Reader, root: _Map) -> NotificationsConfig:
     n = r.section(root, "notifications", "notifications",
-                  {"listen", "secret", "secret_env", "replay_window", "admin_token", "admin_token_env", "http"})
+                  {"listen", "secret", "secret_env", "replay_window", "admin_token", "admin_token_env", "http",
+                   "tls"})
     host, port = r.get(n, "listen", "notifications.listen", hostport, ("127.0.0.1", 8081))
     secret = r.secret(n, "secret", "notifications.secret") or ""
     if secret and len(secret) < 32:
@@ -483,12 +638,12 @@ def _notifications(r: _Reader, root: _Map) -> NotificationsConfig:
                 "set an admin_token when /healthz and /metrics listen beyond loopback")
     return NotificationsConfig(host, port, secret,
                                r.get(n, "replay_window", "notifications.replay_window", duration, 300.0), token,
-                               http=_http(r, n, "notifications.http"))
+                               http=_http(r, n, "notifications.http"), tls=_tls(r, n, "notifications.tls"))
 
 
 def _bridge(r: _Reader, root: _Map, platform: PlatformConfig) -> BridgeConfig:
     b = r.section(root, "bridge", "bridge", {"desk_service", "trusted_platforms", "max_calls", "drain_timeout",
-                                               "media"})
+                                               "media", "platform_ca"})
     desk = r.get(b, "desk_service", "bridge.desk_service", _nonempty_str, required=True)
     if desk and desk not in platform.services:
         r.error(b, "desk_service", "bridge.desk_service",
@@ -502,7 +657,8 @@ def _bridge(r: _Reader, root: _Map, platform: PlatformConfig) -> BridgeConfig:
     return BridgeConfig(desk_service=desk or "", trusted_platforms=tuple(trusted),
                         max_calls=r.get(b, "max_calls", "bridge.max_calls", positive_int, 200),
                         drain_timeout=r.get(b, "drain_timeout", "bridge.drain_timeout", duration, 30.0),
-                        media=r.get(b, "media", "bridge.media", _media, "relay"))
+                        media=r.get(b, "media", "bridge.media", _media, "relay"),
+                        platform_ca=_ca_file(r, b, "platform_ca", "bridge.platform_ca"))
 
 
 def _media(value: Any) -> str:
@@ -841,10 +997,12 @@ def _ip(value: Any) -> str:
 def _platform(r: _Reader, root: _Map) -> PlatformConfig:
     known = {"embedded", "listen", "public_url", "cc_param_secret", "cc_param_secret_env",
              "token_max_age", "answer_timeout", "max_call_time", "max_message_bytes",
-             "callback_timeout", "services", "dev_tokens", "http"}
+             "callback_timeout", "services", "dev_tokens", "http", "tls", "callback_ca"}
     p = r.section(root, "platform", "platform", known, required=True)
     host, port = r.get(p, "listen", "platform.listen", hostport, ("127.0.0.1", 8080))
-    public_url = r.get(p, "public_url", "platform.public_url", http_url, f"http://{host}:{port}")
+    tls_files = _tls(r, p, "platform.tls")
+    scheme = "https" if tls_files else "http"
+    public_url = r.get(p, "public_url", "platform.public_url", http_url, f"{scheme}://{host}:{port}")
     secret = r.secret(p, "cc_param_secret", "platform.cc_param_secret", required=False)
     services_node = r.section(p, "services", "platform.services", None, required=True)
     services: dict[str, Service] = {}
@@ -892,4 +1050,6 @@ def _platform(r: _Reader, root: _Map) -> PlatformConfig:
         services=services,
         dev_tokens=r.get(p, "dev_tokens", "platform.dev_tokens", boolean, False),
         http=_http(r, p, "platform.http"),
+        tls=tls_files,
+        callback_ca=_ca_file(r, p, "callback_ca", "platform.callback_ca"),
     )

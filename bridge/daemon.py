@@ -21,7 +21,7 @@ from typing import Awaitable, Callable
 import uvloop
 from aiohttp import web
 
-from . import config, httpguard, ice, production, rtcjitter, systemd, token, webapp
+from . import config, httpguard, ice, production, rtcjitter, systemd, tls, token, webapp
 from .bridgedcall import Bridge
 from .config import Config
 from .metrics import Metrics
@@ -38,7 +38,8 @@ class Daemon:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.metrics = Metrics()
-        self.platform = Platform(cfg.platform, self.metrics) if cfg.platform.embedded else None
+        self.platform = (Platform(cfg.platform, self.metrics, cfg.webrtc.ice_servers)
+                         if cfg.platform.embedded else None)
         self.ua: UserAgent | None = None
         self.bridge: Bridge | None = None
         self._stop = asyncio.Event()
@@ -70,16 +71,19 @@ class Daemon:
         return ok and not detail["draining"], detail
 
     async def _listen(self, app: web.Application, name: str, host: str, port: int,
-                      limits: config.HttpLimits, what: str) -> None:
+                      limits: config.HttpLimits, what: str, files: config.TlsFiles | None) -> None:
         listener = httpguard.Listener(app, name, limits, self._http_refused)
         try:
-            await listener.start(host, port)
+            context = tls.server_context(files.cert, files.key) if files else None
+            await listener.start(host, port, context)
+        except tls.TlsError as exc:
+            raise SystemExit(f"bridge: cannot serve TLS for {what}: {exc}") from None
         except OSError as exc:
             raise SystemExit(f"bridge: cannot listen on {host}:{port} for {what}: {exc.strerror}") from None
         self._listeners.append(listener)
-        log.info("%s listening on %s:%d (header timeout %gs, body timeout %gs, at most %d connections, "
-                 "%s per client)", what, host, port, limits.header_timeout, limits.body_timeout,
-                 limits.max_connections, limits.max_connections_per_client or "any")
+        log.info("%s listening on %s://%s:%d (header timeout %gs, body timeout %gs, at most %d connections, "
+                 "%s per client)", what, "https" if files else "http", host, port, limits.header_timeout,
+                 limits.body_timeout, limits.max_connections, limits.max_connections_per_client or "any")
 
     def _http_refused(self, listener: str, reason: str) -> None:
         self.metrics.http_refused.labels(listener, reason).inc()
@@ -88,6 +92,7 @@ class Daemon:
         """Run until SIGTERM/SIGINT; `companion(self)` runs beside it (the demo's console)."""
         cfg = self.cfg
         ice.use_host_addresses(cfg.webrtc.ice_addresses)
+        ice.use_public_address(cfg.webrtc.public_address)
         rtcjitter.use(cfg.webrtc.receive_prefetch)
         try:
             await self._start()
@@ -140,7 +145,8 @@ class Daemon:
             self.platform.add_routes(app)
             webapp.add_routes(app, cfg.platform)      # /sdk/planetkit.js, /dialer, /v1/dev/token
             p = cfg.platform
-            await self._listen(app, "platform", p.host, p.port, p.http, f"platform (public URL {p.public_url})")
+            await self._listen(app, "platform", p.host, p.port, p.http, f"platform (public URL {p.public_url})",
+                               p.tls)
         if cfg.bridge is not None:
             assert cfg.sip is not None and cfg.notifications is not None
             self.ua = UserAgent(cfg.sip, self._on_incoming, journal=cfg.sip.journal)
@@ -155,7 +161,7 @@ class Daemon:
                                         self.refresh_gauges)
             n = cfg.notifications
             await self._listen(server.app(), "notifications", n.host, n.port, n.http,
-                               "notifications, /healthz, /metrics")
+                               "notifications, /healthz, /metrics", n.tls)
 
     async def _on_incoming(self, call) -> None:
         assert self.bridge is not None

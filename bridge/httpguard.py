@@ -20,6 +20,12 @@ endpoint) is a `Listener`: an aiohttp application behind these rules, with its o
   (`logsafe.safe`) before it is logged; each kind of refusal is logged at most once a minute
   per client address, and every refusal is counted (`bridge_http_refused` in /metrics).
 - Every answer carries `Server: bridge`, without versions.
+- TLS (a listener started with an `ssl.SSLContext`: HTTPS and WSS): a connection is admitted
+  (and counted) when TCP accepts it, before its handshake, so handshakes count against the
+  caps too; the handshake and the first request head must both complete within
+  `header_timeout`, else the connection is closed (a failed or late handshake gets no HTTP
+  answer: there is no channel for one; it is counted as `tls_handshake`). A refused
+  connection is closed at once, without a handshake.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 import sys
 import time
 from typing import Any, Awaitable, Callable, cast
@@ -179,22 +186,74 @@ async def _server_header(request: web.Request, response: web.StreamResponse) -> 
 class _Connection(RequestHandler):
     """aiohttp's HTTP/1.1 connection, admitted by the guard and timed until its first head."""
 
-    def __init__(self, guard: Guard, manager: web.Server, **kwargs: Any) -> None:
+    def __init__(self, guard: Guard, manager: web.Server, tls: ssl.SSLContext | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._guard = guard
+        self._tls = tls
         self._client: str | None = None
         self._head_timer: asyncio.TimerHandle | None = None
+        self._raw: asyncio.Transport | None = None          # the TCP transport under TLS
+        self._handshake: asyncio.Task | None = None
+        self._http = False                                  # aiohttp has the connection
+        self._early: list[bytes] = []                       # decrypted before start_tls returned
+        self._hello: list[bytes] = []                       # raw TLS before start_tls took over
+        self._replayed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        tcp = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         client = str(peer[0]) if isinstance(peer, (tuple, list)) and peer else "?"
         refusal = self._guard.admit(client)
         if refusal is not None:
-            tcp = cast(asyncio.Transport, transport)
-            tcp.write(_raw_answer(*refusal))
+            if self._tls is None:
+                tcp.write(_raw_answer(*refusal))
             tcp.close()
             return
         self._client = client
+        self._head_timer = self._loop.call_later(self._guard.limits.header_timeout, self._head_late)
+        if self._tls is None:
+            self._start_http(tcp)
+        else:
+            self._raw = tcp
+            self._handshake = self._loop.create_task(self._start_tls(tcp, self._tls))
+
+    async def _start_tls(self, tcp: asyncio.Transport, context: ssl.SSLContext) -> None:
+        # uvloop starts reading right after connection_made: a ClientHello may reach
+        # data_received before start_tls takes the transport. Hand those bytes to its TLS
+        # protocol once it is connected (start_tls's own call_soon's run first: FIFO).
+        self._loop.call_soon(self._loop.call_soon, self._replay_hello, tcp)
+        try:
+            secure = await self._loop.start_tls(tcp, self, context, server_side=True,
+                                                ssl_handshake_timeout=self._guard.limits.header_timeout)
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+            self._guard.refused("tls_handshake", self._client, "TLS handshake failed: %s",
+                                safe(type(exc).__name__ + (f": {exc}" if str(exc) else ""), 120))
+            tcp.abort()
+            self._release()
+            return
+        if secure is None or self._client is None:
+            return
+        self._start_http(cast(asyncio.Transport, secure))
+        early, self._early = self._early, []
+        for data in early:
+            super().data_received(data)
+
+    def _replay_hello(self, tcp: asyncio.Transport) -> None:
+        data, self._hello, self._replayed = b"".join(self._hello), [], True
+        tls_protocol = tcp.get_protocol()
+        if not data or tls_protocol is self or tcp.is_closing():
+            return
+        view = memoryview(data)
+        while view:
+            buffer = tls_protocol.get_buffer(len(view))      # asyncio's and uvloop's are buffered protocols
+            n = min(len(buffer), len(view))
+            buffer[:n] = view[:n]
+            tls_protocol.buffer_updated(n)
+            view = view[n:]
+
+    def _start_http(self, transport: asyncio.Transport) -> None:
+        self._http = True
         super().connection_made(transport)
         # aiohttp >= 3.14 also arms its keep-alive timer at connect, which would close the
         # connection silently at the same moment: the head timer (a 408) takes its place.
@@ -202,19 +261,32 @@ class _Connection(RequestHandler):
         if early is not None:
             early.cancel()
             self._keepalive_handle = None
-        self._head_timer = self._loop.call_later(self._guard.limits.header_timeout, self._head_late)
 
     def data_received(self, data: bytes) -> None:
-        if self._client is not None:
+        if self._http:
             super().data_received(data)
+        elif self._client is None or self._tls is None:
+            return
+        elif self._raw is not None and self._raw.get_protocol() is self and self._handshake is not None \
+                and not self._replayed:
+            self._hello.append(data)            # TLS bytes before start_tls took the transport
+        else:
+            self._early.append(data)            # decrypted, before start_tls returned
+
+    def _release(self) -> None:
+        if self._client is not None:
+            self._guard.release(self._client)
+            self._client = None
+        self.head_received()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._client is None:
-            return                              # refused: aiohttp never knew this connection
-        self._guard.release(self._client)
-        self._client = None
-        self.head_received()
-        super().connection_lost(exc)
+            return                              # refused, or given back already
+        self._release()
+        if self._handshake is not None and not self._handshake.done():
+            self._handshake.cancel()
+        if self._http:
+            super().connection_lost(exc)
 
     def head_received(self) -> None:
         if self._head_timer is not None:
@@ -224,6 +296,15 @@ class _Connection(RequestHandler):
     def _head_late(self) -> None:
         self._head_timer = None
         timeout = self._guard.limits.header_timeout
+        if not self._http:                  # still in the TLS handshake: nothing to answer on
+            self._guard.refused("tls_handshake", self._client, "TLS handshake not complete within %g s",
+                                timeout)
+            if self._handshake is not None:
+                self._handshake.cancel()
+            if self._raw is not None:
+                self._raw.abort()
+            self._release()
+            return
         self._guard.refused("header_timeout", self._client, "request head not complete within %g s",
                             timeout)
         if self.transport is not None:
@@ -261,18 +342,18 @@ class _Connection(RequestHandler):
 
 
 class _Site(web.BaseSite):
-    """A TCP site whose connections are `_Connection`s of one guard."""
+    """A TCP site whose connections are `_Connection`s of one guard (each starts its own TLS)."""
 
-    __slots__ = ("_host", "_port", "_factory")
+    __slots__ = ("_host", "_port", "_factory", "_scheme")
 
     def __init__(self, runner: web.AppRunner, host: str, port: int,
-                 factory: Callable[[], asyncio.Protocol]) -> None:
+                 factory: Callable[[], asyncio.Protocol], scheme: str) -> None:
         super().__init__(runner, backlog=1024)
-        self._host, self._port, self._factory = host, port, factory
+        self._host, self._port, self._factory, self._scheme = host, port, factory, scheme
 
     @property
     def name(self) -> str:
-        return f"http://{self._host}:{self._port}"
+        return f"{self._scheme}://{self._host}:{self._port}"
 
     async def start(self) -> None:
         await super().start()
@@ -289,8 +370,8 @@ class Listener:
         app.on_response_prepare.append(_server_header)
         self.runner = web.AppRunner(app, access_log=None)
 
-    async def start(self, host: str, port: int) -> None:
-        """Serve on host:port; OSError if the address cannot be taken."""
+    async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
+        """Serve on host:port (HTTPS with `tls`); OSError if the address cannot be taken."""
         await self.runner.setup()
         server = self.runner.server
         assert server is not None
@@ -298,10 +379,10 @@ class Listener:
         limits = self.guard.limits
 
         def connection() -> _Connection:
-            return _Connection(self.guard, server, loop=loop, keepalive_timeout=limits.header_timeout,
+            return _Connection(self.guard, server, tls, loop=loop, keepalive_timeout=limits.header_timeout,
                                access_log=None, lingering_time=LINGER, auto_decompress=False)
         try:
-            await _Site(self.runner, host, port, connection).start()
+            await _Site(self.runner, host, port, connection, "https" if tls else "http").start()
         except OSError:
             await self.runner.cleanup()
             raise

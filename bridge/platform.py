@@ -1,7 +1,10 @@
 """The call platform: access tokens, cc_param, Notify/Call Event callbacks, signalling, timers.
 
 One WebSocket per call leg (see `protocol`). The platform relays SDP between the two legs
-and owns the call's state: who may do what, when it ends, and why.
+and owns the call's state: who may do what, when it ends, and why. It hands each leg the
+STUN/TURN servers of `webrtc.ice_servers` (TURN credentials minted for that user, `iceservers`):
+the caller asks first (`ice_servers`, with its access token), the callee gets them in `verified`.
+A client without a valid token (or cc_param) gets none.
 
 Callbacks go out through `callbacks.Clients`: per service, one connection pool for call setup
 (Notify callback, push POST) and one for Call Events, so an app server that hangs holds only
@@ -24,8 +27,9 @@ from typing import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from . import callbacks, ccparam, protocol, token
+from . import callbacks, ccparam, iceservers, protocol, token
 from .config import PlatformConfig, Service
+from .iceservers import IceServer
 from .logsafe import failure, safe
 from .metrics import Metrics
 from .protocol import ProtocolError
@@ -78,9 +82,11 @@ class PlatformCall:
 class Platform:
     """The platform's state and its aiohttp routes."""
 
-    def __init__(self, cfg: PlatformConfig, metrics: Metrics | None = None) -> None:
+    def __init__(self, cfg: PlatformConfig, metrics: Metrics | None = None,
+                 ice_servers: tuple[IceServer, ...] = ()) -> None:
         self.cfg = cfg
         self.metrics = metrics
+        self.ice_servers = ice_servers
         self.services = cfg.services
         self.keys = {s.api_key: token.ServiceKey(s.id, s.api_key, s.api_secret)
                      for s in cfg.services.values()}
@@ -88,7 +94,7 @@ class Platform:
         self.active: dict[User, set[str]] = {}
         self.listeners: dict[User, set[web.WebSocketResponse]] = {}
         self._tasks: set[asyncio.Task] = set()
-        self.clients = callbacks.Clients()
+        self.clients = callbacks.Clients(cfg.callback_ca)
         self.accepting = True
 
     # --- life ------------------------------------------------------------------------
@@ -147,17 +153,16 @@ class Platform:
                               "Sec-WebSocket-Version: 13, a valid Sec-WebSocket-Key)")
         await ws.prepare(request)
         messages = self._messages(ws)
-        try:
-            async with asyncio.timeout(FIRST_MESSAGE_TIMEOUT):
-                first = await anext(messages, None)
-        except TimeoutError:
-            await self._reject(ws, ProtocolError("timeout", "no opening message within 10 s"))
-            return ws
+        first = await self._next_within(ws, messages, "no opening message within 10 s")
         if first is None:
             return ws
+        if first["type"] == "ice_servers":
+            first = await self._ice_servers(ws, first, messages)
+            if first is None:
+                return ws
         if first["type"] not in protocol.OPENING_MESSAGES:
             await self._reject(ws, ProtocolError(
-                "unexpected", "the first message must be make_call, verify_call or listen"))
+                "unexpected", "the first message must be make_call, verify_call, listen or ice_servers"))
             return ws
         if not self.accepting:
             await self._disconnect(ws, Disconnected(Source.CLOUD_SERVER, R.SERVICE_MAINTENANCE))
@@ -171,6 +176,46 @@ class Platform:
             if not ws.closed:
                 await ws.close(code=aiohttp.WSCloseCode.INTERNAL_ERROR, message=b"internal error")
         return ws
+
+    async def _ice_servers(self, ws: web.WebSocketResponse, msg: dict, messages) -> dict | None:
+        """A caller's first step: the servers for its call, then its make_call. A bad token gets
+        no servers (no TURN credentials); make_call then refuses the call as it always does (its
+        sid, evtDisconnected, the Call Event)."""
+        me = User(msg["my_service_id"], msg["my_id"])
+        refusal = self._token_refusal(msg["token"], me, "ice_servers")
+        servers = self._servers_for(me) if refusal is None else []
+        await self._send(ws, {"type": "ice_servers", "ice_servers": servers})
+        nxt = await self._next_within(ws, messages, "no make_call within 10 s of ice_servers")
+        if nxt is None:
+            return None
+        if nxt["type"] != "make_call" or (nxt["my_service_id"], nxt["my_id"]) != (me.service, me.user):
+            await self._reject(ws, ProtocolError("unexpected", "ice_servers must be followed by the same "
+                                                 "user's make_call"))
+            return None
+        return nxt
+
+    async def _next_within(self, ws: web.WebSocketResponse, messages, late: str) -> dict | None:
+        """The socket's next valid message within FIRST_MESSAGE_TIMEOUT (None: closed, or too late)."""
+        try:
+            async with asyncio.timeout(FIRST_MESSAGE_TIMEOUT):
+                return await anext(messages, None)
+        except TimeoutError:
+            await self._reject(ws, ProtocolError("timeout", late))
+            return None
+
+    def _servers_for(self, user: "User") -> list[dict]:
+        return iceservers.for_user(self.ice_servers, str(user))
+
+    def _token_refusal(self, raw: str, me: "User", what: str) -> R | None:
+        try:
+            who = token.verify(raw, self.keys, max_age=self.cfg.token_max_age)
+        except token.TokenError as exc:
+            log.info("%s by %s refused: %s", what, me, safe(exc))
+            return R.SERVICE_ACCESS_TOKEN_ERROR
+        if (who.service_id, who.user_id) != (me.service, me.user):
+            log.info("%s by %s refused: token is for %s@%s", what, me, who.user_id, who.service_id)
+            return R.AUTH_ERROR
+        return None
 
     async def _messages(self, ws: web.WebSocketResponse) -> AsyncIterator[dict]:
         """Valid client messages; invalid ones are answered with an error and skipped."""
@@ -238,14 +283,9 @@ class Platform:
         await self.end(call, Source.CALLER, R.NETWORK_UNSTABLE)
 
     def _refusal(self, msg: dict, caller: User, callee: User) -> R | None:
-        try:
-            who = token.verify(msg["token"], self.keys, max_age=self.cfg.token_max_age)
-        except token.TokenError as exc:
-            log.info("makeCall by %s refused: %s", caller, safe(exc))
-            return R.SERVICE_ACCESS_TOKEN_ERROR
-        if (who.service_id, who.user_id) != (caller.service, caller.user):
-            log.info("makeCall by %s refused: token is for %s@%s", caller, who.user_id, who.service_id)
-            return R.AUTH_ERROR
+        refusal = self._token_refusal(msg["token"], caller, "makeCall")
+        if refusal is not None:
+            return refusal
         if callee.service not in self.services:
             return R.SERVICE_INVALID_ID
         if self.active.get(callee) and self.services[callee.service].one_call_per_user:
@@ -315,7 +355,8 @@ class Platform:
         log.info("call %s: verified by %s", call.sid, call.callee)
         await self._send(ws, {"type": "verified", "sid": call.sid, "peer_id": call.caller.user,
                               "peer_service_id": call.caller.service, "sdp": call.offer,
-                              "app_server_data": call.app_server_data})
+                              "app_server_data": call.app_server_data,
+                              "ice_servers": self._servers_for(call.callee)})
         async for m in messages:
             kind = m["type"]
             if kind == "answer" and not call.answered and call.state is State.VERIFIED:
@@ -358,14 +399,9 @@ class Platform:
 
     async def _listen(self, ws: web.WebSocketResponse, msg: dict, messages) -> None:
         me = User(msg["my_service_id"], msg["my_id"])
-        try:
-            who = token.verify(msg["token"], self.keys, max_age=self.cfg.token_max_age)
-        except token.TokenError as exc:
-            log.info("listen by %s refused: %s", me, safe(exc))
-            await self._disconnect(ws, Disconnected(Source.CLOUD_SERVER, R.SERVICE_ACCESS_TOKEN_ERROR))
-            return
-        if (who.service_id, who.user_id) != (me.service, me.user):
-            await self._disconnect(ws, Disconnected(Source.CLOUD_SERVER, R.AUTH_ERROR))
+        refusal = self._token_refusal(msg["token"], me, "listen")
+        if refusal is not None:
+            await self._disconnect(ws, Disconnected(Source.CLOUD_SERVER, refusal))
             return
         self.listeners.setdefault(me, set()).add(ws)
         log.info("%s listening for calls", me)

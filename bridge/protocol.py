@@ -4,10 +4,16 @@ Client -> platform, first message of a socket (it says what the socket is for):
   make_call   {token, my_id, my_service_id, peer_id, peer_service_id, media_type, sdp, app_server_data?}
   verify_call {cc_param, my_id, my_service_id, media_type}
   listen      {token, my_id, my_service_id}            (embedded push: receive `push` messages)
+  ice_servers {token, my_id, my_service_id}            (before make_call, on the same socket: a
+              caller gathers its ICE candidates before its offer; answered `ice_servers`, empty
+              for a bad token; the socket's next message must be make_call, within 10 s)
 Client -> platform, later:
   answer {sdp}  accept_call {}  end_call {reason?}  mute {muted}  dtmf {digits}
 Platform -> client:
-  call_made {sid}  wait_connected {}  verified {sid, peer_id, peer_service_id, sdp, app_server_data}
+  ice_servers {ice_servers}   verified {sid, peer_id, peer_service_id, sdp, app_server_data, ice_servers}
+      ice_servers: the STUN/TURN servers for this call, as W3C RTCIceServer dicts
+      {urls, username?, credential?} (TURN credentials may be minted for this call: `iceservers`)
+  call_made {sid}  wait_connected {}
   sdp {sdp}  connected {}  disconnected {source, code, str_code}  peer_mute {muted}  dtmf {digits}
   push {cc_param, app_callee_uid, app_callee_sid, app_call_type, app_svr_data}  listening {}
   error {code, message}
@@ -37,6 +43,7 @@ CLIENT_MESSAGES: dict[str, dict[str, tuple[type, ...]]] = {
     },
     "verify_call": {"cc_param": _STR, "my_id": _STR, "my_service_id": _STR, "media_type": _STR},
     "listen": {"token": _STR, "my_id": _STR, "my_service_id": _STR},
+    "ice_servers": {"token": _STR, "my_id": _STR, "my_service_id": _STR},
     "answer": {"sdp": _STR},
     "accept_call": {},
     "end_call": {},
@@ -50,7 +57,7 @@ OPTIONAL_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
 # Reasons a leg may give when it ends a call (bridge's extension to endCall, used by the
 # bridge to pass on why the desk phone did not take the call).
 END_REASONS = (1001, 1002, 1109, 1110, 1112, 1202, 1203, 1301, 1502, 1503, 1504, 1505, 1512)
-OPENING_MESSAGES = ("make_call", "verify_call", "listen")
+OPENING_MESSAGES = ("make_call", "verify_call", "listen", "ice_servers")
 
 
 class ProtocolError(Exception):

@@ -13,6 +13,12 @@ then runs `verify_call`, waits for `evt_verified`, and runs `accept_call`.
 Only local validation raises (`StartFailError` with `reason` and `message`); anything the
 platform or the peer decides arrives as `evt_disconnected(Disconnected)`.
 
+STUN/TURN servers come from the platform with each call (`webrtc.ice_servers` of its config;
+TURN credentials may be minted for the call): a caller asks for them before its offer, a callee
+gets them with `verified`. `Call(..., ice_transport_policy="relay")` (bridge's extension, the
+W3C `iceTransportPolicy`) gathers and uses TURN relay candidates only. `Call(..., ssl=...)`
+verifies a wss:// platform against a private CA (`bridge.tls.client_context(ca_file)`).
+
 A peer that stops sending and stops answering ICE consent checks for `liveness_timeout` seconds
 (8 by default; bridge's extension, see `bridge.liveness`), or whose media connection fails, ends
 the call with NETWORK_UNSTABLE: the platform tells the peer, and `evt_disconnected` follows here
@@ -26,13 +32,16 @@ import contextlib
 import inspect
 import json
 import logging
+import ssl as _ssl
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import aiohttp
-from aiortc import (RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver,
+from aiortc import (RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver,
                     RTCSessionDescription)
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtcconfiguration import RTCIceTransportPolicy
+from aiortc.rtcicetransport import parse_stun_turn_uri
 from aiortc.rtp import RtpPacket
 
 from . import ccparam, protocol, rtcjitter
@@ -125,6 +134,35 @@ def _validate_ids(my_id: Any, my_service_id: Any, media_type: Any) -> None:
 CODEC_NAMES = ("opus", "PCMU", "PCMA")
 LIVENESS_TIMEOUT = 8.0     # seconds of silence from the peer (media and consent) that end a call
 WS_CLOSE_TIMEOUT = 2.0     # seconds to wait for the platform's close frame when a call ends
+ICE_SERVERS_TIMEOUT = 10.0  # seconds for the platform to answer a caller's ice_servers
+ICE_TRANSPORT_POLICIES = {"all": RTCIceTransportPolicy.ALL, "relay": RTCIceTransportPolicy.RELAY}
+
+
+def ice_configuration(servers: Any, policy: str = "all") -> RTCConfiguration:
+    """aiortc's configuration from the platform's RTCIceServer dicts (malformed entries skipped).
+    aiortc uses the first STUN and the first TURN URL it can (turn: over udp or tcp, turns: over
+    tcp); a browser tries them all."""
+    ice = []
+    for entry in servers if isinstance(servers, list) else []:
+        urls = entry.get("urls") if isinstance(entry, dict) else None
+        urls = [urls] if isinstance(urls, str) else urls
+        if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
+            continue
+        urls = [u for u in urls if _aiortc_takes(u)]     # e.g. not an IPv6 literal: aiortc refuses it
+        if not urls:
+            continue
+        username, credential = entry.get("username"), entry.get("credential")
+        ice.append(RTCIceServer(urls=urls, username=username if isinstance(username, str) else None,
+                                credential=credential if isinstance(credential, str) else None))
+    return RTCConfiguration(iceServers=ice, iceTransportPolicy=ICE_TRANSPORT_POLICIES[policy])
+
+
+def _aiortc_takes(url: str) -> bool:
+    try:
+        parse_stun_turn_uri(url)
+    except ValueError:
+        return False
+    return True
 
 
 def _preferences(codecs: tuple[str, ...] | None) -> list:
@@ -164,9 +202,16 @@ class Call:
     """One 1-to-1 audio call, as caller (make_call) or callee (verify_call)."""
 
     def __init__(self, platform_url: str | None = None,
-                 liveness_timeout: float | None = LIVENESS_TIMEOUT) -> None:
+                 liveness_timeout: float | None = LIVENESS_TIMEOUT, *,
+                 ssl: _ssl.SSLContext | None = None, ice_transport_policy: str = "all") -> None:
+        if ice_transport_policy not in ICE_TRANSPORT_POLICIES:
+            raise ValueError("ice_transport_policy must be 'all' or 'relay'")
         self.platform_url = platform_url
         self.liveness_timeout = liveness_timeout    # None: rely on aioice's consent (~30-45 s)
+        self.ssl = ssl                              # None: the system's CAs for wss://
+        self.ice_transport_policy = ice_transport_policy
+        self.ice_servers: list[dict] = []           # what the platform handed for this call
+        self._preferences: list = []
         self._liveness: Liveness | None = None
         self.sid: str | None = None
         self.role: Source | None = None
@@ -217,14 +262,19 @@ class Call:
         self.state = "calling"
         self._delegate, self._sink = params.delegate, params.peer_audio
         preferences = _preferences(params.codecs)
-        pc = self._new_peer_connection()
         self._gate = GatedTrack(source)
+        if not await self._connect(url):
+            return
+        servers = await self._ask_ice_servers(params.access_token, params.my_id, params.my_service_id)
+        if servers is None:
+            return
+        pc = self._new_peer_connection(servers)
         transceiver = pc.addTransceiver(self._gate, direction="sendrecv")
         rtcjitter.no_send_history(transceiver.sender)
         if preferences:
             transceiver.setCodecPreferences(preferences)
         await pc.setLocalDescription(await pc.createOffer())
-        await self._open(url, {
+        await self._begin({
             "type": "make_call", "token": params.access_token, "my_id": params.my_id,
             "my_service_id": params.my_service_id, "peer_id": params.peer_id,
             "peer_service_id": params.peer_service_id, "media_type": params.media_type,
@@ -244,15 +294,11 @@ class Call:
         self.role = Source.CALLEE
         self.state = "calling"
         self._delegate, self._sink = params.delegate, params.peer_audio
-        preferences = _preferences(params.codecs)
-        pc = self._new_peer_connection()
+        self._preferences = _preferences(params.codecs)
         self._gate = GatedTrack(source)
         self._gate.open = params.early_media
-        if preferences:   # a transceiver made before the offer arrives carries the preferences
-            self._transceiver = pc.addTransceiver(self._gate, direction="sendrecv")
-            rtcjitter.no_send_history(self._transceiver.sender)
-            self._transceiver.setCodecPreferences(preferences)
-        await self._open(url, {"type": "verify_call", "cc_param": params.cc_param, "my_id": params.my_id,
+        if await self._connect(url):     # the peer connection is made with `verified`'s ICE servers
+            await self._begin({"type": "verify_call", "cc_param": params.cc_param, "my_id": params.my_id,
                                "my_service_id": params.my_service_id, "media_type": params.media_type})
 
     async def accept_call(self, timeout: float = 10.0) -> None:
@@ -334,8 +380,9 @@ class Call:
         _fail(StartFailReason.INVALID_PARAM, "audio must be an aiortc audio track or a WAV file path")
         return None
 
-    def _new_peer_connection(self) -> RTCPeerConnection:
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    def _new_peer_connection(self, ice_servers: list[dict]) -> RTCPeerConnection:
+        self.ice_servers = ice_servers
+        pc = RTCPeerConnection(ice_configuration(ice_servers, self.ice_transport_policy))
         self._pc = pc
 
         @pc.on("track")
@@ -383,17 +430,47 @@ class Call:
                 log.exception("peer_audio sink failed; dropping it")
                 self._sink = None
 
-    async def _open(self, url: str, opening: dict) -> None:
+    async def _connect(self, url: str) -> bool:
+        """Open the signalling socket; False (and the call ended) if the platform is unreachable."""
         self._session = aiohttp.ClientSession()
         self._first = asyncio.get_running_loop().create_future()
         try:
             self._ws = await self._session.ws_connect(url, heartbeat=30.0, max_msg_size=1 << 20,
+                                                      ssl=self.ssl if self.ssl is not None else True,
                                                       timeout=aiohttp.ClientWSTimeout(ws_close=WS_CLOSE_TIMEOUT))
-            await self._ws.send_str(json.dumps(opening))
         except (aiohttp.ClientError, OSError) as exc:
             log.warning("cannot reach the platform at %s: %s", url, exc)
             await self._finish(Disconnected(Source.CLOUD_SERVER, DisconnectReason.UNAVAILABLE_NETWORK))
-            return
+            return False
+        return True
+
+    async def _ask_ice_servers(self, access_token: str, my_id: str, my_service_id: str) -> list[dict] | None:
+        """A caller's first message: its STUN/TURN servers for this call (None: the call ended)."""
+        assert self._ws is not None
+        await self._send({"type": "ice_servers", "token": access_token, "my_id": my_id,
+                          "my_service_id": my_service_id})
+        try:
+            async with asyncio.timeout(ICE_SERVERS_TIMEOUT):
+                while True:
+                    raw = await self._ws.receive()
+                    if raw.type != aiohttp.WSMsgType.TEXT:
+                        break
+                    m = json.loads(raw.data)
+                    if m.get("type") == "ice_servers":
+                        return m.get("ice_servers") if isinstance(m.get("ice_servers"), list) else []
+                    if m.get("type") == "disconnected":
+                        await self._finish(Disconnected.from_json(m))
+                        return None
+                    await self._handle(m)
+        except (TimeoutError, ValueError, aiohttp.ClientError) as exc:
+            log.warning("the platform did not hand ICE servers: %s", exc or type(exc).__name__)
+        await self._finish(Disconnected(Source.CLOUD_SERVER, DisconnectReason.WEB_SIGNALING_UNEXPECTED_DISCONNECTED))
+        return None
+
+    async def _begin(self, opening: dict) -> None:
+        """Send the socket's opening message, read the platform's answers, wait for the first."""
+        assert self._first is not None
+        await self._send(opening)
         self._spawn(self._read())
         await asyncio.wait([self._first, asyncio.ensure_future(self._done.wait())],
                            return_when=asyncio.FIRST_COMPLETED)
@@ -421,13 +498,18 @@ class Call:
     async def _handle(self, m: dict) -> None:
         kind = m.get("type")
         pc = self._pc
-        assert pc is not None
         if kind == "call_made":
             self.sid = m["sid"]
             self._resolve(self._first)
-        elif kind == "verified":
+        elif kind == "verified" and pc is None:
             self.sid = m["sid"]
             self.peer = CallVerifiedParam(m["sid"], m["peer_id"], m["peer_service_id"], m.get("app_server_data"))
+            pc = self._new_peer_connection(m.get("ice_servers") or [])
+            assert self._gate is not None
+            if self._preferences:   # a transceiver made before the offer arrives carries the preferences
+                self._transceiver = pc.addTransceiver(self._gate, direction="sendrecv")
+                rtcjitter.no_send_history(self._transceiver.sender)
+                self._transceiver.setCodecPreferences(self._preferences)
             try:
                 await self._answer(pc, m["sdp"])
             except Exception as exc:      # not an audio offer, no codec in common with our preferences...
@@ -437,7 +519,7 @@ class Call:
             self.state = "verified"
             self._emit("evt_verified", self.peer)
             self._resolve(self._first)
-        elif kind == "sdp":
+        elif kind == "sdp" and pc is not None:
             self.codec = negotiated_codec(m["sdp"])     # before media starts (inside the next line)
             try:
                 if not self.codec:
@@ -477,7 +559,10 @@ class Call:
         self.codec = negotiated_codec(answer.sdp)   # before media starts: tracks pick their rate by it
         if not self.codec:
             raise ValueError("no codec in common with the offer")
-        await pc.setLocalDescription(answer)
+        try:
+            await pc.setLocalDescription(answer)    # gathers the ICE candidates
+        except OSError as exc:                      # e.g. no interface list: a sandbox without AF_NETLINK
+            raise OSError(f"cannot gather ICE candidates: {exc}") from None
         await self._send({"type": "answer", "sdp": pc.localDescription.sdp})
 
     @staticmethod
@@ -552,9 +637,11 @@ class PushListener:
             push = await pushes.next()
     """
 
-    def __init__(self, platform_url: str, my_id: str, my_service_id: str, access_token: str) -> None:
+    def __init__(self, platform_url: str, my_id: str, my_service_id: str, access_token: str, *,
+                 ssl: _ssl.SSLContext | None = None) -> None:
         _validate_ids(my_id, my_service_id, "audio")
         self.url = _http_to_ws(platform_url)
+        self.ssl = ssl
         self._hello = {"type": "listen", "token": access_token, "my_id": my_id, "my_service_id": my_service_id}
         self._session: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
@@ -562,7 +649,8 @@ class PushListener:
     async def __aenter__(self) -> "PushListener":
         self._session = aiohttp.ClientSession()
         try:
-            self._ws = await self._session.ws_connect(self.url, heartbeat=30.0)
+            self._ws = await self._session.ws_connect(self.url, heartbeat=30.0,
+                                                      ssl=self.ssl if self.ssl is not None else True)
             await self._ws.send_str(json.dumps(self._hello))
             reply = await self._ws.receive_json(timeout=10)
         except BaseException:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ssl
 import time
 from typing import Callable
 
+from . import tls
 from .audio import ToneTrack, WavRecorder
 from .config import Config
 from .reasons import Disconnected
@@ -75,11 +77,22 @@ async def _hold(call: Call, progress: Progress, seconds: float) -> None:
         await call.end_call()
 
 
+def _new_call(url: str, args: argparse.Namespace, cfg: Config) -> Call:
+    """An SDK call with the options of the command line: `--ca` (else `bridge.platform_ca`) for a
+    wss:// platform with a private CA, `--relay` for TURN relay candidates only."""
+    return Call(url, ssl=_ssl(args, cfg), ice_transport_policy="relay" if args.relay else "all")
+
+
+def _ssl(args: argparse.Namespace, cfg: Config) -> ssl.SSLContext | None:
+    ca = args.ca or (cfg.bridge.platform_ca if cfg.bridge is not None else None)
+    return tls.client_context(ca) if ca else None
+
+
 async def dial(args: argparse.Namespace, cfg: Config, token_for: TokenFor) -> int:
     (my_id, my_service), (peer_id, peer_service) = args.caller, args.callee
     progress = Progress()
     recorder = WavRecorder(args.record)
-    call = Call(args.platform or cfg.platform.public_url)
+    call = _new_call(args.platform or cfg.platform.public_url, args, cfg)
     try:
         await call.make_call(MakeCallParams(
             my_id=my_id, my_service_id=my_service, peer_id=peer_id, peer_service_id=peer_service,
@@ -112,7 +125,8 @@ async def answer(args: argparse.Namespace, cfg: Config, token_for: TokenFor) -> 
     url = args.platform or cfg.platform.public_url
     failures = 0
     try:
-        async with PushListener(url, my_id, my_service, token_for(my_service, my_id)) as pushes:
+        async with PushListener(url, my_id, my_service, token_for(my_service, my_id),
+                                ssl=_ssl(args, cfg)) as pushes:
             say(f"waiting for calls as {my_id}@{my_service}")
             for n in range(args.calls):
                 try:
@@ -122,7 +136,7 @@ async def answer(args: argparse.Namespace, cfg: Config, token_for: TokenFor) -> 
                     return 1
                 record = args.record if args.calls == 1 or not args.record else \
                     args.record.replace(".wav", f"-{n + 1}.wav")
-                if not await _take(url, push, args, record):
+                if not await _take(_new_call(url, args, cfg), push, args, record):
                     failures += 1
     except ListenError as exc:
         say(f"cannot wait for calls: {exc.param}")
@@ -133,10 +147,9 @@ async def answer(args: argparse.Namespace, cfg: Config, token_for: TokenFor) -> 
     return 1 if failures else 0
 
 
-async def _take(url: str, push, args: argparse.Namespace, record: str | None) -> bool:
+async def _take(call: Call, push, args: argparse.Namespace, record: str | None) -> bool:
     progress = Progress()
     recorder = WavRecorder(record)
-    call = Call(url)
     try:
         await call.verify_call(VerifyCallParams(
             my_id=push.app_callee_uid, my_service_id=push.app_callee_sid, cc_param=push.cc_param,

@@ -7,6 +7,7 @@ import asyncio
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ import aiohttp
 import pytest
 import yaml
 
-from bridge import config, token
+from bridge import config, tls, token
 from bridge.audio import RATE, tone_analysis
 from conftest import free_port
 from parties import Party
@@ -56,14 +57,18 @@ class Daemon:
         self.proc: subprocess.Popen | None = None
         n = self.cfg.notifications
         assert n is not None
-        self.admin = f"http://{n.host}:{n.port}"
+        self.admin = f"{'https' if n.tls else 'http'}://{n.host}:{n.port}"
         self.platform_url = self.cfg.platform.public_url
+        # a TLS daemon of the tests has a private CA: the one its platform trusts for pushes
+        ca = self.cfg.platform.callback_ca
+        self.ssl: ssl.SSLContext | bool = tls.client_context(ca) if ca else True
 
-    def start(self) -> "Daemon":
+    def start(self, wrapper: list[str] | None = None) -> "Daemon":
+        """Start `bridge run`, through `wrapper` (a command that execs the rest) if given."""
         exe = shutil.which("bridge") or pytest.fail("the `bridge` command is not installed: run tests/run")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "DEMO_"))}
-        self.proc = subprocess.Popen([exe, "run", "-c", str(self.path)], stdout=open(self.log_path, "w"),
-                                     stderr=subprocess.STDOUT, env=env)
+        self.proc = subprocess.Popen([*(wrapper or []), exe, "run", "-c", str(self.path)],
+                                     stdout=open(self.log_path, "w"), stderr=subprocess.STDOUT, env=env)
         return self
 
     def log(self) -> str:
@@ -71,7 +76,7 @@ class Daemon:
 
     async def health(self) -> tuple[int, dict]:
         async with aiohttp.ClientSession() as http:
-            async with http.get(self.admin + "/healthz") as r:
+            async with http.get(self.admin + "/healthz", ssl=self.ssl) as r:
                 return r.status, await r.json()
 
     async def ready(self, timeout: float = 20) -> None:
@@ -111,7 +116,7 @@ class Daemon:
 
     async def metrics(self) -> str:
         async with aiohttp.ClientSession() as http:
-            async with http.get(self.admin + "/metrics") as r:
+            async with http.get(self.admin + "/metrics", ssl=self.ssl) as r:
                 return await r.text()
 
 
@@ -126,11 +131,12 @@ def kamailio(kamailio_factory):
 
 @pytest.fixture
 async def start_bridge(tmp_path, kamailio):
-    """start_bridge(edit=None) -> a healthy `bridge run` on the sample config (edited by `edit`)."""
+    """start_bridge(edit=None, wrapper=None) -> a healthy `bridge run` on the sample config (edited by
+    `edit`, started through `wrapper`: see Daemon.start)."""
     daemons: list[Daemon] = []
 
-    async def start(edit=None) -> Daemon:
-        d = Daemon(stack_config(tmp_path, kamailio.port, edit)).start()
+    async def start(edit=None, wrapper: list[str] | None = None) -> Daemon:
+        d = Daemon(stack_config(tmp_path, kamailio.port, edit)).start(wrapper)
         daemons.append(d)
         await d.ready()
         return d

@@ -265,3 +265,106 @@ def test_the_pbx_pages_sip_sections_are_valid_config(page):
         sample["sip"].pop("password_env")
         sample["sip"]["password"] = "x"
         config.loads(yaml.safe_dump(sample), page.name, env={})      # raises ConfigError on any bad key
+
+
+# --- the network keys: ICE servers, public address, TLS, CAs, secrets in files ----------------------
+
+NETWORK = """\
+platform:
+  listen: 127.0.0.1:8443
+  tls: {{cert: {cert}, key: {key}}}
+  callback_ca: {ca}
+  services:
+    demo-app: {{api_key: k, api_secret_file: "${{CREDENTIALS_DIRECTORY}}/app-secret"}}
+webrtc:
+  public_address: 203.0.113.7
+  ice_servers:
+    - urls: stun:stun.example.com:3478
+    - urls: ["turn:turn.example.com:3478?transport=udp", "turns:turn.example.com:5349?transport=tcp"]
+      auth_secret_env: TURN_SECRET
+      ttl: 30m
+    - urls: [turn:backup.example.com]
+      username: office
+      credential_file: turn-password
+"""
+
+
+def test_network_keys(tmp_path):
+    from testbed.certs import make_ca_and_server
+    pki = make_ca_and_server(tmp_path / "pki", ["bridge.test"], ["127.0.0.1"])
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "app-secret").write_text("a" * 40 + "\n")
+    (tmp_path / "turn-password").write_text("static-turn-password\n")
+    path = tmp_path / "bridge.yaml"
+    path.write_text(NETWORK.format(cert=pki.cert, key=pki.key, ca=pki.ca))
+    cfg = config.load(path, env={"CREDENTIALS_DIRECTORY": str(creds), "TURN_SECRET": "t" * 32})
+    assert cfg.platform.public_url == "https://127.0.0.1:8443"            # tls: https by default
+    assert cfg.platform.ws_url == "wss://127.0.0.1:8443/v1/ws"
+    assert cfg.platform.tls == config.TlsFiles(str(pki.cert), str(pki.key))
+    assert cfg.platform.services["demo-app"].api_secret == "a" * 40       # one trailing newline dropped
+    assert cfg.webrtc.public_address == "203.0.113.7"
+    stun, rest, static = cfg.webrtc.ice_servers
+    assert stun.urls == ("stun:stun.example.com:3478",) and stun.for_user("alice@app") == {
+        "urls": ["stun:stun.example.com:3478"]}
+    minted = rest.for_user("alice@app", now=1000)
+    assert minted["username"] == f"{1000 + 1800}:alice@app" and rest.ttl == 1800
+    assert static.for_user("bob@app") == {"urls": ["turn:backup.example.com"], "username": "office",
+                                          "credential": "static-turn-password"}   # relative: the config's folder
+    assert {(s.keypath, s.source) for s in cfg.secrets} >= {
+        ("platform.services.demo-app.api_secret", "file"), ("webrtc.ice_servers[1].auth_secret", "env"),
+        ("webrtc.ice_servers[2].credential", "file")}
+    assert "t" * 32 not in repr(cfg) and "static-turn-password" not in repr(cfg)
+
+
+BAD_NETWORK = """\
+platform:
+  tls: {cert: /nonexistent/cert.pem, key: /nonexistent/key.pem}
+  callback_ca: /nonexistent/ca.pem
+  services:
+    demo-app: {api_key: k, api_secret_file: "${CREDENTIALS_DIRECTORY}/app-secret"}
+    other-app: {api_key: k2, api_secret_file: missing-secret, api_secret_env: X}
+webrtc:
+  public_address: "2001:db8::1"
+  ice_servers:
+    - urls: http://turn.example.com
+    - urls: [turn:turn.example.com]
+    - urls: [stun:stun.example.com]
+      username: u
+      credential: c
+    - urls: [turn:turn.example.com]
+      auth_secret: s
+      username: u
+    - urls: "stun:stun.example.com?transport=udp"
+"""
+
+
+def test_network_key_errors_name_file_line_and_key():
+    with pytest.raises(config.ConfigError) as exc:
+        config.loads(BAD_NETWORK, "net.yaml", env={})
+    text = "\n".join(exc.value.errors)
+    for line, key, words in [
+        (2, "platform.tls", "cannot read /nonexistent/cert.pem: No such file or directory"),
+        (3, "platform.callback_ca", "cannot read CA file /nonexistent/ca.pem"),
+        (5, "platform.services.demo-app.api_secret_file", "names $CREDENTIALS_DIRECTORY, which is not set"),
+        (6, "platform.services.other-app.api_secret_file", "give api_secret_env or api_secret_file, not both"),
+        (8, "webrtc.public_address", "must be an IPv4 address"),
+        (10, "webrtc.ice_servers[0].urls", "is not a stun:, stuns:, turn: or turns: URL"),
+        (11, "webrtc.ice_servers[1]", "a turn: server needs credentials"),
+        (12, "webrtc.ice_servers[2]", "credentials are for turn: URLs only"),
+        (16, "webrtc.ice_servers[3]", "not both"),
+        (18, "webrtc.ice_servers[4].urls", "a STUN URL takes no transport"),
+    ]:
+        assert any(e.startswith(f"net.yaml:{line}: {key}: ") and words in e for e in exc.value.errors), \
+            (line, key, text)
+
+
+def test_tls_key_that_does_not_match_its_certificate(tmp_path):
+    from testbed.certs import make_ca_and_server
+    one = make_ca_and_server(tmp_path / "one", ["a.test"], [])
+    two = make_ca_and_server(tmp_path / "two", ["b.test"], [])
+    text = f"platform:\n  tls:\n    cert: {one.cert}\n    key: {two.key}\n  services: {{}}\n"
+    with pytest.raises(config.ConfigError) as exc:
+        config.loads(text, "t.yaml", env={})
+    assert any(e.startswith("t.yaml:3: platform.tls: certificate ") and "do not make a usable pair" in e
+               for e in exc.value.errors), exc.value.errors

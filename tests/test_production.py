@@ -28,7 +28,7 @@ from testbed.fixtures import kamailio_factory  # noqa: F401
 ROOT = Path(__file__).resolve().parent.parent
 BRIDGE = shutil.which("bridge") or pytest.fail("the `bridge` command is not installed: run tests/run")
 PRODUCTION_VARIABLES = ("BRIDGE_CC_PARAM_SECRET", "APP_API_SECRET", "DESK_API_SECRET", "BRIDGE_NOTIFY_SECRET",
-                        "BRIDGE_ADMIN_TOKEN", "BRIDGE_SIP_PASSWORD")
+                        "BRIDGE_ADMIN_TOKEN", "BRIDGE_SIP_PASSWORD", "TURN_SECRET")
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -53,7 +53,7 @@ def test_production_sample_passes_check_config_once_its_variables_are_set():
     sample = str(ROOT / "config.production.yaml")
     unset = subprocess.run([BRIDGE, "check-config", "-c", sample], capture_output=True, text=True, env=clean_env())
     assert unset.returncode == 2 and "Traceback" not in unset.stderr
-    for name in ("APP_API_SECRET", "DESK_API_SECRET", "BRIDGE_NOTIFY_SECRET", "BRIDGE_SIP_PASSWORD"):
+    for name in ("APP_API_SECRET", "DESK_API_SECRET", "BRIDGE_NOTIFY_SECRET", "BRIDGE_SIP_PASSWORD", "TURN_SECRET"):
         assert name in unset.stderr, unset.stderr
     ok = subprocess.run([BRIDGE, "check-config", "-c", sample], capture_output=True, text=True,
                         env=clean_env(**production_env()))
@@ -63,7 +63,8 @@ def test_production_sample_passes_check_config_once_its_variables_are_set():
     assert production.exposure(cfg) and production.problems(cfg) == []   # on a LAN address, and clean
     for line in (ROOT / "config.production.yaml").read_text().splitlines():
         key = line.split("#")[0].strip().split(":")[0]
-        assert key not in ("secret", "api_secret", "push_secret", "password", "admin_token", "cc_param_secret"), line
+        assert key not in ("secret", "api_secret", "push_secret", "password", "admin_token", "cc_param_secret",
+                           "auth_secret", "credential"), line
 
 
 def refused(cfg_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess:

@@ -14,6 +14,11 @@
  *   const listener = await PlanetKit.listen({myId, myServiceId, accessToken,
  *                                            onPush: (push) => ..., onClose: (param) => ...});
  *
+ * STUN/TURN servers come from the platform with each call (its `webrtc.ice_servers`; TURN
+ * credentials may be minted for the call): the caller asks for them before its offer, the callee
+ * gets them with `verified`. `new PlanetKit.Call({iceTransportPolicy: 'relay'})` (bridge's
+ * extension) uses TURN relay candidates only.
+ *
  * Delegates: evtWaitConnected(), evtVerified({sid, peerId, peerServiceId, appServerData}),
  * evtConnected(), evtDisconnected({source, reason: {code, strCode}}), evtPeerMicMuted(),
  * evtPeerMicUnmuted(), evtDtmf(digits) (extension).
@@ -186,13 +191,15 @@
   /**
    * One 1-to-1 audio call at a time, as caller (makeCall) or callee (verifyCall).
    * options: {platformUrl: 'http(s)://host:port' or 'ws(s)://host:port/v1/ws',
-   *           audioConstraints: MediaTrackConstraints or true (the microphone)}
+   *           audioConstraints: MediaTrackConstraints or true (the microphone),
+   *           iceTransportPolicy: 'all' (default) or 'relay' (TURN only)}
    */
   function Call(options) {
     if (!(this instanceof Call)) return new Call(options);
     options = options || {};
     this.platformUrl = options.platformUrl || null;
     this.audioConstraints = options.audioConstraints === undefined ? true : options.audioConstraints;
+    this.iceTransportPolicy = options.iceTransportPolicy === 'relay' ? 'relay' : 'all';
     this._reset();
   }
 
@@ -208,6 +215,8 @@
     this._delegate = {};
     this._ws = null;
     this._pc = null;
+    this.iceServers = [];            // what the platform handed for this call
+    this._makeCall = null;           // the caller's make_call, sent once its offer is gathered
     this._mic = null;                // the local MediaStream
     this._audioElement = null;
     this._first = null;              // {resolve} for makeCall/verifyCall
@@ -266,22 +275,30 @@
     this.state = 'calling';
     this._delegate = params.delegate || {};
     this._audioElement = peerAudioElement(params);
+    this._makeCall = {
+      type: 'make_call', token: params.accessToken, my_id: params.myId,
+      my_service_id: params.myServiceId, peer_id: params.peerId,
+      peer_service_id: params.peerServiceId, media_type: params.mediaType,
+      app_server_data: params.appServerData === undefined ? null : params.appServerData,
+    };
     return this._microphone().then(function () {
-      const pc = self._newPeerConnection();
-      self._mic.getAudioTracks().forEach(function (track) { pc.addTrack(track, self._mic); });
-      return pc.createOffer()
-        .then(function (offer) { return pc.setLocalDescription(offer); })
-        .then(function () { return waitIceGathering(pc); })
-        .then(function () {
-          return self._open(self._url(), {
-            type: 'make_call', token: params.accessToken, my_id: params.myId,
-            my_service_id: params.myServiceId, peer_id: params.peerId,
-            peer_service_id: params.peerServiceId, media_type: params.mediaType,
-            app_server_data: params.appServerData === undefined ? null : params.appServerData,
-            sdp: pc.localDescription.sdp,
-          });
-        });
+      // first the ICE servers for this call (with the token), then the offer gathered with them
+      return self._open(self._url(), {type: 'ice_servers', token: params.accessToken, my_id: params.myId,
+                                      my_service_id: params.myServiceId});
     });
+  };
+
+  /** The caller's offer, gathered with the servers the platform handed, in make_call. */
+  Call.prototype._offer = async function (iceServers) {
+    const pc = this._newPeerConnection(iceServers);
+    const mic = this._mic;
+    mic.getAudioTracks().forEach(function (track) { pc.addTrack(track, mic); });
+    await pc.setLocalDescription(await pc.createOffer());
+    await waitIceGathering(pc);
+    if (this.state === 'disconnected') return;
+    const message = Object.assign({}, this._makeCall, {sdp: pc.localDescription.sdp});
+    this._makeCall = null;
+    this._send(message);
   };
 
   /** Answer a push: check ccParam with the platform. Resolves once verified (or refused). */
@@ -309,8 +326,7 @@
     this.state = 'calling';
     this._delegate = params.delegate || {};
     this._audioElement = peerAudioElement(params);
-    return this._microphone().then(function () {
-      self._newPeerConnection();
+    return this._microphone().then(function () {   // the peer connection comes with `verified`
       return self._open(url, {type: 'verify_call', cc_param: params.ccParam, my_id: params.myId,
                               my_service_id: params.myServiceId, media_type: params.mediaType});
     });
@@ -393,9 +409,25 @@
     if (this._mic) this._mic.getAudioTracks().forEach(function (t) { t.enabled = open; });
   };
 
-  Call.prototype._newPeerConnection = function () {
+  /** Only well-formed RTCIceServer entries: a malformed one would make the constructor throw. */
+  function iceServerList(servers) {
+    if (!Array.isArray(servers)) return [];
+    return servers.filter(function (s) {
+      const urls = s && (typeof s.urls === 'string' ? [s.urls] : s.urls);
+      return Array.isArray(urls) && urls.length > 0 && urls.every(function (u) { return typeof u === 'string'; });
+    }).map(function (s) {
+      const entry = {urls: s.urls};
+      if (typeof s.username === 'string') entry.username = s.username;
+      if (typeof s.credential === 'string') entry.credential = s.credential;
+      return entry;
+    });
+  }
+
+  Call.prototype._newPeerConnection = function (iceServers) {
     const self = this;
-    const pc = new global.RTCPeerConnection({iceServers: []});
+    this.iceServers = iceServerList(iceServers);
+    const pc = new global.RTCPeerConnection({iceServers: this.iceServers,
+                                             iceTransportPolicy: this.iceTransportPolicy});
     this._pc = pc;
     pc.addEventListener('track', function (event) {
       if (event.track.kind !== 'audio') return;
@@ -461,17 +493,21 @@
   };
 
   Call.prototype._handle = async function (m) {
-    const pc = this._pc;
-    if (this.state === 'disconnected' || !pc) return;
+    if (this.state === 'disconnected') return;
     switch (m.type) {
+      case 'ice_servers':
+        if (this._makeCall && !this._pc) await this._offer(m.ice_servers);
+        break;
       case 'call_made':
         this.sid = m.sid;
         this._resolveFirst();
         break;
       case 'verified': {
+        if (this._pc) break;
         this.sid = m.sid;
         this.peer = {sid: m.sid, peerId: m.peer_id, peerServiceId: m.peer_service_id,
                      appServerData: m.app_server_data === undefined ? null : m.app_server_data};
+        const pc = this._newPeerConnection(m.ice_servers);
         await pc.setRemoteDescription({type: 'offer', sdp: m.sdp});
         const mic = this._mic;
         mic.getAudioTracks().forEach(function (track) { pc.addTrack(track, mic); });
@@ -485,7 +521,7 @@
         break;
       }
       case 'sdp':
-        await pc.setRemoteDescription({type: 'answer', sdp: m.sdp});
+        if (this._pc) await this._pc.setRemoteDescription({type: 'answer', sdp: m.sdp});
         break;
       case 'wait_connected':
         this._emit('evtWaitConnected');
