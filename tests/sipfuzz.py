@@ -88,7 +88,7 @@ class Mutator:
         start = f"INVITE sip:{self.dialed}@{self.host}:{self.target_port} SIP/2.0"
         if rng.random() < 0.05:
             start = rng.choice([f"INVITE {rng.choice(HOSTILE)} SIP/2.0", "INVITE sip:x SIP/3.0", "INVITE",
-                                f"INV\x00ITE sip:a@b SIP/2.0"])
+                                "INV\x00ITE sip:a@b SIP/2.0"])
         text = "\r\n".join([start] + [f"{n}: {v}" for n, v in headers] + [f"Content-Length: {length}"])
         data = text.encode("utf-8", "replace") + b"\r\n\r\n" + body
         if rng.random() < 0.15:                                # byte-level damage
