@@ -298,10 +298,7 @@ class BridgedCall:
             await old.hangup()
 
     def _dtmf_from_app(self, sip: SipCall, digits: str) -> None:
-        if sip.media.dtmf_payload_type is None:
-            log.info("%s: DTMF %r dropped: the phone did not offer telephone-event", self.name, digits)
-            return
-        sip.media.send_dtmf(digits)
+        self.bridge.spawn(sip.send_dtmf(digits), f"{self.name}: DTMF to the phone")
 
     def _dtmf_from_phone(self, digit: str) -> None:
         if digit in "0123456789*#ABCD" and self.app.state == "connected":

@@ -135,6 +135,8 @@ class SipConfig:
     dns_servers: list[tuple[str, int]] | None = None   # None: the system's resolver
     max_transactions: int = 5000                  # server transactions kept at once
     journal: str | None = None                    # crash journal file (None: none)
+    dtmf: str = "auto"                            # rfc4733, info, or auto (RFC 4733 if negotiated, else INFO)
+    reliable_provisionals: str = "supported"      # 100rel: supported (when the peer requires it), required, off
     trace: bool = False                           # log every SIP message sent and received
 
 
@@ -822,7 +824,7 @@ def _sip(r: _Reader, root: _Map) -> SipConfig:
              "contact_host", "register", "register_expires", "keepalive", "rtp_ports", "rtp_host",
              "codecs", "ring_timeout", "transaction_timeout", "jitter_target", "trusted_peers", "untrusted",
              "media_networks", "media_timeout", "session_expires", "min_se", "timers", "dns_servers",
-             "max_transactions", "journal", "trace"}
+             "max_transactions", "journal", "trace", "dtmf", "reliable_provisionals"}
     s = r.section(root, "sip", "sip", known)
     host, port = r.get(s, "registrar", "sip.registrar", _sip_host, ("127.0.0.1", 5060), required=True)
     bind_host, bind_port = r.get(s, "listen", "sip.listen", _hostport_any, ("127.0.0.1", 5080))
@@ -871,7 +873,18 @@ def _sip(r: _Reader, root: _Map) -> SipConfig:
         max_transactions=r.get(s, "max_transactions", "sip.max_transactions", positive_int, 5000),
         journal=r.get(s, "journal", "sip.journal", _journal, _default_journal(r.path, r.env)),
         trace=r.get(s, "trace", "sip.trace", boolean, False),
+        dtmf=r.get(s, "dtmf", "sip.dtmf", _one_of("rfc4733", "info", "auto"), "auto"),
+        reliable_provisionals=r.get(s, "reliable_provisionals", "sip.reliable_provisionals",
+                                    _one_of("supported", "required", "off"), "supported"),
     )
+
+
+def _one_of(*choices: str) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value
+    return convert
 
 
 def _sip_host(value: Any) -> tuple[str, int | None]:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import json
 import signal
 import time
@@ -429,3 +430,40 @@ async def test_bad_notifications_never_start_a_call(start_bridge, kamailio):
     await asyncio.sleep(1)
     # the accepted one carried a cc_param the platform never minted: verify fails, nothing rings
     assert "TESTBED INVITE" not in kamailio.log_text()
+
+
+async def test_a_pbx_that_requires_100rel_reaches_an_app_user(start_bridge, kamailio, sipp):  # noqa: F811
+    from testbed.sipp import HERE, SippProcess
+    bridge = await start_bridge()
+    agent = Party(bridge.platform_url, "agent-001")
+    async with agent.listener(bridge.token("agent-001")) as pushes:
+        caller = SippProcess(HERE / "sipp_uac_100rel.xml", kamailio.port, service="7001",
+                             auth=("2002", kamailio.users["2002"]), keys={"from_user": "2002"}, timeout=25,
+                             workdir=sipp.base / "100rel").start()
+        push = await pushes.next(timeout=10)
+        await agent.verify(push.cc_param)
+        await asyncio.sleep(1)                                  # rings with a reliable 180, PRACKed
+        await agent.call.accept_call()
+        ended = await agent.ended(10)                          # the caller hangs up after 2 s
+        assert ended.reason is R.NORMAL
+        result = await blocking(caller.wait, 10)
+        assert result.ok, result.describe()
+    received = re.split(r"\n\s*\n", result.received_text())
+    ringing = [m for m in received if "SIP/2.0 180" in m]
+    assert ringing and all("Require: 100rel" in m and re.search(r"RSeq: \d+", m) for m in ringing), ringing
+    assert any("SIP/2.0 200" in m and "CSeq: 3 PRACK" in m for m in received), "the PRACK was answered"
+
+
+async def test_dtmf_as_sip_info_to_a_desk_phone(start_bridge, kamailio, baresip_factory):  # noqa: F811
+    bridge = await start_bridge(lambda d: d["sip"].update({"dtmf": "info"}))
+    phone = baresip_factory("2001", kamailio)
+    alice = Party(bridge.platform_url, "alice")
+    await connected_call(bridge, alice, "desk-2001")
+    await blocking(phone.wait_established, 5)
+    mark = phone.mark()
+    await alice.call.send_dtmf("4*")                          # app signalling -> SIP INFO
+    for digit in "4*":
+        event = await blocking(phone.expect_event, "CALL_DTMF_START", 5, mark,
+                               lambda e, d=digit: e.get("param") == d)
+        mark = phone.ctrl.events.index(event) + 1
+    await alice.call.end_call()

@@ -490,3 +490,112 @@ async def test_an_answer_aiming_media_at_a_third_address_is_hung_up(peer, agents
     peer.send(peer.response(bye, 200, "OK"), bye.source)
     end = await asyncio.wait_for(call.ended, 3)
     assert end.result is SipResult.FAILED and a.ua.ports.in_use == 0
+
+
+# --- DTMF modes (issue 11): SIP INFO both ways ----------------------------------------------------
+
+async def test_dtmf_goes_as_info_when_telephone_event_was_not_negotiated(peer, agents):
+    a = await agents(peer)
+    call = await a.ua.call("2001")
+    invite = await peer.expect("INVITE")
+    peer.send(peer.response(invite, 200, "OK", to_tag="i1", headers=answer_headers(peer), body=sdp(40100, codecs="0")),
+              invite.source)
+    await asyncio.wait_for(call.answered, 3)
+    sending = asyncio.ensure_future(call.send_dtmf("1#"))
+    for digit in "1#":
+        info = await peer.expect("INFO")
+        assert info.header("Content-Type") == "application/dtmf-relay"
+        assert info.body.splitlines()[0] == f"Signal={digit}"
+        peer.send(peer.response(info, 200, "OK"), info.source)
+    await asyncio.wait_for(sending, 3)
+    await call.hangup()
+
+
+async def test_sip_dtmf_info_forces_info_and_incoming_info_digits_arrive(peer, agents):
+    a = await agents(peer, dtmf="info")
+    call, invite, ack = await answered_outgoing(peer, a)       # telephone-event negotiated, still INFO
+    sending = asyncio.ensure_future(call.send_dtmf("9"))
+    info = await peer.expect("INFO")
+    assert info.body.startswith("Signal=9")
+    peer.send(peer.response(info, 200, "OK"), info.source)
+    await sending
+    ours = re.search(r";tag=([^;>\s]+)", invite.header("From")).group(1)
+
+    def from_phone(cseq: int, content_type: str, body: str) -> str:
+        lines = [f"INFO sip:bridge@127.0.0.1:{a.ua.local[1]} SIP/2.0",
+                 f"Via: SIP/2.0/UDP 127.0.0.1:{peer.port};branch=z9hG4bKinfo{cseq}", "Max-Forwards: 70",
+                 f"From: <sip:2001@127.0.0.1>;tag=a1", f"To: {invite.header('From')}",
+                 f"Call-ID: {invite.header('Call-ID')}", f"CSeq: {cseq} INFO", f"Content-Type: {content_type}",
+                 f"Content-Length: {len(body)}"]
+        return "\r\n".join(lines) + "\r\n\r\n" + body
+    assert ours
+    for cseq, (ctype, body) in enumerate([("application/dtmf-relay", "Signal=5\r\nDuration=160\r\n"),
+                                          ("application/dtmf", "7"), ("application/xml", "<x/>")], start=10):
+        peer.send(from_phone(cseq, ctype, body), a.addr)
+    got = [await asyncio.wait_for(call.media.dtmf_queue.get(), 2) for _ in range(2)]
+    assert got == ["5", "7"]
+    codes = sorted(m.code for m in await peer.quiet(0.5) if m.code)
+    assert codes == [200, 200, 415]
+    await call.hangup()
+
+
+# --- reliable provisional responses (RFC 3262) ------------------------------------------------------
+
+async def test_uas_sends_a_reliable_180_until_its_prack(peer, agents):
+    a = await agents(peer)
+    invite, call = await invite_in(peer, a, headers=[("Require", "100rel")])
+    await call.ringing()
+    first = await peer.expect(180)
+    assert first.header("Require") == "100rel" and first.header("RSeq").isdigit()
+    again = await peer.expect(180, timeout=2)                  # resent until PRACKed
+    assert again.header("RSeq") == first.header("RSeq")
+    prack = in_dialog(peer, "PRACK", invite, first, 2, headers=[("RAck", f"{first.header('RSeq')} 1 INVITE")])
+    peer.send(prack, a.addr)
+    assert (await peer.expect(200)).header("CSeq") == "2 PRACK"
+    assert [m for m in await peer.quiet(1.5) if m.code == 180] == []     # no more copies
+    wrong = in_dialog(peer, "PRACK", invite, first, 3, headers=[("RAck", "1 1 INVITE")])
+    peer.send(wrong, a.addr)
+    assert (await peer.expect(481)).header("CSeq") == "3 PRACK"
+    answering = asyncio.ensure_future(call.answer())
+    ok = await peer.expect(200)
+    peer.send(in_dialog(peer, "ACK", invite, ok, 1), a.addr)
+    await asyncio.wait_for(answering, 3)
+    await call.hangup()
+
+
+async def test_uas_refuses_a_call_whose_reliable_180_is_never_pracked(peer, agents):
+    a = await agents(peer, t1=0.05)
+    invite, call = await invite_in(peer, a, headers=[("Require", "100rel")])
+    await call.ringing()
+    await peer.expect(180)
+    refused = await peer.expect(500, timeout=6)               # 64*T1 = 3.2 s
+    assert refused.header("CSeq") == "1 INVITE"
+    assert (await asyncio.wait_for(call.ended, 2)).code == 500 and a.ua.ports.in_use == 0
+
+
+async def test_uac_pracks_a_reliable_provisional_once_per_rseq(peer, agents):
+    a = await agents(peer)
+    call = await a.ua.call("2001")
+    invite = await peer.expect("INVITE")
+    assert "100rel" in invite.header("Supported")
+    reliable = peer.response(invite, 180, "Ringing", to_tag="r7", headers=answer_headers(peer) + [
+        ("Require", "100rel"), ("RSeq", "7")])
+    peer.send(reliable, invite.source)
+    prack = await peer.expect("PRACK")
+    assert prack.header("RAck") == "7 1 INVITE" and prack.header("CSeq") == "2 PRACK" and ";tag=r7" in prack.header("To")
+    peer.send(peer.response(prack, 200, "OK"), prack.source)
+    peer.send(reliable, invite.source)                         # a copy: no second PRACK
+    assert [m for m in await peer.quiet(0.5) if m.method == "PRACK"] == []
+    peer.send(peer.response(invite, 200, "OK", to_tag="r7", headers=answer_headers(peer), body=sdp(40110)),
+              invite.source)
+    await asyncio.wait_for(call.answered, 3)
+    await peer.expect("ACK")
+    await call.hangup()
+    bye = await peer.expect("BYE")
+    assert bye.cseq > 2                                        # above the PRACK's CSeq
+
+
+async def test_a_required_100rel_is_refused_when_reliable_provisionals_are_off(peer, agents):
+    a = await agents(peer, reliable_provisionals="off")
+    peer.send(peer.request("INVITE", uri_of(a), body=sdp(40120), headers=[("Require", "100rel")]), a.addr)
+    assert (await peer.expect(420)).header("Unsupported") == "100rel"

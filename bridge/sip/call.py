@@ -207,6 +207,8 @@ class SipCall:
             self._info(msg, tx)
         elif method == "REFER":
             self._refer(msg, tx)
+        elif method == "PRACK":
+            self._prack(msg, tx)
         elif method == "OPTIONS":
             ua.reply(tx, 200, headers=ua.capabilities())
         else:
@@ -226,6 +228,33 @@ class SipCall:
                 self.ua.spawn(self._bye(CallEnd(SipResult.FAILED, 0, "local")))
                 return
             self._apply_remote_sdp(answer)
+
+    def _prack(self, msg: SipMessage, tx: ServerTransaction) -> None:
+        """A PRACK for a reliable provisional response we did not send (RFC 3262 3): 481."""
+        self.ua.reply(tx, 481)
+
+    async def send_dtmf(self, digits: str) -> None:
+        """Digits to the phone: RFC 4733 events when negotiated (`sip.dtmf: auto`, or `rfc4733`),
+        else (or with `sip.dtmf: info`) one SIP INFO each, `application/dtmf-relay`, in order."""
+        mode = self.ua.cfg.dtmf
+        if mode == "rfc4733" or (mode == "auto" and self.media.dtmf_payload_type is not None):
+            if self.media.dtmf_payload_type is None:
+                log.info("call %s: DTMF %r dropped: telephone-event was not negotiated (sip.dtmf: rfc4733)",
+                         self.call_id, digits)
+                return
+            self.media.send_dtmf(digits)
+            return
+        for digit in digits:
+            if self.state != "answered" or self.dialog is None:
+                return
+            content_type, body = dtmf.to_info(digit)
+            request = self.dialog.request("INFO", self.ua.via(), list(self.dialog.credentials), body,
+                                          content_type=content_type)
+            tx = await self.ua.send_in_dialog(self.dialog, request)
+            reply = await tx.next() if tx is not None else None
+            if reply is None or reply.code >= 300:
+                log.info("call %s: DTMF INFO %r answered %s", self.call_id, digit,
+                         reply.code if reply is not None else "nothing")
 
     def _refer(self, msg: SipMessage, tx: ServerTransaction) -> None:
         """A transfer request (RFC 3515): 202 and progress NOTIFYs if the call's user takes it."""

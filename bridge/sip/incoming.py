@@ -5,12 +5,17 @@ takes, so a late CANCEL is matched and answered 487. The 200 OK is resent until 
 ACK within 64*T1 ends the call with BYE. A BYE before the answer (an early-dialog BYE) gets 200
 and the INVITE gets 487 (RFC 3261 15.1.2). An INVITE without SDP (delayed offer) is answered
 with our offer, and the ACK carries the answer.
+
+Reliable provisional responses (RFC 3262): when the INVITE requires 100rel (or supports it and
+`sip.reliable_provisionals: required`), the 180 carries `Require: 100rel` and an `RSeq`, and is
+resent (T1, doubling) until its PRACK; no PRACK within 64*T1 ends the call with 500.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from typing import TYPE_CHECKING
 
 from ..rtp import RtpEndpoint
@@ -42,6 +47,11 @@ class IncomingCall(SipCall):
         self.dialog = Dialog(invite.call_id, new_tag(), invite.from_tag, invite.to.without_params(),
                              invite.from_.without_params(), invite.contact_uri or invite.from_.uri_text,
                              invite.all("Record-Route"), 0, remote_seq=invite.cseq[0])
+        wanted = ua.cfg.reliable_provisionals
+        self.reliable = wanted != "off" and ("100rel" in invite.tokens("Require") or (
+            wanted == "required" and "100rel" in invite.tokens("Supported")))
+        self._rseq = random.randint(1, 2**30)
+        self._pracked: asyncio.Event | None = None
 
     def _respond(self, code: int, **kw) -> None:
         assert self.dialog is not None
@@ -50,8 +60,42 @@ class IncomingCall(SipCall):
     async def ringing(self) -> None:
         if self.state == "new":
             self.state = "ringing"
-            self._respond(180, headers=self.ua.contact_headers())
+            headers = self.ua.contact_headers()
+            if self.reliable:
+                self._rseq += 1
+                headers += [("Require", "100rel"), ("RSeq", str(self._rseq))]
+                self._pracked = asyncio.Event()
+            self._respond(180, headers=headers)
             self.ua.journal_ringing(self)
+            if self.reliable and self.tx.last is not None:
+                self.ua.spawn(self._until_pracked(self.tx.last, self._pracked))
+
+    async def _until_pracked(self, data: bytes, pracked: asyncio.Event) -> None:
+        """Resend a reliable provisional until its PRACK (RFC 3262 3); none in 64*T1: 500."""
+        interval, waited = self.ua.timers.t1, 0.0
+        while waited < self.ua.timers.long:
+            step = min(interval, self.ua.timers.long - waited)
+            try:
+                await asyncio.wait_for(pracked.wait(), step)
+                return
+            except asyncio.TimeoutError:
+                waited += step
+            if self.state != "ringing":
+                return
+            self.ua.transport.send(data, self.tx.addr)
+            interval *= 2
+        if self.state == "ringing":
+            log.warning("call %s: no PRACK for our reliable 180; refusing the call", self.call_id)
+            await self.reject(500)
+
+    def _prack(self, msg: SipMessage, tx) -> None:
+        rack = (msg.first("RAck") or "").split()
+        ours = [str(self._rseq), str(self.invite.cseq[0]), "INVITE"]
+        if self._pracked is None or [p.upper() if i == 2 else p for i, p in enumerate(rack)] != ours:
+            self.ua.reply(tx, 481, reason="No Such Reliable Response")
+            return
+        self._pracked.set()
+        self.ua.reply(tx, 200)
 
     async def answer(self) -> None:
         """200 OK with our SDP; returns when the caller's ACK arrives (raises CallFailed if not)."""
@@ -67,7 +111,7 @@ class IncomingCall(SipCall):
             self.codec = codecs[0][0]
             self._awaiting_answer = True
             body = self._local_sdp(codecs, 101)
-        self.state = "answered"
+        self.state = "answered"              # (a reliable 180 stops being resent)
         headers = self.ua.contact_headers() + self.start_session_timer(self.invite, "uas")
         self._respond(200, body=body, headers=headers)
         self.ua.journal_up(self)

@@ -11,6 +11,8 @@
 - A second 2xx from another fork is ACKed and sent a BYE (13.2.2.4); retransmitted 2xx are
   ACKed again until the transaction ends.
 - No answer at all from the proxy's address: the next resolved address is tried (RFC 3263 4.3).
+- A reliable provisional response (`Require: 100rel`, RFC 3262) is acknowledged with PRACK in
+  its early dialog, once per RSeq; `sip.reliable_provisionals: required` requires it of the phone.
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ class OutgoingCall(SipCall):
         self._cancel_sent = False
         self._cancel_deadline: asyncio.TimerHandle | None = None
         self._acks: dict[str, tuple[bytes, tuple[str, int]]] = {}    # remote tag -> our ACK, where
+        self._local_uri = ""
+        self._rseq = 0                     # the last reliable provisional PRACKed
+        self._seq_floor = 0                # CSeq numbers PRACKs used (a later BYE goes above)
 
     def request_uri(self) -> str:
         cfg = self.ua.cfg
@@ -76,12 +81,14 @@ class OutgoingCall(SipCall):
         # display name and asserted in P-Asserted-Identity (RFC 3325).
         shown = self.display_name or self.caller or ""
         name = f"{quote(shown)} " if shown else ""
-        local_uri = f"{name}<sip:{cfg.username}@{cfg.domain}>"
+        local_uri = self._local_uri = f"{name}<sip:{cfg.username}@{cfg.domain}>"
         identity = [("P-Asserted-Identity", f"{name}<sip:{self.caller}@{cfg.domain}>")] \
             if self.caller and self.caller != cfg.username else []
         codecs = [(c, sdp.STATIC_PT[c]) for c in cfg.codecs]
         self._offered_dtmf_pt = DTMF_PT
         extra = identity + self.extra_headers + ua.timer_headers()
+        if cfg.reliable_provisionals == "required":
+            extra.append(("Require", "100rel"))
         invite = Request("INVITE", uri, ua.via(), f"{local_uri};tag={new_tag()}", f"<{uri}>", self.call_id, 1,
                          headers=ua.contact_headers() + extra, body=self._local_sdp(codecs, DTMF_PT))
         timer = asyncio.get_running_loop().call_later(self.ring_timeout, self._ring_timeout)
@@ -165,6 +172,12 @@ class OutgoingCall(SipCall):
                 self._send_cancel()
 
     def _provisional(self, reply: SipMessage) -> None:
+        rseq = (reply.first("RSeq") or "").strip()
+        if "100rel" in reply.tokens("Require") and rseq.isdigit() and reply.to_tag:
+            if int(rseq) <= self._rseq:
+                return                                  # a retransmission: our PRACK is under way
+            self._rseq = int(rseq)
+            self.ua.spawn(self._prack(reply, int(rseq)))
         early = False
         if reply.body_bytes and reply.to_tag:
             try:
@@ -178,6 +191,23 @@ class OutgoingCall(SipCall):
             log.info("call %s: ringing (%d%s)", self.call_id, reply.code, ", early media" if early else "")
             if self.on_ringing is not None:
                 self.on_ringing(early)
+
+    async def _prack(self, reply: SipMessage, rseq: int) -> None:
+        """PRACK a reliable provisional response, in the early dialog it set up (RFC 3262 4)."""
+        assert self._invite is not None
+        try:
+            early = self._dialog_for(reply, self._local_uri)
+        except SipParseError as exc:
+            log.info("call %s: cannot PRACK a malformed %d: %s", self.call_id, reply.code, safe(exc))
+            return
+        early.local_seq = max(early.local_seq, self._seq_floor)
+        prack = early.request("PRACK", self.ua.via(), [("RAck", f"{rseq} {self._invite.cseq} INVITE")]
+                              + early.credentials)
+        self._seq_floor = prack.cseq
+        tx = await self.ua.send_in_dialog(early, prack)
+        reply = await tx.next() if tx is not None else None
+        if reply is None or reply.code >= 300:
+            log.info("call %s: PRACK answered %s", self.call_id, reply.code if reply is not None else "nothing")
 
     def _dialog_for(self, reply: SipMessage, local_uri: str) -> Dialog:
         assert self._invite is not None
@@ -204,6 +234,7 @@ class OutgoingCall(SipCall):
             log.warning("call %s: unusable 2xx (%s)", self.call_id, safe(exc))
             self._finish(CallEnd(SipResult.FAILED, reply.code, "remote"))
             return
+        dialog.local_seq = max(dialog.local_seq, self._seq_floor)
         self.dialog = dialog
         self.ua.add_peers(dialog)
         if not await self._ack(dialog):              # nowhere to send the ACK, nor a BYE

@@ -51,19 +51,19 @@ log = logging.getLogger("bridge.sip")
 
 Addr = tuple[str, int]
 IncomingHandler = Callable[[IncomingCall], Awaitable[None]]
-SUPPORTED = ("timer", "replaces")
 ACCEPT = "application/sdp, application/dtmf-relay, application/dtmf"
 
 
 class UserAgent:
     """bridge's SIP account: registers, places calls, receives calls."""
 
-    allow = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE, REFER"
+    allow = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE, REFER, PRACK"
 
     def __init__(self, cfg: SipConfig, on_incoming: IncomingHandler | None = None,
                  journal: str | None = None) -> None:
         self.cfg = cfg
         self.on_incoming = on_incoming
+        self.supported = ("timer", "replaces") + (("100rel",) if cfg.reliable_provisionals != "off" else ())
         # an INVITE with Replaces naming one of our calls (RFC 3891): (the new call, the old one)
         self.on_replaces: Callable[[IncomingCall, SipCall], Awaitable[None]] | None = None
         self.timers = Timers(cfg.t1, cfg.t2, cfg.t4)
@@ -147,10 +147,10 @@ class UserAgent:
         return f"<{self.contact_uri()}>"
 
     def contact_headers(self) -> list[tuple[str, str]]:
-        return [("Contact", self.contact_header()), ("Allow", self.allow), ("Supported", ", ".join(SUPPORTED))]
+        return [("Contact", self.contact_header()), ("Allow", self.allow), ("Supported", ", ".join(self.supported))]
 
     def capabilities(self) -> list[tuple[str, str]]:
-        return [("Allow", self.allow), ("Accept", ACCEPT), ("Supported", ", ".join(SUPPORTED))]
+        return [("Allow", self.allow), ("Accept", ACCEPT), ("Supported", ", ".join(self.supported))]
 
     def timer_headers(self, min_se: int | None = None) -> list[tuple[str, str]]:
         """Session-Expires and Min-SE for an INVITE (RFC 4028), if session timers are on."""
@@ -340,7 +340,7 @@ class UserAgent:
             if self.policy.action == "reject":
                 self.reply_stateless(msg, addr, 403, reason="Forbidden (not a trusted peer)")
             return
-        unsupported = msg.tokens("Require") - set(SUPPORTED)
+        unsupported = msg.tokens("Require") - set(self.supported)
         if unsupported:
             self.reply_stateless(msg, addr, 420, headers=[("Unsupported", ", ".join(sorted(unsupported)))])
             return
