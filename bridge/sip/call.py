@@ -309,6 +309,37 @@ class SipCall:
             body = self._local_sdp([(self.codec, self.media.payload_type)], self.media.dtmf_payload_type, direction)
         self.ua.reply(tx, 200, body=body, headers=headers)
 
+    async def request(self, method: str, headers: list[tuple[str, str]], *, offer: bool = False
+                      ) -> tuple[int, SipMessage | None]:
+        """A request of ours in the dialog (re-INVITE, UPDATE...): its final (status, response);
+        status 0 when nothing answered. `offer`: our current SDP goes with it. A 401/407 is
+        answered once with credentials; a 2xx to a re-INVITE is ACKed; a 2xx's Contact moves the
+        remote target."""
+        dialog = self.dialog
+        assert dialog is not None
+        ua = self.ua
+        extra = list(dialog.credentials)
+        for attempt in range(2):
+            body = self._local_sdp([(self.codec, self.media.payload_type)], self.media.dtmf_payload_type,
+                                   self.media.direction) if offer else ""
+            request = dialog.request(method, ua.via(), [("Contact", ua.contact_header())] + headers + extra, body)
+            tx = await ua.send_in_dialog(dialog, request)
+            reply = await tx.next() if tx is not None else None
+            while reply is not None and reply.code < 200:
+                reply = await tx.next()
+            if reply is None:
+                return 0, None
+            if method == "INVITE" and 200 <= reply.code < 300:
+                await ua.send_ack(dialog, dialog.request("ACK", ua.via(), extra, cseq=request.cseq))
+            if reply.code in (401, 407) and attempt == 0:
+                extra = dialog.credentials = ua.credentials(reply, method, request.uri)
+                if extra:
+                    continue
+            if 200 <= reply.code < 300:
+                dialog.refresh_target(reply.contact)
+            return reply.code, reply
+        return 0, None
+
     async def hangup(self) -> None:
         """End the call from our side: BYE if answered, else CANCEL (outgoing) / 480 (incoming)."""
         raise NotImplementedError

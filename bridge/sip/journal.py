@@ -14,15 +14,21 @@ two processes from sharing one journal.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import json
 import logging
 import os
 from dataclasses import asdict
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
+from ..logsafe import safe
 from .dialog import Dialog
+from .message import Request, SipMessage, SipParseError
+
+if TYPE_CHECKING:
+    from .useragent import UserAgent
 
 log = logging.getLogger("bridge.sip")
 
@@ -106,3 +112,30 @@ def dialog_of(entry: dict[str, Any]) -> Dialog:
     data = dict(entry["dialog"])
     data["peers"] = set(data.get("peers", []))
     return Dialog(**data)
+
+
+async def end_left_open(ua: "UserAgent", entries: list[dict[str, Any]]) -> None:
+    """End what a previous process left open: BYE, CANCEL, or 480 to a ringing INVITE."""
+    log.warning("ending %d SIP call(s) left open by a previous run (crash or kill)", len(entries))
+    waits = []
+    for entry in entries:
+        try:
+            op, dest = entry["op"], (str(entry.get("dest", ["", 0])[0]), int(entry.get("dest", ["", 0])[1]))
+            if op == "up":
+                dialog = dialog_of(entry)
+                dialog.local_seq += 100               # above any request the old process sent
+                tx = await ua.send_in_dialog(dialog, dialog.request("BYE", ua.via()))
+                if tx is not None:
+                    waits.append(tx.next())
+            elif op == "invite":
+                invite = SipMessage(entry["request"].encode())
+                cancel = Request("CANCEL", invite.uri, invite.top_via, invite.first("From") or "",
+                                 invite.first("To") or "", invite.call_id, invite.cseq[0], invite.all("Route"))
+                waits.append(ua.layer.request(cancel, dest).next())
+            elif op == "ringing":
+                ua.transport.send(entry["response"].encode(), dest)
+            ua.recovered += 1
+        except (KeyError, TypeError, ValueError, SipParseError) as exc:
+            log.warning("crash journal: skipped an unreadable entry: %s", safe(exc))
+    if waits:
+        await asyncio.wait([asyncio.ensure_future(w) for w in waits], timeout=5)

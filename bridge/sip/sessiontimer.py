@@ -126,7 +126,10 @@ class SessionTimer:
         for _ in range(attempts):
             if call.state != "answered" or call.dialog is None:
                 return
-            code, reply = await call.ua.refresh_session(call, self)
+            if self.peer_allows_update:
+                code, reply = await call.request("UPDATE", self.request_headers())
+            else:
+                code, reply = await call.request("INVITE", self.request_headers(), offer=True)
             if 200 <= code < 300:
                 given = parse_expires(reply.first("Session-Expires")) if reply is not None else None
                 if given is not None:

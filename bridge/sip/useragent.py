@@ -34,13 +34,13 @@ from . import sdp
 from .call import CallEnd, SipCall, SipResult
 from .dialog import Dialog
 from .incoming import IncomingCall
-from .journal import Journal, dialog_of
+from .journal import Journal, end_left_open
 from .message import (METHODS, Request, SipMessage, SipParseError, bad_request, digest, new_branch,
                       new_tag, response)
 from .outgoing import OutgoingCall
 from .registration import Registration, RegistrationState
 from .resolver import ResolveError, Resolver
-from .sessiontimer import SessionTimer, parse_expires
+from .sessiontimer import parse_expires
 from .transaction import ClientTransaction, ServerTransaction, Timers, TransactionLayer
 from .transfer import Replaces
 from .transport import UdpTransport
@@ -100,7 +100,7 @@ class UserAgent:
         log.info("SIP on udp %s, registrar %s", hostport(*self.local),
                  hostport(self.cfg.registrar_host, self.cfg.registrar_port))
         if recover:
-            self.spawn(self._recover(recover))
+            self.spawn(end_left_open(self, recover))
         if self.cfg.register:
             self.spawn(self.registrar.run())
         if self.cfg.media_timeout:
@@ -494,38 +494,6 @@ class UserAgent:
                                if t.cancelled() or t.exception() else None)
         return call
 
-    async def refresh_session(self, call: SipCall, timer: SessionTimer) -> tuple[int, SipMessage | None]:
-        """Send one session refresh (UPDATE, or a re-INVITE with our SDP); (status, response)."""
-        dialog = call.dialog
-        assert dialog is not None
-        headers = [("Contact", self.contact_header())] + timer.request_headers() + list(dialog.credentials)
-        for attempt in range(2):
-            if timer.peer_allows_update:
-                request = dialog.request("UPDATE", self.via(), headers)
-            else:
-                body = call._local_sdp([(call.codec, call.media.payload_type)], call.media.dtmf_payload_type,
-                                       call.media.direction)
-                request = dialog.request("INVITE", self.via(), headers, body)
-            tx = await self.send_in_dialog(dialog, request)
-            if tx is None:
-                return 0, None
-            reply = await tx.next()
-            while reply is not None and reply.code < 200:
-                reply = await tx.next()
-            if reply is None:
-                return 0, None
-            if request.method == "INVITE" and 200 <= reply.code < 300:
-                await self.send_ack(dialog, dialog.request("ACK", self.via(), dialog.credentials, cseq=request.cseq))
-            if reply.code in (401, 407) and attempt == 0:
-                creds = self.credentials(reply, request.method, request.uri)
-                dialog.credentials = creds
-                headers = [h for h in headers if h[0] not in ("Authorization", "Proxy-Authorization")] + creds
-                continue
-            if 200 <= reply.code < 300:
-                dialog.refresh_target(reply.contact)
-            return reply.code, reply
-        return 0, None
-
     # watching ----------------------------------------------------------------------------
 
     async def _watch_media(self) -> None:
@@ -561,30 +529,3 @@ class UserAgent:
     def journal_up(self, call: SipCall) -> None:
         if self.journal is not None and call.dialog is not None:
             self.journal.up(call.dialog)
-
-    async def _recover(self, entries: list[dict]) -> None:
-        """End what a previous process left open: BYE, CANCEL, or 480 to a ringing INVITE."""
-        log.warning("ending %d SIP call(s) left open by a previous run (crash or kill)", len(entries))
-        waits = []
-        for entry in entries:
-            try:
-                op, dest = entry["op"], (str(entry.get("dest", ["", 0])[0]), int(entry.get("dest", ["", 0])[1]))
-                if op == "up":
-                    dialog = dialog_of(entry)
-                    dialog.local_seq += 100               # above any request the old process sent
-                    tx = await self.send_in_dialog(dialog, dialog.request("BYE", self.via()))
-                    if tx is not None:
-                        waits.append(tx.next())
-                elif op == "invite":
-                    invite = SipMessage(entry["request"].encode())
-                    cancel = Request("CANCEL", invite.uri, invite.top_via, invite.first("From") or "",
-                                     invite.first("To") or "", invite.call_id, invite.cseq[0], invite.all("Route"))
-                    waits.append(self.layer.request(cancel, dest).next())
-                elif op == "ringing":
-                    self.transport.send(entry["response"].encode(), dest)
-                self.recovered += 1
-            except (KeyError, TypeError, ValueError, SipParseError) as exc:
-                log.warning("crash journal: skipped an unreadable entry: %s", safe(exc))
-        if waits:
-            await asyncio.wait([asyncio.ensure_future(w) for w in waits], timeout=5)
-
