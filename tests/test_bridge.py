@@ -165,14 +165,18 @@ async def test_fallback_after_early_media_plays_ringback_again(start_bridge, kam
     await alice.call.end_call()
 
 
-async def test_desk_call_whose_200_is_never_acked_ends_both_sides(start_bridge, kamailio, sipp):  # noqa: F811
+def sipp_desk_phone_calls(scenario: str, dialed: str, kamailio, sipp):  # noqa: F811
+    """A sipp UAC as desk phone 2002 calling `dialed` through Kamailio (its 407 answered)."""
     from testbed.sipp import HERE, SippProcess
+    return SippProcess(HERE / scenario, kamailio.port, service=dialed, auth=("2002", kamailio.users["2002"]),
+                       keys={"from_user": "2002"}, timeout=25, workdir=sipp.base / scenario).start()
+
+
+async def test_desk_call_whose_200_is_never_acked_ends_both_sides(start_bridge, kamailio, sipp):  # noqa: F811
     bridge = await start_bridge(lambda d: d["sip"].update({"timers": {"t1": "100ms"}}))   # 64*T1 = 6.4 s
     agent = Party(bridge.platform_url, "agent-001")
     async with agent.listener(bridge.token("agent-001")) as pushes:
-        caller = SippProcess(HERE / "sipp_uac_no_ack.xml", kamailio.port, service="7001",
-                             auth=("2002", kamailio.users["2002"]), keys={"from_user": "2002"}, timeout=25,
-                             workdir=sipp.base / "no-ack").start()
+        caller = sipp_desk_phone_calls("sipp_uac_no_ack.xml", "7001", kamailio, sipp)
         push = await pushes.next(timeout=10)
         await agent.verify(push.cc_param)
         await agent.call.accept_call()
@@ -433,13 +437,10 @@ async def test_bad_notifications_never_start_a_call(start_bridge, kamailio):
 
 
 async def test_a_pbx_that_requires_100rel_reaches_an_app_user(start_bridge, kamailio, sipp):  # noqa: F811
-    from testbed.sipp import HERE, SippProcess
     bridge = await start_bridge()
     agent = Party(bridge.platform_url, "agent-001")
     async with agent.listener(bridge.token("agent-001")) as pushes:
-        caller = SippProcess(HERE / "sipp_uac_100rel.xml", kamailio.port, service="7001",
-                             auth=("2002", kamailio.users["2002"]), keys={"from_user": "2002"}, timeout=25,
-                             workdir=sipp.base / "100rel").start()
+        caller = sipp_desk_phone_calls("sipp_uac_100rel.xml", "7001", kamailio, sipp)
         push = await pushes.next(timeout=10)
         await agent.verify(push.cc_param)
         await asyncio.sleep(1)                                  # rings with a reliable 180, PRACKed
