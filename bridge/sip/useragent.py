@@ -113,6 +113,10 @@ class UserAgent:
             await asyncio.wait(hangups, timeout=3)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.registrar.unregister(), 2)
+        deadline = time.monotonic() + 2        # let the BYEs and CANCELs be answered (or resent)
+        while any(tx.state in ("calling", "trying", "proceeding") for tx in self.layer.client.values()) \
+                and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
