@@ -129,7 +129,8 @@ class SipCall:
                 self.media.accept_dtmf_payload_type(self._offered_dtmf_pt)
         if not audio.held_by_address and audio.port:
             self.media.set_remote((audio.address, audio.port))
-        self.media.set_direction(_ANSWER_DIRECTION.get(audio.direction, "sendrecv"))
+        self.media.set_direction("inactive" if audio.held_by_address         # RFC 2543 hold: no media
+                                 else _ANSWER_DIRECTION.get(audio.direction, "sendrecv"))
         hold = audio.on_hold
         if hold != self.on_hold_now:
             self.on_hold_now = hold
