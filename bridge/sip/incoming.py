@@ -61,7 +61,7 @@ class IncomingCall(SipCall):
             self._apply_remote_sdp(self.offer, self.chosen)
             body = self._local_sdp([self.chosen], self.offer.telephone_event, self._answer_direction(self.offer))
         else:                                         # delayed offer: we offer, the ACK answers
-            codecs = [(c, sdp.STATIC_PT[c]) for c in self.ua.cfg.codecs]
+            codecs = sdp.offer_codecs(self.ua.cfg.codecs)
             self._offered_dtmf_pt = 101
             self.media.set_codec(codecs[0][0], codecs[0][1], 101)
             self.codec = codecs[0][0]

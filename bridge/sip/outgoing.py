@@ -42,8 +42,9 @@ class OutgoingCall(SipCall):
     direction = "outgoing"
 
     def __init__(self, ua: "UserAgent", media: RtpEndpoint, target: str, caller: str,
-                 display_name: str | None, ring_timeout: float) -> None:
+                 display_name: str | None, ring_timeout: float, prefer: str | None = None) -> None:
         super().__init__(ua, media, new_call_id(ua.cfg.contact_host))
+        self.prefer = prefer        # a codec to offer first (the app leg's, so that packets relay)
         self.target = target
         self.caller = caller
         self.display_name = display_name
@@ -77,7 +78,7 @@ class OutgoingCall(SipCall):
         local_uri = f"{name}<sip:{cfg.username}@{cfg.domain}>"
         identity = [("P-Asserted-Identity", f"{name}<sip:{self.caller}@{cfg.domain}>")] \
             if self.caller and self.caller != cfg.username else []
-        codecs = [(c, sdp.STATIC_PT[c]) for c in cfg.codecs]
+        codecs = sdp.offer_codecs(cfg.codecs, self.prefer)
         self._offered_dtmf_pt = DTMF_PT
         extra = identity + ua.timer_headers()
         invite = Request("INVITE", uri, ua.via(), f"{local_uri};tag={new_tag()}", f"<{uri}>", self.call_id, 1,

@@ -230,8 +230,7 @@ class UserAgent:
 
     def usable_sdp(self, body: bytes, codecs: tuple[str, ...], peer: str | None) -> tuple[sdp.Audio, tuple[str, int]]:
         """The audio stream of `body` and the codec to use; SdpError if unusable or against policy."""
-        audio = sdp.parse(body)
-        codec = sdp.choose(audio, codecs)
+        audio, codec = sdp.choose(sdp.parse(body), codecs)
         self.check_media_address(audio, peer)
         return audio, codec
 
@@ -452,12 +451,13 @@ class UserAgent:
     # calling ---------------------------------------------------------------------------
 
     async def call(self, target: str, *, caller: str | None = None, display_name: str | None = None,
-                   ring_timeout: float | None = None) -> OutgoingCall:
-        """Place a call to an extension or SIP URI; watch `answered` and `ended`."""
+                   ring_timeout: float | None = None, prefer: str | None = None) -> OutgoingCall:
+        """Place a call to an extension or SIP URI; watch `answered` and `ended`. `prefer`: a
+        codec to offer first (see `sdp.offer_codecs`)."""
         media = await self._media()
         try:
             call = OutgoingCall(self, media, target, caller or self.cfg.username, display_name,
-                                ring_timeout or self.cfg.ring_timeout)
+                                ring_timeout or self.cfg.ring_timeout, prefer)
         except Exception:
             media.close()
             raise
