@@ -36,6 +36,8 @@ class IncomingCall(SipCall):
         self.tx = tx
         self.offer = offer
         self.chosen = codec
+        if offer is not None and codec is not None:      # the media path is set up before the answer
+            media.set_codec(codec[0], codec[1], offer.telephone_event)
         self.signalling_peer = tx.addr[0]
         self.caller = Party.of(invite.from_)
         self.dialed = invite.to.uri.user or invite.request_uri.user or ""
