@@ -139,6 +139,7 @@ async def test_media_level_connection_wins_over_session_level(agent, sipp):  # n
     ("PCMU with a wrong clock", HEAD + "m=audio [media_port] RTP/AVP 96\na=rtpmap:96 PCMU/16000\n",
      "no common codec"),
     ("media c= against the policy", HEAD + PCMU + f"c=IN IP4 {ELSEWHERE}\n", "not allowed"),
+    ("17 m-lines", HEAD + PCMU + "m=video 0 RTP/AVP 96\n" * 16, "more than 16 media streams"),
 ])
 async def test_unusable_offers_get_488(agent, sipp, name, body, reason):  # noqa: F811
     result, _ = await offer(agent, sipp, body, expect=488)
@@ -161,3 +162,30 @@ async def test_re_offers_keep_every_m_line_in_order(agent, sipp):  # noqa: F811
     # a re-INVITE without SDP: our offer keeps the session's two m-lines, the video still declined
     assert m_lines(got[2]) == ["m=video 0 RTP/AVP 96", "m=audio PORT RTP/AVP 0 101"], got[2]
     assert call.ended.done() and not call.on_hold_now          # the ACK's answer resumed; then BYE
+
+
+# --- wideband: a phone that offers only G.722 ---------------------------------------------------
+
+@pytest.mark.parametrize("codecs,body,expected", [
+    (("G722", "PCMU", "PCMA"), HEAD + "m=audio [media_port] RTP/AVP 9 101\na=rtpmap:101 telephone-event/8000\n",
+     "m=audio PORT RTP/AVP 9 101"),
+    (("PCMU", "PCMA", "G722"), HEAD + "m=audio [media_port] RTP/AVP 0 8 9\n",     # both sides can: G.722
+     "m=audio PORT RTP/AVP 9"),
+    (("PCMU", "PCMA"), HEAD + "m=audio [media_port] RTP/AVP 9 0\n", "m=audio PORT RTP/AVP 0"),
+])
+async def test_g722_is_answered_and_preferred_when_configured(kamailio, sipp, codecs, body, expected):  # noqa: F811
+    agent = await Agent(kamailio, codecs=codecs).start()
+    try:
+        result, call = await offer(agent, sipp, body)
+        answer = answers(result)[0]
+        assert m_lines(answer) == [expected], answer
+        assert call.codec == ("G722" if " 9" in expected else "PCMU")
+        if call.codec == "G722":
+            assert "a=rtpmap:9 G722/8000" in answer and call.media.sample_rate == 16000
+    finally:
+        await agent.ua.stop()
+
+
+async def test_a_g722_only_offer_gets_488_without_g722_configured(agent, sipp):  # noqa: F811
+    result, _ = await offer(agent, sipp, HEAD + "m=audio [media_port] RTP/AVP 9\n", expect=488)
+    assert "no common codec" in result.received_text()
