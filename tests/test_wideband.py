@@ -34,14 +34,14 @@ def phone_heard(phone) -> tuple[np.ndarray, int]:
     return np.round(data * 32768)[int(1.0 * rate):], rate
 
 
-@pytest.mark.parametrize("sip_codecs,app_codecs,mode", [
-    (["G722", "PCMU", "PCMA"], ("opus",), "transcode"),   # G.722 <-> Opus: decoded, 16 kHz each way
-    (["G722", "PCMU", "PCMA"], ("G722",), "relay"),       # G.722 on both legs: packets pass as they are
+@pytest.mark.parametrize("app_codecs,mode", [
+    (("opus",), "transcode"),   # G.722 <-> Opus: decoded, 16 kHz each way
+    (("G722",), "relay"),       # G.722 on both legs: packets pass as they are
 ])
 async def test_a_5khz_tone_crosses_a_wideband_call_both_ways(start_bridge, kamailio, baresip_factory,  # noqa: F811
-                                                            sip_codecs, app_codecs, mode):
+                                                            app_codecs, mode):
     def wide(d: dict) -> None:
-        d["sip"]["codecs"] = sip_codecs
+        d["sip"]["codecs"] = ["G722", "PCMU", "PCMA"]
         d["webrtc"]["codecs"] = ["PCMU", "PCMA", "G722", "opus"]
     bridge = await start_bridge(wide)
     phone = baresip_factory("2001", kamailio, tone_hz=PHONE_TONE, codecs="G722/16000/1,PCMU")
