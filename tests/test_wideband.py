@@ -16,7 +16,7 @@ from sipagent import blocking
 from stack import Daemon, kamailio, start_bridge  # noqa: F401  (fixtures)
 from testbed import read_wav
 from testbed.audio import write_wav
-from testbed.fixtures import baresip_factory, kamailio_factory  # noqa: F401
+from testbed.fixtures import baresip_factory, kamailio_factory, sipp  # noqa: F401
 
 APP_TONE, PHONE_TONE = 5000, 6000
 
@@ -111,3 +111,51 @@ async def test_a_g722_phone_calls_a_g722_app_user_relayed(start_bridge, kamailio
     await asyncio.sleep(0.5)
     heard, rate = phone_heard(phone)
     assert band_level(heard, rate, APP_TONE) > -1.0
+
+
+def g722_tone_pcap(path, freq: float, seconds: float):
+    """A pcap of G.722 RTP (PT 9, 8000 Hz clock, 160 bytes per 20 ms) of a tone, encoded by FFmpeg
+    directly (not through bridge's code), for sipp's play_pcap_audio."""
+    import av
+    from testbed.pcap import PcapRecord, Rtp, write_pcap
+    encoder = av.CodecContext.create("g722", "w")
+    encoder.format, encoder.layout, encoder.sample_rate = "s16", "mono", 16000
+    signal = tone(freq, seconds, rate=16000, dbfs=-12)
+    records = []
+    for k in range(len(signal) // 320):
+        frame = av.AudioFrame.from_ndarray(signal[k * 320:(k + 1) * 320].reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate, frame.pts = 16000, k * 320
+        payload = b"".join(bytes(p) for p in encoder.encode(frame))
+        records.append(PcapRecord(1_700_000_000 + k * 0.02, Rtp(pt=9, seq=100 + k, ts=8000 + 160 * k, ssrc=0x722,
+                                                                  payload=payload, marker=k == 0).pack()))
+    return write_pcap(path, records)
+
+
+async def test_a_delayed_offer_is_bridged_with_the_codec_of_the_acks_answer(start_bridge, kamailio, sipp,  # noqa: F811
+                                                                            tmp_path):
+    """Desk -> app with an INVITE without SDP: the bridge offers in its 200 (G.722 first), the ACK
+    answers G.722 while the app leg is PCMU: the media path is chosen once the ACK told the codec
+    (transcode, 16 kHz <-> 8 kHz), and the phone's tone reaches the app."""
+    from testbed.sipp import HERE, SippProcess
+    bridge = await start_bridge(lambda d: d["sip"].update(codecs=["G722", "PCMU", "PCMA"]))
+    workdir = tmp_path / "delayed"
+    workdir.mkdir()
+    scenario = workdir / "uac.xml"
+    scenario.write_text((HERE / "sipp_uac_delayed_offer.xml").read_text()
+                        .replace("@@PCAP@@", str(g722_tone_pcap(workdir / "tone.pcap", 1000, 6)))
+                        .replace("@@HOLD_MS@@", "6000"))
+    agent = Party(bridge.platform_url, "agent-001", tone=440)
+    async with agent.listener(bridge.token("agent-001")) as pushes:
+        caller = SippProcess(scenario, kamailio.port, service="7001", auth=("2002", kamailio.users["2002"]),
+                             keys={"from_user": "2002"}, timeout=25, workdir=workdir).start()
+        push = await pushes.next(timeout=10)
+        await agent.verify(push.cc_param)
+        await agent.call.accept_call()
+        assert agent.call.codec == "PCMU"
+        await bridge.wait_log("media transcode, app leg PCMU, SIP leg G722")
+        await asyncio.sleep(3)
+        assert_heard(agent, 1000)
+        result = await blocking(caller.wait, 15)
+        assert result.ok, result.describe()
+        offered = result.received_text().split("SIP/2.0 200", 1)[1]
+        assert "m=audio" in offered and " RTP/AVP 9 0 8 101" in offered, offered

@@ -12,6 +12,7 @@ Pieces:
   sipp.py                       sipp runs: SippProcess, run_sipp, sipp_invite_expect, SippUas
   sipp_uac_invite.xml           UAC: INVITE, answers one 407, expects a given failure code
   sipp_register.xml             REGISTER with digest auth and a chosen Contact port
+  sipp_uac_delayed_offer.xml    UAC: INVITE without SDP, the answer (G.722) in the ACK, a pcap played
   sipp_uas_reply.xml            UAS: 100, 180, then a chosen failure code
   sipp_offer.py                 UAC scenarios offering a chosen SDP (and re-offers); the answers
   audio.py                      tone_wav, dominant_frequency (Hann FFT + SNR), read_wav, ...
