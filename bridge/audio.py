@@ -172,8 +172,8 @@ class GatedTrack(MediaStreamTrack):
 
 
 class WavRecorder:
-    """A sink that collects received samples (at `rate`; 8 kHz frames are upsampled) and writes
-    them to a WAV file on close()."""
+    """A sink that collects received samples (at `rate`; 8 and 16 kHz frames are resampled) and
+    writes them to a WAV file on close()."""
 
     def __init__(self, path: str | None = None, rate: int = RATE) -> None:
         self.path = path
@@ -184,13 +184,8 @@ class WavRecorder:
     def __call__(self, samples: np.ndarray, rate: int = RATE) -> None:
         if rate != self.rate:
             if self._convert is None:
-                from .resample import Downsampler, Upsampler
-                if (rate, self.rate) == (8000, 48000):
-                    self._convert = Upsampler()
-                elif (rate, self.rate) == (48000, 8000):
-                    self._convert = Downsampler()
-                else:
-                    raise ValueError(f"cannot record {rate} Hz audio at {self.rate} Hz")
+                from .resample import resampler
+                self._convert = resampler(rate, self.rate)     # ValueError: no integer factor
             samples = self._convert(samples)
         self._chunks.append(samples)
 

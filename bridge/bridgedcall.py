@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from . import ccparam, reasons, tls
+from . import ccparam, codecs, reasons, tls
 from .config import Config
 from .media import AppToSip, SipToApp, cancel_quietly
 from .metrics import Metrics
@@ -252,7 +252,8 @@ class BridgedCall:
             headers.append(("Replaces", str(referral.replaces)))
         caller, display = self.identity
         new = await self.bridge.ua.call(referral.target, caller=caller, display_name=display,
-                                        ring_timeout=decision.route.ring_timeout, headers=headers)
+                                        ring_timeout=decision.route.ring_timeout, headers=headers,
+                                        prefer=self.sip.codec if self.sip is not None else None)
         new.on_ringing = lambda early: self.bridge.spawn(referral.notify(183 if early else 180),
                                                          f"{self.name}: transfer NOTIFY")
         await _first(new.answered, new.ended, self.events.ended.wait(), self._stop.wait())
@@ -419,7 +420,7 @@ class AppToDeskCall(BridgedCall):
         if first:
             self.bridge.metrics.setup_seconds.labels("notification_to_invite").observe(invited - self.received)
         sip = self.sip = await ua.call(target, caller=decision.caller_id, display_name=decision.display_name,
-                                       ring_timeout=decision.ring_timeout)
+                                       ring_timeout=decision.ring_timeout, prefer=self.app.codec)
 
         def ringing(early: bool) -> None:
             if early:
@@ -471,7 +472,7 @@ class DeskToAppCall(BridgedCall):
                 peer_service_id=decision.service,
                 access_token=bridge.token_for(decision.caller_service, decision.caller_user),
                 delegate=self.events, audio=self.sip_to_app, peer_audio=self.app_to_sip,
-                codecs=bridge.cfg.webrtc.codecs))
+                codecs=codecs.app_leg_order(bridge.cfg.webrtc.codecs, sip.chosen[0] if sip.chosen else None)))
         except StartFailError as exc:
             log.warning("SIP call %s: app call refused locally: %s", sip.call_id, exc)
             await sip.reject(500)
@@ -490,11 +491,14 @@ class DeskToAppCall(BridgedCall):
                 self.result = "stopped"
                 await sip.reject(503)
             return
-        await self._bridge_media(sip)
+        if sip.chosen is not None:
+            await self._bridge_media(sip)
         try:
             await sip.answer()
         except CallFailed:
             self.result = "no_ack"                 # the PBX never confirmed: end the app side too
             await self.app.end_call(reason=R.NETWORK_UNSTABLE)
             return
+        if sip.chosen is None:                     # delayed offer: the codec is known from the ACK
+            await self._bridge_media(sip)
         await self._talk()

@@ -812,10 +812,10 @@ def port_range(value: Any) -> tuple[int, int]:
 
 def _codecs(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not value:
-        raise ValueError("must be a non-empty list of PCMU, PCMA")
+        raise ValueError("must be a non-empty list of PCMU, PCMA, G722")
     names = tuple(str(v).upper() for v in value)
-    if any(n not in ("PCMU", "PCMA") for n in names):
-        raise ValueError("supported codecs are PCMU and PCMA")
+    if any(n not in ("PCMU", "PCMA", "G722") for n in names):
+        raise ValueError("supported codecs are PCMU, PCMA and G722")
     return names
 
 
@@ -980,9 +980,9 @@ def _liveness_timeout(value: Any) -> float | None:
 
 
 def _webrtc_codecs(value: Any) -> tuple[str, ...]:
-    names = {"pcmu": "PCMU", "pcma": "PCMA", "opus": "opus"}
+    names = {"pcmu": "PCMU", "pcma": "PCMA", "g722": "G722", "opus": "opus"}
     if not isinstance(value, list) or not value or any(str(v).lower() not in names for v in value):
-        raise ValueError("must be a non-empty list of PCMU, PCMA, opus")
+        raise ValueError("must be a non-empty list of PCMU, PCMA, G722, opus")
     return tuple(names[str(v).lower()] for v in value)
 
 

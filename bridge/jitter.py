@@ -1,8 +1,10 @@
-"""Pull-based audio jitter buffer for one RTP stream (8 kHz, 20 ms playout frames).
+"""Pull-based audio jitter buffer for one RTP stream (20 ms playout frames).
 
 Packets are placed by RTP timestamp (extended past the 32-bit wrap) and de-duplicated by
 sequence number (extended past the 16-bit wrap).  The consumer calls :meth:`JitterBuffer.get`
-on its own 20 ms clock and always receives exactly ``frame_samples`` samples:
+on its own 20 ms clock and always receives exactly ``frame_samples`` samples. Positions are
+kept in RTP timestamp units; the decoded audio may hold more samples per unit than one (G.722:
+16 kHz audio on an 8000 Hz RTP clock, two samples per unit; G.711: one):
 
 * the first packet primes playout ``target_ms`` behind it;
 * a missing frame with later audio buffered is concealed (last frame repeated with a fade,
@@ -32,7 +34,7 @@ import numpy as np
 
 from . import g711
 
-FRAME_SAMPLES = 160
+FRAME_UNITS = 160       # 20 ms of an 8000 Hz RTP clock
 _SEQ_MOD = 1 << 16
 _TS_MOD = 1 << 32
 MAX_DROPOUT = 3000     # packets ahead that are still the same run (RFC 3550 A.1)
@@ -83,24 +85,39 @@ class JitterBuffer:
         max_ms: int = 200,
         window: int = 50,
         clock_rate: int = 8000,
-        frame_samples: int = FRAME_SAMPLES,
+        frame_units: int = FRAME_UNITS,
         decode: Callable[[bytes], np.ndarray] | None = None,
         fade_frames: int = 3,
+        sample_rate: int | None = None,
     ) -> None:
         if not 0 <= target_ms < max_ms:
             raise ValueError("need 0 <= target_ms < max_ms")
-        self.frame_samples = frame_samples
+        self.clock_rate = clock_rate
+        self.frame = frame_units             # one frame (20 ms) in timestamp units
         self.target = clock_rate * target_ms // 1000
         self.max_depth = clock_rate * max_ms // 1000
         self.window = window
         self.fade_frames = fade_frames
-        self.decode: Callable[[bytes], np.ndarray] = decode or (lambda p: g711.decode(g711.PCMU, p))
         self.stats = JitterStats()
-        self._silence = np.zeros(frame_samples, dtype=np.int16)
+        self.ratio = 0                        # samples per timestamp unit, set by set_format
+        self.set_format(decode or (lambda p: g711.decode(g711.PCMU, p)), sample_rate or clock_rate)
+
+    def set_format(self, decode: Callable[[bytes], np.ndarray], sample_rate: int) -> None:
+        """The stream's decoder and audio rate (a multiple of the clock rate); a new rate
+        starts afresh (nothing buffered at the old one is kept)."""
+        if sample_rate % self.clock_rate:
+            raise ValueError(f"sample rate {sample_rate} is not a multiple of the RTP clock {self.clock_rate}")
+        self.decode = decode
+        ratio = sample_rate // self.clock_rate
+        if ratio == self.ratio:
+            return
+        self.ratio = ratio
+        self.frame_samples = self.frame * ratio
+        self._silence = np.zeros(self.frame_samples, dtype=np.int16)
         # fade gains: the k-th concealed frame (from 0) ramps from 1 - k/F to 1 - (k + 1)/F.
-        ramp = np.linspace(0.0, 1.0, frame_samples, endpoint=False)
+        ramp = np.linspace(0.0, 1.0, self.frame_samples, endpoint=False)
         self._fades = [
-            (1.0 - (k + ramp) / fade_frames).astype(np.float32) for k in range(fade_frames)
+            (1.0 - (k + ramp) / self.fade_frames).astype(np.float32) for k in range(self.fade_frames)
         ]
         self._reset(None)
 
@@ -137,7 +154,11 @@ class JitterBuffer:
         """Samples buffered ahead of the playout point (gaps included)."""
         if self._play is None or self._newest_end is None:
             return 0
-        return max(0, self._newest_end - self._play)
+        return max(0, self._newest_end - self._play) * self.ratio
+
+    def _units(self, pcm: np.ndarray) -> int:
+        """Timestamp units that decoded audio spans."""
+        return len(pcm) // self.ratio
 
     def __len__(self) -> int:
         return len(self._starts)
@@ -148,7 +169,7 @@ class JitterBuffer:
         """Add one audio packet; returns False when it was discarded (dup, late, straggler, or a
         sequence jump waiting for the next packet to confirm it)."""
         samples = self.decode(packet.payload) if pcm is None else pcm
-        n = len(samples)
+        n = self._units(samples)
         if n == 0:
             return False
         if packet.ssrc != self.ssrc:
@@ -213,7 +234,7 @@ class JitterBuffer:
             return False
         first, pcm = pending
         follows = (packet.sequence_number - first.sequence_number) % _SEQ_MOD == 1
-        in_step = abs(_signed(packet.timestamp - first.timestamp, _TS_MOD) - len(pcm)) <= self.max_depth
+        in_step = abs(_signed(packet.timestamp - first.timestamp, _TS_MOD) - self._units(pcm)) <= self.max_depth
         if not (follows and in_step):
             return False
         self._pending = None
@@ -235,19 +256,19 @@ class JitterBuffer:
         self._remember(seq)
         bisect.insort(self._starts, ts)
         self._packets[ts] = samples
-        n = len(samples)
+        n = self._units(samples)
         if self._newest_end is None or ts + n > self._newest_end:
             self._newest_end = ts + n
         self.stats.received += 1
         assert self._play is not None
         if self._newest_end - self._play > self.max_depth:
             # Over-full (nobody reading, a burst): keep only the target delay.
-            skip = self._newest_end - self.frame_samples - self.target - self._play
-            self.stats.dropped += -(-skip // self.frame_samples)
+            skip = self._newest_end - self.frame - self.target - self._play
+            self.stats.dropped += -(-skip // self.frame)
             self._play += skip
             self._held = 0
             self._discard_before(self._play)
-        if len(self._starts) > 4 * self.max_depth // self.frame_samples:
+        if len(self._starts) > 4 * self.max_depth // self.frame:
             self._discard_before(self._starts[1])  # tiny packets: stay bounded anyway
         return True
 
@@ -274,7 +295,7 @@ class JitterBuffer:
     def _discard_before(self, ts: int) -> None:
         """Drop packets that end at or before ``ts``."""
         starts = self._starts
-        while starts and starts[0] + len(self._packets[starts[0]]) <= ts:
+        while starts and starts[0] + self._units(self._packets[starts[0]]) <= ts:
             del self._packets[starts.pop(0)]
 
     # -- consumer side ----------------------------------------------------------------------
@@ -282,7 +303,7 @@ class JitterBuffer:
     def get(self) -> np.ndarray:
         """Exactly ``frame_samples`` int16 samples for the next 20 ms of playout."""
         self.stats.frames += 1
-        n = self.frame_samples
+        n, r = self.frame, self.ratio
         if self._play is None:
             return self._silence.copy()
         if self._newest_end is None or self._newest_end <= self._play:
@@ -310,7 +331,7 @@ class JitterBuffer:
         while i < len(starts) and starts[i] < end:
             ts = starts[i]
             pcm = packets[ts]
-            lo, hi = max(ts, play), min(ts + len(pcm), end)
+            lo, hi = max(ts, play), min(ts + self._units(pcm), end)
             if hi > lo:
                 pieces.append((lo, hi, ts, pcm))
             i += 1
@@ -320,13 +341,13 @@ class JitterBuffer:
             return self._conceal()  # lost: later audio is buffered, playout moves on
         lo, hi, ts, pcm = pieces[0]
         if lo == play and hi == end:
-            out = pcm[lo - ts:hi - ts].copy()  # the common, aligned case
+            out = pcm[(lo - ts) * r:(hi - ts) * r].copy()  # the common, aligned case
         else:
             covered = sum(hi - lo for lo, hi, _, _ in pieces)
             # Packets not aligned to 20 ms (e.g. 30 ms ptime) or a partial loss: conceal holes.
             out = self._silence.copy() if covered >= n else self._conceal()
             for lo, hi, ts, pcm in pieces:
-                out[lo - play:hi - play] = pcm[lo - ts:hi - ts]
+                out[(lo - play) * r:(hi - play) * r] = pcm[(lo - ts) * r:(hi - ts) * r]
         self._last_frame = out
         self._lost_run = 0
         self._held = 0
@@ -342,7 +363,7 @@ class JitterBuffer:
 
     def _adapt(self, spare: int) -> None:
         """Drift control: drop 20 ms when at least one spare frame stayed buffered all window."""
-        n = self.frame_samples
+        n = self.frame
         self._min_spare = spare if self._min_spare is None else min(self._min_spare, spare)
         self._window_count += 1
         if self._window_count >= self.window:

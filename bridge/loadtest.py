@@ -65,9 +65,10 @@ import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from . import __version__, g711, ice, token
+from . import __version__, codecs, g711, ice, token
 from .audio import FRAME, RATE, frame_to_mono, make_frame, read_wav
 from .clock import FrameClock
+from .resample import resampler
 from .config import Config, SipConfig
 from .sdk import Call, CallDelegate, MakeCallParams, StartFailError
 from .routing import Denied
@@ -631,6 +632,7 @@ class LoadTest:
         self.ua: UserAgent | None = None
         self._tasks: set[asyncio.Task] = set()
         self._far_calls: dict[int, tuple[CallRecord, IncomingCall]] = {}
+        self._far_up: dict[int, Callable[[np.ndarray], np.ndarray]] = {}   # G.722 far ends: 8 -> 16 kHz
         self._far_clock: asyncio.Task | None = None
         self._lag_max = 0.0
         self._stop_sampling = asyncio.Event()
@@ -732,12 +734,10 @@ class LoadTest:
         print("analysing (latency, frames, PESQ) ...", file=sys.stderr, flush=True)
         analysis = await asyncio.get_running_loop().run_in_executor(None, self._analyse)
         codec = next((r.codec for r in self.records.values() if r.codec), g711.PCMU)
-        if args.pesq_calls > 0:   # the same speech through G.711 alone: the best the path can score
+        if args.pesq_calls > 0:   # the same speech through the SIP leg's codec alone: the best the path can score
             self.pesq_ceiling = {
-                "app_to_sip": _pesq(self.app_program.speech8k,
-                                    g711.decode(codec, g711.encode(codec, self.app_program.speech8k)))["mos"],
-                "sip_to_app": _pesq(self.far_program.speech8k,
-                                    g711.decode(codec, g711.encode(codec, self.far_program.speech8k)))["mos"]}
+                "app_to_sip": _pesq(self.app_program.speech8k, _codec_alone(codec, self.app_program.speech8k))["mos"],
+                "sip_to_app": _pesq(self.far_program.speech8k, _codec_alone(codec, self.far_program.speech8k))["mos"]}
         return self._report(started_at, probe.pid, health, metrics_delta(before, after), analysis)
 
     # --- the far end -------------------------------------------------------------------------
@@ -788,7 +788,12 @@ class LoadTest:
                                      "jitter_ms": round(st.jitter_ms, 3), "packets_sent": st.packets_sent}
                     del self._far_calls[index]
                     continue
-                media.write_frame(rec.far_sender.next(tick.now, tick.skipped, tick.lateness))
+                frame = rec.far_sender.next(tick.now, tick.skipped, tick.lateness)
+                if media.sample_rate != SIP_RATE:          # G.722: the 8 kHz program, upsampled
+                    if index not in self._far_up:
+                        self._far_up[index] = resampler(SIP_RATE, media.sample_rate)
+                    frame = self._far_up[index](frame)
+                media.write_frame(frame)
 
     def _spawn(self, coro) -> None:
         task = asyncio.ensure_future(coro)
@@ -948,18 +953,18 @@ class LoadTest:
         return per_call
 
     def _direction_far(self, rec: CallRecord) -> dict:
-        """app -> SIP, at the far end's socket: G.711 packets."""
-        out = self._g711_direction(rec, rec.far_packets, rec.codec, rec.app_sender, self.app_program)
+        """app -> SIP, at the far end's socket: G.711 or G.722 packets."""
+        out = self._packet_direction(rec, rec.far_packets, rec.codec, rec.app_sender, self.app_program)
         out["far_end_rtp"] = rec.far_stats
         return self._relative(out)
 
-    def _g711_direction(self, rec: CallRecord, packets: list, codec: str, sender: Sender,
+    def _packet_direction(self, rec: CallRecord, packets: list, codec: str, sender: Sender,
                         program: Program) -> dict:
-        """Wire statistics and burst latencies of one direction received as G.711 packets
+        """Wire statistics and burst latencies of one direction received as G.711 or G.722 packets
         (arrival, seq, ts, payload), from shortly before the programs started."""
         assert rec.t0 is not None
-        stream = [(a, seq, ts, g711.decode(codec or g711.PCMU, payload))
-                  for a, seq, ts, payload in _since(packets, rec.t0)]
+        decode = _narrowband(codec or g711.PCMU)
+        stream = [(a, seq, ts, decode(payload)) for a, seq, ts, payload in _since(packets, rec.t0)]
         out = _wire_stats([(a, seq, ts) for a, seq, ts, _ in stream], SIP_RATE, rec.t0, self.args.duration)
         out.update(_latencies(stream, SIP_RATE, sender, program, rec.t0))
         return out
@@ -969,7 +974,7 @@ class LoadTest:
         the RTP clock of the negotiated codec: 48 kHz Opus or 8 kHz G.711)."""
         assert rec.t0 is not None
         if rec.app_raw:
-            out = self._g711_direction(rec, rec.app_raw, rec.app_codec, rec.far_sender, self.far_program)
+            out = self._packet_direction(rec, rec.app_raw, rec.app_codec, rec.far_sender, self.far_program)
             out["aiortc_inbound"] = rec.app_stats
             return self._relative(out)
         out = _wire_stats(_since(rec.app_packets, rec.t0), rec.app_rate, rec.t0, self.args.duration)
@@ -1159,17 +1164,38 @@ def _since(packets: list, t0: float) -> list:
     return [p for p in packets if p[0] >= t0 - 0.2]
 
 
+def _narrowband(codec: str) -> Callable[[bytes], np.ndarray]:
+    """A decoder of one stream's payloads (in order) to 8 kHz samples, one per RTP timestamp unit
+    (G.722's 16 kHz audio downsampled), for the narrowband analysis and PESQ."""
+    spec = codecs.get(codec)
+    decode = spec.decoder()
+    if spec.sample_rate == SIP_RATE:
+        return decode
+    down = resampler(spec.sample_rate, SIP_RATE)
+    return lambda payload: down(decode(payload))
+
+
+def _codec_alone(codec: str, speech8k: np.ndarray) -> np.ndarray:
+    """8 kHz speech through the SIP leg's codec alone (at the codec's own rate)."""
+    spec = codecs.get(codec)
+    frames = [speech8k[i:i + SIP_FRAME] for i in range(0, len(speech8k) - SIP_FRAME + 1, SIP_FRAME)]
+    up, encode, decode = resampler(SIP_RATE, spec.sample_rate), spec.encoder(), _narrowband(codec)
+    return np.concatenate([decode(encode(up(f))) for f in frames] or [np.zeros(0, np.int16)])
+
+
 def _playout(packets: list[tuple[float, int, int, bytes]], codec: str) -> np.ndarray:
-    """G.711 packets (arrival, seq, ts, payload) decoded and placed by RTP timestamp."""
+    """G.711 or G.722 packets (arrival, seq, ts, payload) decoded (8 kHz) and placed by RTP timestamp."""
     if not packets:
         return np.zeros(0, np.int16)
     origin = packets[0][2]
     offsets = [(ts - origin) & 0xFFFFFFFF for _, _, ts, _ in packets]
     end = max(o + len(p[3]) for o, p in zip(offsets, packets) if o < 1 << 31)
     out = np.zeros(end, np.int16)
+    decode = _narrowband(codec)
     for o, (_, _, _, payload) in zip(offsets, packets):
+        pcm = decode(payload)
         if o < 1 << 31:
-            out[o:o + len(payload)] = g711.decode(codec, payload)
+            out[o:o + len(pcm)] = pcm[:end - o]
     return out
 
 

@@ -1,24 +1,28 @@
-"""Audio between the legs of a bridged call: WebRTC <-> SIP RTP (8 kHz G.711).
+"""Audio between the legs of a bridged call: WebRTC <-> SIP RTP (G.711 at 8 kHz, G.722 at 16 kHz).
 
-When the app leg speaks G.711 too (the default, `webrtc.codecs`), the bridge is a media relay,
-as rtpengine or a PBX with direct media would be: each packet is forwarded the moment it
-arrives (A-law <-> mu-law by a byte table if the laws differ), with its timing and gaps kept in
-the RTP timestamps, and the endpoints' own jitter buffers do the rest. No clock, no buffer, no
-decode: ~1 ms added, and far fewer Python steps per packet (`bridge.media: relay`).
+When both legs speak the same codec (G.711, either law, or G.722: `webrtc.codecs`, `sip.codecs`),
+the bridge is a media relay, as rtpengine or a PBX with direct media would be: each packet is
+forwarded the moment it arrives (A-law <-> mu-law by a byte table if the laws differ), with its
+timing and gaps kept in the RTP timestamps, and the endpoints' own jitter buffers do the rest.
+No clock, no buffer, no decode: ~1 ms added, and far fewer Python steps per packet
+(`bridge.media: relay`). All these codecs share the 8000 Hz RTP clock and one byte per unit.
 
-Otherwise (Opus on the app leg, or `bridge.media: transcode`) frames are decoded and each
-direction runs on its own 20 ms clock, so neither leg's timing leaks into the other:
+Otherwise (Opus on the app leg, different codecs, or `bridge.media: transcode`) frames are decoded
+and each direction runs on its own 20 ms clock, so neither leg's timing leaks into the other:
 - SIP -> app: `SipToApp` is the app leg's outgoing aiortc track; each tick it pulls one frame
-  from the RTP jitter buffer (which conceals loss and absorbs drift) and upsamples it. Before
-  the phone answers it plays ringback, or the phone's early media.
-- app -> SIP: `AppToSip` receives the app leg's decoded frames, downsamples them into a short
-  FIFO (at most `depth` frames; the oldest is dropped on overflow, silence sent on underrun),
-  and a task sends one frame to the phone every tick.
+  from the RTP jitter buffer (which conceals loss and absorbs drift) and resamples it to the app
+  leg's rate (48 kHz Opus, 16 kHz G.722, 8 kHz G.711). Before the phone answers it plays
+  ringback, or the phone's early media.
+- app -> SIP: `AppToSip` receives the app leg's decoded frames, resamples them to the SIP leg's
+  rate (16 kHz for G.722: an Opus call stays wideband end to end) into a short FIFO (at most
+  `depth` frames; the oldest is dropped on overflow, silence sent on underrun), and a task sends
+  one frame to the phone every tick.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import deque
 from dataclasses import dataclass
 from fractions import Fraction
@@ -28,15 +32,15 @@ import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from . import g711
+from . import codecs
 from .audio import PTIME, RATE, make_frame
 from .clock import FrameClock
-from .resample import Downsampler, Upsampler
+from .resample import resampler
 from .rtp import RtpEndpoint, RtpPacket
 
-SIP_FRAME = 160
-TIME_BASE = Fraction(1, 8000)
-MAX_GAP = 2 * 8000        # a timestamp jump beyond this (samples) starts a new stream
+FRAME_UNITS = codecs.FRAME_UNITS          # 20 ms of the RTP clock, for every codec of ours
+TIME_BASE = Fraction(1, codecs.CLOCK_RATE)
+MAX_GAP = 2 * codecs.CLOCK_RATE   # a timestamp jump beyond this (units) starts a new stream
 MAX_MISORDER = 100        # sequence numbers this far behind the newest are late packets
 MAX_DROPOUT = 3000        # ... this far ahead, the same stream; beyond either, a new one
 RELAY_QUEUE = 8           # packets waiting for the app leg's sender, at most
@@ -88,14 +92,27 @@ class _Timeline:
         return 0 if self.restarted else skipped
 
 
-def _ringback(rate: int) -> np.ndarray:
+@functools.lru_cache(maxsize=None)
+def ringback(rate: int) -> np.ndarray:
     """North American ringback (440 + 480 Hz, 2 s on, 4 s off), -19 dBFS."""
     t = np.arange(2 * rate) / rate
     on = 0.5 * (np.sin(2 * np.pi * 440 * t) + np.sin(2 * np.pi * 480 * t)) * 32767 * 10 ** (-19 / 20)
-    return np.concatenate([on, np.zeros(4 * rate)]).astype(np.int16)
+    tone = np.concatenate([on, np.zeros(4 * rate)]).astype(np.int16)
+    tone.setflags(write=False)
+    return tone
 
 
-RINGBACK = {RATE: _ringback(RATE), 8000: _ringback(8000)}
+class _Resampling:
+    """One stream's resampler, made anew when the rates change (a codec fixed late)."""
+
+    def __init__(self) -> None:
+        self._rates = (0, 0)
+        self._convert: Callable[[np.ndarray], np.ndarray] = lambda pcm: pcm
+
+    def __call__(self, pcm: np.ndarray, source: int, target: int) -> np.ndarray:
+        if (source, target) != self._rates:
+            self._rates, self._convert = (source, target), resampler(source, target)
+        return self._convert(pcm)
 
 
 @dataclass
@@ -112,12 +129,14 @@ class DirectionStats:
 class SipToApp(MediaStreamTrack):
     """The app leg's outgoing audio: ringback, then the desk phone's audio.
 
-    When the app leg speaks G.711 and `relay` is on, this track hands aiortc encoded packets
-    (`av.Packet`: aiortc sends them as they are): ringback and silence on a 20 ms clock, then
-    each packet from the phone as it arrives, its timestamp mapped onto this stream's.
-    Otherwise frames are 48 kHz for Opus, or 8 kHz for G.711, pulled on the clock from the RTP
-    jitter buffer. (The codec is fixed once the leg is negotiated, before the first frame is
-    pulled: aiortc's encoders cannot change their input rate mid-stream.)
+    When the app leg speaks a codec of ours (G.711, G.722) and `relay` is on, this track hands
+    aiortc encoded packets (`av.Packet`: aiortc sends them as they are), for the whole call:
+    ringback and silence encoded here on a 20 ms clock, then each packet from the phone as it
+    arrives, its timestamp mapped onto this stream's (`relaying`), or, if the phone's codec is
+    another, its decoded frames re-encoded here on the clock. Otherwise frames are 48 kHz for
+    Opus, 16 kHz for G.722, 8 kHz for G.711, pulled on the clock from the RTP jitter buffer.
+    (The codec is fixed once the leg is negotiated, before the first frame is pulled: aiortc's
+    encoders cannot change their input rate or timestamps mid-stream.)
     """
 
     kind = "audio"
@@ -129,7 +148,8 @@ class SipToApp(MediaStreamTrack):
         self.codec = codec        # the app leg's negotiated codec, known before media flows
         self.relay = relay
         self.stats = DirectionStats()
-        self._up = Upsampler()
+        self._resample = _Resampling()
+        self._encoder: Callable[[np.ndarray], bytes] | None = None
         self._clock = FrameClock(PTIME)
         self._ring_pos = 0
         self._packets: asyncio.Queue[av.Packet | None] = asyncio.Queue()
@@ -139,11 +159,19 @@ class SipToApp(MediaStreamTrack):
 
     @property
     def rate(self) -> int:
-        return 8000 if self.codec() in g711.CODECS else RATE
+        """The app leg's audio rate."""
+        codec = codecs.CODECS.get(self.codec())
+        return codec.sample_rate if codec is not None else RATE
+
+    @property
+    def encoding(self) -> bool:
+        """This track gives aiortc packets, not frames: relay on, and the app leg speaks our codec."""
+        return self.relay and self.codec() in codecs.CODECS
 
     @property
     def relaying(self) -> bool:
-        return self.relay and self.codec() in g711.CODECS
+        """The phone's packets pass as they are (the legs' codecs are relayable)."""
+        return self.encoding and self.rtp is not None and codecs.relayable(self.rtp.codec, self.codec())
 
     def play_ringback(self) -> None:
         """Ringback until `connect`; also after an early-media target failed (a fallback rings)."""
@@ -169,10 +197,10 @@ class SipToApp(MediaStreamTrack):
             self.stats.late += 1
             return
         if self._timeline.restarted and self._t0 is not None:   # a new stream starts now
-            now = int((asyncio.get_running_loop().time() - self._t0) * 8000)
+            now = int((asyncio.get_running_loop().time() - self._t0) * codecs.CLOCK_RATE)
             skipped = max(0, now - self._pts)
         assert self.rtp is not None
-        payload = g711.convert(payload, self.rtp.codec, self.codec())
+        payload = codecs.convert(payload, self.rtp.codec, self.codec())
         if self._packets.qsize() >= RELAY_QUEUE:             # the sender is not keeping up
             self._packets.get_nowait()
             self.stats.overruns += 1
@@ -209,32 +237,33 @@ class SipToApp(MediaStreamTrack):
         rate = self.rate
         size = int(rate * PTIME)
         if self.mode == "sip" and self.rtp is not None and not self.rtp.closed:
-            pcm = self.rtp.read_frame()
-            if rate != 8000:
-                pcm = self._up(pcm)
+            pcm = self._resample(self.rtp.read_frame(), self.rtp.sample_rate, rate)
         elif self.mode == "ringback":
-            tone = RINGBACK[rate]
+            tone = ringback(rate)
             start = (self._ring_pos * size) % len(tone)
             pcm = tone[start:start + size]
             self._ring_pos += 1
         else:
             pcm = np.zeros(size, np.int16)
-        if self.relaying:                  # ringback or silence, already in the app leg's codec
-            self._pts = max(self._pts, tick.index * size)
-            return self._packet(g711.encode(self.codec(), pcm))
+        if self.encoding:                  # ringback, silence or the phone's frames, in the app leg's codec
+            if self._encoder is None:
+                self._encoder = codecs.get(self.codec()).encoder()
+            self._pts = max(self._pts, tick.index * FRAME_UNITS)
+            return self._packet(self._encoder(pcm))
         return make_frame(pcm, tick.index * size, rate)
 
 
 class AppToSip:
     """A sink for the app leg's frames and the task that sends them to the phone; or, relaying,
-    the sink for the app leg's G.711 packets, each sent on to the phone as it arrives."""
+    the sink for the app leg's packets (G.711, G.722), each sent on to the phone as it arrives."""
 
     def __init__(self, depth: int = 3) -> None:
         self.depth = depth
         self.stats = DirectionStats()
-        self._down = Downsampler()
+        self._resample = _Resampling()
+        self._rate = 8000                     # the SIP leg's audio rate (set by `run`)
         self._queue: deque[np.ndarray] = deque()
-        self._silence = np.zeros(SIP_FRAME, np.int16)
+        self._silence = np.zeros(int(self._rate * PTIME), np.int16)
         self._pending = np.zeros(0, np.int16)
         self._rtp: RtpEndpoint | None = None
         self._timeline = _Timeline()
@@ -247,34 +276,33 @@ class AppToSip:
     def from_app(self, packet: RtpPacket) -> None:
         """Relay one of the app leg's RTP packets (aiortc's or bridge's RtpPacket) to the phone."""
         rtp = self._rtp
-        codec = g711.CODEC_OF_PAYLOAD_TYPE.get(packet.payload_type)
-        if rtp is None or rtp.closed or codec is None:
+        codec = codecs.BY_PAYLOAD_TYPE.get(packet.payload_type)
+        if rtp is None or rtp.closed or codec is None or not codecs.relayable(codec.name, rtp.codec):
             return
         payload = packet.payload
         skipped = self._timeline.place(packet.ssrc, packet.sequence_number, packet.timestamp, len(payload))
         if skipped is None:
             self.stats.late += 1
             return
-        payload = g711.convert(payload, codec, rtp.codec)
+        payload = codecs.convert(payload, codec.name, rtp.codec)
         self.stats.frames += 1
         rtp.write_payload(payload, skipped)
 
     def __call__(self, pcm: np.ndarray, rate: int = RATE) -> None:
-        """Called by the SDK with each decoded frame (int16 mono, 48 kHz Opus or 8 kHz G.711)."""
-        if rate == RATE:
-            pcm = self._down(pcm)                      # Opus frames: 960 samples, a multiple of 6
-        elif rate != 8000:
-            raise ValueError(f"unexpected sample rate {rate}")
-        if len(pcm) != SIP_FRAME or len(self._pending):   # not 20 ms: re-frame
+        """Called by the SDK with each decoded frame (int16 mono: 48 kHz Opus, 16 kHz G.722 or
+        8 kHz G.711), resampled here to the SIP leg's rate."""
+        pcm = self._resample(pcm, rate, self._rate)
+        size = len(self._silence)
+        if len(pcm) != size or len(self._pending):   # not 20 ms: re-frame
             self._pending = np.concatenate([self._pending, pcm])
-            while len(self._pending) >= SIP_FRAME:
-                self._push(self._pending[:SIP_FRAME])
-                self._pending = self._pending[SIP_FRAME:]
+            while len(self._pending) >= size:
+                self._push(self._pending[:size])
+                self._pending = self._pending[size:]
             return
         self._push(pcm)
 
-    def _push(self, pcm8: np.ndarray) -> None:
-        self._queue.append(pcm8)
+    def _push(self, pcm: np.ndarray) -> None:
+        self._queue.append(pcm)
         if len(self._queue) > self.depth:
             self._queue.popleft()
             self.stats.overruns += 1
@@ -286,6 +314,9 @@ class AppToSip:
         queue that never fell below two frames for a second gives one frame up (the app's
         clock runs faster than ours), so the delay stays at one frame.
         """
+        self._rate = rtp.sample_rate
+        self._silence = np.zeros(int(self._rate * PTIME), np.int16)
+        self._pending = np.zeros(0, np.int16)
         self._queue.clear()
         lowest = self.depth
         clock = FrameClock(PTIME)

@@ -1,31 +1,39 @@
-"""48 kHz <-> 8 kHz resampling for 20 ms frames: polyphase FIR, stateful, numpy only.
+"""Resampling between the legs' rates for 20 ms frames: polyphase FIR, stateful, numpy only.
 
-One low-pass (Kaiser-windowed sinc, cut-off 3.6 kHz at 48 kHz) serves both directions. Each
-20 ms frame costs a (160 x taps/6) matrix product, with no threads (PyAV's resampler starts a
-thread per core) and no per-sample Python.
+Rates in use: 48 kHz (Opus), 16 kHz (G.722), 8 kHz (G.711); every pair is an integer factor
+(2, 3 or 6). One low-pass per factor (Kaiser-windowed sinc, 16 taps per phase, cut-off at 45 % of
+the lower rate: 3.6 kHz for 8 kHz, 7.2 kHz for 16 kHz) serves both directions. Each frame costs
+one (output x taps-per-phase) matrix product, with no threads (PyAV's resampler starts a thread
+per core) and no per-sample Python.
 """
 
 from __future__ import annotations
 
+import functools
+from typing import Callable
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-FACTOR = 6          # 48000 / 8000
-TAPS = 96           # 16 per phase
-_CUTOFF = 3600.0 / 48000.0
+PHASE_TAPS = 16
+_CUTOFF = 0.45      # of the lower rate
 
 
-def _lowpass() -> np.ndarray:
-    n = np.arange(TAPS) - (TAPS - 1) / 2
-    h = 2 * _CUTOFF * np.sinc(2 * _CUTOFF * n) * np.kaiser(TAPS, 8.0)
-    return h / h.sum()
-
-
-_H = _lowpass()
-# Upsampling phase p computes y[6n+p] = sum_k x[n-k] * h[6k+p]; columns are the phases,
-# rows ordered oldest sample first to match sliding windows.
-_UP = (_H.reshape(TAPS // FACTOR, FACTOR) * FACTOR)[::-1]
-_DOWN = _H[::-1].copy()
+@functools.lru_cache(maxsize=None)
+def _filters(factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """(upsampling phases, downsampling taps) of the low-pass for `factor`."""
+    taps = PHASE_TAPS * factor
+    cutoff = _CUTOFF / factor                # in cycles per sample of the higher rate
+    n = np.arange(taps) - (taps - 1) / 2
+    h = 2 * cutoff * np.sinc(2 * cutoff * n) * np.kaiser(taps, 8.0)
+    h /= h.sum()
+    # Upsampling phase p computes y[F*n+p] = sum_k x[n-k] * h[F*k+p]; columns are the phases,
+    # rows ordered oldest sample first to match sliding windows.
+    up = (h.reshape(PHASE_TAPS, factor) * factor)[::-1].astype(np.float32)
+    down = h[::-1].astype(np.float32)
+    up.setflags(write=False)
+    down.setflags(write=False)
+    return up, down
 
 
 def _to_int16(y: np.ndarray) -> np.ndarray:
@@ -33,26 +41,41 @@ def _to_int16(y: np.ndarray) -> np.ndarray:
 
 
 class Downsampler:
-    """48 kHz -> 8 kHz, 960 samples in, 160 out (any multiple of 6 works)."""
+    """By an integer `factor` (48 -> 8 kHz: 6, 48 -> 16 kHz: 3, 16 -> 8 kHz: 2); the input
+    length must be a multiple of it (every 20 ms frame is)."""
 
-    def __init__(self) -> None:
-        self._history = np.zeros(TAPS - 1, np.float32)
+    def __init__(self, factor: int = 6) -> None:
+        self.factor = factor
+        _, self._taps = _filters(factor)
+        self._history = np.zeros(len(self._taps) - 1, np.float32)
 
-    def __call__(self, pcm48: np.ndarray) -> np.ndarray:
-        x = np.concatenate([self._history, pcm48.astype(np.float32)])
-        self._history = x[-(TAPS - 1):]
-        windows = sliding_window_view(x, TAPS)[FACTOR - 1::FACTOR]
-        return _to_int16(windows @ _DOWN)
+    def __call__(self, pcm: np.ndarray) -> np.ndarray:
+        x = np.concatenate([self._history, pcm.astype(np.float32)])
+        self._history = x[-(len(self._taps) - 1):]
+        windows = sliding_window_view(x, len(self._taps))[self.factor - 1::self.factor]
+        return _to_int16(windows @ self._taps)
 
 
 class Upsampler:
-    """8 kHz -> 48 kHz, 160 samples in, 960 out."""
+    """By an integer `factor` (8 -> 48 kHz: 6, 16 -> 48 kHz: 3, 8 -> 16 kHz: 2)."""
 
-    def __init__(self) -> None:
-        self._history = np.zeros(TAPS // FACTOR - 1, np.float32)
+    def __init__(self, factor: int = 6) -> None:
+        self._phases, _ = _filters(factor)
+        self._history = np.zeros(PHASE_TAPS - 1, np.float32)
 
-    def __call__(self, pcm8: np.ndarray) -> np.ndarray:
-        x = np.concatenate([self._history, pcm8.astype(np.float32)])
-        self._history = x[-(TAPS // FACTOR - 1):]
-        windows = sliding_window_view(x, TAPS // FACTOR)
-        return _to_int16((windows @ _UP).reshape(-1))
+    def __call__(self, pcm: np.ndarray) -> np.ndarray:
+        x = np.concatenate([self._history, pcm.astype(np.float32)])
+        self._history = x[-(PHASE_TAPS - 1):]
+        windows = sliding_window_view(x, PHASE_TAPS)
+        return _to_int16((windows @ self._phases).reshape(-1))
+
+
+def resampler(source: int, target: int) -> Callable[[np.ndarray], np.ndarray]:
+    """A stateful converter of 20 ms frames from `source` Hz to `target` Hz (one per stream)."""
+    if source == target:
+        return lambda pcm: pcm
+    if source % target == 0:
+        return Downsampler(source // target)
+    if target % source == 0:
+        return Upsampler(target // source)
+    raise ValueError(f"no integer factor between {source} Hz and {target} Hz")

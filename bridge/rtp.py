@@ -4,6 +4,8 @@
 caller's 20 ms clock (:meth:`RtpEndpoint.write_frame`), receiving fills a
 :class:`~bridge.jitter.JitterBuffer` that the caller drains with
 :meth:`RtpEndpoint.read_frame` on the same clock.  No threads, nothing grows without bound.
+Codecs (`bridge.codecs`): PCMU and PCMA (8 kHz audio), G.722 (16 kHz audio); all three, and
+telephone-events, on an 8000 Hz RTP clock (RFC 3551), so a 20 ms frame is 160 timestamp units.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import g711
+from . import codecs, g711
 from .jitter import JitterBuffer
 from .ports import PortPool
 
@@ -277,7 +279,7 @@ class _OutEvent:
 
 
 class RtpEndpoint:
-    """One call's RTP media: G.711 audio + RFC 4733 events over one UDP socket.
+    """One call's RTP media: G.711 or G.722 audio + RFC 4733 events over one UDP socket.
 
     Create with ``await RtpEndpoint.create(...)``.  ``remote`` is the address from the
     remote SDP. With ``symmetric`` (default) the endpoint latches once, to the source of the
@@ -312,6 +314,7 @@ class RtpEndpoint:
         self.dtmf_gap_frames = dtmf_gap_frames
         self.stats = RtpStats()
         self.direction = "sendrecv"
+        self.codec = ""
         self.set_codec(codec, payload_type, dtmf_payload_type)
         self._sdp_remote = remote
         self._latched: tuple[str, int] | None = None
@@ -393,14 +396,17 @@ class RtpEndpoint:
         payload_type: int | None = None,
         dtmf_payload_type: int | None = DEFAULT_DTMF_PT,
     ) -> None:
-        """Negotiated audio codec (PCMU/PCMA), its payload type and the telephone-event PT."""
-        self.codec = codec
-        self.payload_type = g711.payload_type(codec) if payload_type is None else payload_type
+        """Negotiated audio codec (PCMU, PCMA, G722), its payload type and the telephone-event PT.
+        The same codec again (a 200 after early media) keeps the coding state of the stream."""
+        spec = codecs.get(codec)
+        self.payload_type = spec.payload_type if payload_type is None else payload_type
         self.dtmf_payload_type = dtmf_payload_type
-        table_enc = g711.ENCODE_TABLES[codec]
-        table_dec = g711.DECODE_TABLES[codec]
-        self._encode = lambda pcm: table_enc[pcm.view(np.uint16)].tobytes()
-        self.jitter.decode = lambda payload: table_dec[np.frombuffer(payload, dtype=np.uint8)]
+        if codec == self.codec:
+            return
+        self.codec = codec
+        self.sample_rate = spec.sample_rate
+        self._encode = spec.encoder()
+        self.jitter.set_format(spec.decoder(), spec.sample_rate)
 
     def accept_dtmf_payload_type(self, pt: int) -> None:
         """Also take telephone-events on `pt` (the one we offered, when the answer named another)."""
@@ -422,22 +428,19 @@ class RtpEndpoint:
 
     # -- sending --------------------------------------------------------------------------------
 
-    def write_frame(self, pcm160: np.ndarray) -> None:
-        """Send one 20 ms frame (or a pending telephone-event packet in its place)."""
-        ts = self._next_ts(len(pcm160))
+    def write_frame(self, pcm: np.ndarray) -> None:
+        """Send one 20 ms frame at `sample_rate` (or a pending telephone-event packet in its place)."""
+        ts = self._next_ts(len(pcm) * codecs.CLOCK_RATE // self.sample_rate)
         if ts is None:
             return
-        pcm = np.asarray(pcm160)
-        if pcm.dtype != np.int16:
-            pcm = pcm.astype(np.int16)
         self._send(self.payload_type, ts, self._encode(pcm), self._marker)
         self._marker = False
 
     def write_payload(self, payload: bytes, skipped: int = 0) -> None:
-        """Relay one frame already in the negotiated codec (one byte per sample).
+        """Relay one frame already in the negotiated codec (one byte per timestamp unit).
 
-        `skipped`: samples the source did not send before this frame (its loss or a pause); the
-        RTP clock jumps over them, so the receiver sees the gap where it was.
+        `skipped`: timestamp units the source did not send before this frame (its loss or a
+        pause); the RTP clock jumps over them, so the receiver sees the gap where it was.
         """
         if skipped:
             self._ts = (self._ts + skipped) & 0xFFFFFFFF
@@ -448,16 +451,16 @@ class RtpEndpoint:
         self._send(self.payload_type, ts, payload, self._marker)
         self._marker = False
 
-    def _next_ts(self, samples: int) -> int | None:
+    def _next_ts(self, units: int) -> int | None:
         """Advance the RTP clock by one frame; its timestamp, or None if this frame is not sent
         (sending is paused, or a pending telephone-event packet goes in its place)."""
         ts = self._ts
-        self._ts = (ts + samples) & 0xFFFFFFFF
+        self._ts = (ts + units) & 0xFFFFFFFF
         if not self.sending or self._transport is None:
             self._marker = True  # new talkspurt when sending resumes
             return None
         if self._event is not None or (self._dtmf_out and self._gap == 0):
-            self._send_event_tick(ts, samples)
+            self._send_event_tick(ts, units)
             return None
         if self._gap:
             self._gap -= 1
@@ -477,7 +480,7 @@ class RtpEndpoint:
     def dtmf_pending(self) -> bool:
         return self._event is not None or bool(self._dtmf_out)
 
-    def _send_event_tick(self, ts: int, samples: int) -> None:
+    def _send_event_tick(self, ts: int, units: int) -> None:
         assert self.dtmf_payload_type is not None
         marker = False
         if self._event is None:
@@ -486,7 +489,7 @@ class RtpEndpoint:
             self._event_elapsed = 0
             marker = True
         ev = self._event
-        self._event_elapsed += samples
+        self._event_elapsed += units
         done = self._event_elapsed >= ev.duration
         payload = TelephoneEvent(ev.code, done, ev.volume, self._event_elapsed).serialize()
         for _ in range(3 if done else 1):  # the end packet is sent three times
@@ -511,7 +514,8 @@ class RtpEndpoint:
     # -- receiving ------------------------------------------------------------------------------
 
     def read_frame(self) -> np.ndarray:
-        """Exactly 160 int16 samples from the jitter buffer (concealment when missing)."""
+        """One 20 ms frame of int16 samples at `sample_rate` from the jitter buffer (160 for
+        G.711, 320 for G.722; concealment when missing)."""
         frame = self.jitter.get()
         js = self.jitter.stats
         st = self.stats

@@ -131,7 +131,7 @@ def _validate_ids(my_id: Any, my_service_id: Any, media_type: Any) -> None:
         _fail(StartFailReason.INVALID_MEDIA_TYPE, f"media_type {media_type!r}: only 'audio' is supported")
 
 
-CODEC_NAMES = ("opus", "PCMU", "PCMA")
+CODEC_NAMES = ("opus", "G722", "PCMU", "PCMA")
 LIVENESS_TIMEOUT = 8.0     # seconds of silence from the peer (media and consent) that end a call
 WS_CLOSE_TIMEOUT = 2.0     # seconds to wait for the platform's close frame when a call ends
 ICE_SERVERS_TIMEOUT = 10.0  # seconds for the platform to answer a caller's ice_servers

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from bridge.audio import ToneTrack, WavRecorder
+from bridge.audio import RATE, ToneTrack, WavRecorder, tone_analysis
 from bridge.sdk import (Call, CallDelegate, MakeCallParams, PushListener, VerifyCallParams)
 
 
@@ -76,3 +76,15 @@ class Party:
 
     async def ended(self, timeout: float = 10):
         return await asyncio.wait_for(asyncio.shield(self.events.disconnected), timeout)
+
+
+def min_snr(freq: float) -> float:
+    """G.722 codes 4-8 kHz with 2 bits a sample: a clean 5-6 kHz tone comes out at ~22 dB SNR."""
+    return 15.0 if freq > 4000 else 20.0
+
+
+def assert_heard(party: Party, freq: float, seconds: float = 1.5) -> None:
+    """The last `seconds` that `party` heard are a tone of `freq`."""
+    found, snr = tone_analysis(party.heard.samples[-int(seconds * RATE):])
+    assert abs(found - freq) < freq * 0.01 and snr > min_snr(freq), \
+        f"{party.user} heard {found:.0f} Hz at {snr:.1f} dB, not {freq} Hz"

@@ -74,6 +74,12 @@ class Daemon:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    async def wait_log(self, text: str, timeout: float = 5.0) -> None:
+        """Until `text` shows up in the daemon's log."""
+        async with asyncio.timeout(timeout):
+            while text not in self.log():
+                await asyncio.sleep(0.1)
+
     async def health(self) -> tuple[int, dict]:
         async with aiohttp.ClientSession() as http:
             async with http.get(self.admin + "/healthz", ssl=self.ssl) as r:

@@ -114,7 +114,7 @@ class SipCall:
                    direction: str = "sendrecv") -> str:
         _, port = self.media.local_address
         return sdp.build(self.ua.cfg.contact_host, port, codecs, session=self._session,
-                         telephone_event=telephone_event, direction=direction)
+                         telephone_event=telephone_event, direction=direction, like=self._remote_sdp)
 
     def usable_sdp(self, body: bytes, codecs: tuple[str, ...] | None = None) -> tuple[sdp.Audio, tuple[str, int]]:
         """The peer's audio stream and codec (of ours, or `codecs`); SdpError if unusable, or if

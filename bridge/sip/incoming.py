@@ -41,6 +41,8 @@ class IncomingCall(SipCall):
         self.tx = tx
         self.offer = offer
         self.chosen = codec
+        if offer is not None and codec is not None:      # the media path is set up before the answer
+            media.set_codec(codec[0], codec[1], offer.telephone_event)
         self.signalling_peer = tx.addr[0]
         self.caller = Party.of(invite.from_)
         self.dialed = invite.to.uri.user or invite.request_uri.user or ""
@@ -105,7 +107,7 @@ class IncomingCall(SipCall):
             self._apply_remote_sdp(self.offer, self.chosen)
             body = self._local_sdp([self.chosen], self.offer.telephone_event, self._answer_direction(self.offer))
         else:                                         # delayed offer: we offer, the ACK answers
-            codecs = [(c, sdp.STATIC_PT[c]) for c in self.ua.cfg.codecs]
+            codecs = sdp.offer_codecs(self.ua.cfg.codecs)
             self._offered_dtmf_pt = 101
             self.media.set_codec(codecs[0][0], codecs[0][1], 101)
             self.codec = codecs[0][0]

@@ -45,9 +45,10 @@ class OutgoingCall(SipCall):
 
     def __init__(self, ua: "UserAgent", media: RtpEndpoint, target: str, caller: str,
                  display_name: str | None, ring_timeout: float,
-                 headers: list[tuple[str, str]] | None = None) -> None:
+                 headers: list[tuple[str, str]] | None = None, prefer: str | None = None) -> None:
         super().__init__(ua, media, new_call_id(ua.cfg.contact_host))
         self.extra_headers = headers or []         # Replaces, Referred-By (a transfer)
+        self.prefer = prefer        # a codec to offer first (the app leg's, so that packets relay)
         self.target = target
         self.caller = caller
         self.display_name = display_name
@@ -84,7 +85,7 @@ class OutgoingCall(SipCall):
         local_uri = self._local_uri = f"{name}<sip:{cfg.username}@{cfg.domain}>"
         identity = [("P-Asserted-Identity", f"{name}<sip:{self.caller}@{cfg.domain}>")] \
             if self.caller and self.caller != cfg.username else []
-        codecs = [(c, sdp.STATIC_PT[c]) for c in cfg.codecs]
+        codecs = sdp.offer_codecs(cfg.codecs, self.prefer)
         self._offered_dtmf_pt = DTMF_PT
         extra = identity + self.extra_headers + ua.timer_headers()
         if cfg.reliable_provisionals == "required":

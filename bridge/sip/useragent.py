@@ -237,8 +237,7 @@ class UserAgent:
 
     def usable_sdp(self, body: bytes, codecs: tuple[str, ...], peer: str | None) -> tuple[sdp.Audio, tuple[str, int]]:
         """The audio stream of `body` and the codec to use; SdpError if unusable or against policy."""
-        audio = sdp.parse(body)
-        codec = sdp.choose(audio, codecs)
+        audio, codec = sdp.choose(sdp.parse(body), codecs)
         self.check_media_address(audio, peer)
         return audio, codec
 
@@ -396,7 +395,11 @@ class UserAgent:
         offer = codec = None
         if refused is None and msg.body_bytes:
             try:
-                offer, codec = self.usable_sdp(msg.body_bytes, self.cfg.codecs, addr[0])
+                if replacing is not None and replacing.codec:   # keep the replaced leg's codec if
+                    with contextlib.suppress(sdp.SdpError):      # offered: the app leg relays it
+                        offer, codec = self.usable_sdp(msg.body_bytes, (replacing.codec,), addr[0])
+                if offer is None:
+                    offer, codec = self.usable_sdp(msg.body_bytes, self.cfg.codecs, addr[0])
             except sdp.SdpError as exc:
                 refused = 488, str(exc), []
         if refused is not None:
@@ -481,13 +484,15 @@ class UserAgent:
     # calling ---------------------------------------------------------------------------
 
     async def call(self, target: str, *, caller: str | None = None, display_name: str | None = None,
-                   ring_timeout: float | None = None, headers: list[tuple[str, str]] | None = None) -> OutgoingCall:
+                   ring_timeout: float | None = None, headers: list[tuple[str, str]] | None = None,
+                   prefer: str | None = None) -> OutgoingCall:
         """Place a call to an extension or SIP URI; watch `answered` and `ended`. `headers` go
-        into the INVITE (Replaces and Referred-By, for a transfer)."""
+        into the INVITE (Replaces and Referred-By, for a transfer); `prefer`: a codec to offer
+        first (see `sdp.offer_codecs`)."""
         media = await self._media()
         try:
             call = OutgoingCall(self, media, target, caller or self.cfg.username, display_name,
-                                ring_timeout or self.cfg.ring_timeout, headers)
+                                ring_timeout or self.cfg.ring_timeout, headers, prefer)
         except Exception:
             media.close()
             raise

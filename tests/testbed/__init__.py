@@ -8,14 +8,17 @@ atexit sweep).  A missing binary or a peer that does not come up fails the test
 Pieces:
   kamailio.cfg / Kamailio       registrar + proxy, static digest users, optional 407 on INVITE
   Baresip / CtrlTcp             baresip 1.0.0 phone driven over ctrl_tcp (facts in baresip.py)
+  Linphone                      liblinphone's linphonec 5.1 driven on stdin (facts in linphone.py)
   sipp.py                       sipp runs: SippProcess, run_sipp, sipp_invite_expect, SippUas
   sipp_uac_invite.xml           UAC: INVITE, answers one 407, expects a given failure code
   sipp_register.xml             REGISTER with digest auth and a chosen Contact port
+  sipp_uac_delayed_offer.xml    UAC: INVITE without SDP, the answer (G.722) in the ACK, a pcap played
   sipp_uas_reply.xml            UAS: 100, 180, then a chosen failure code
+  sipp_offer.py                 UAC scenarios offering a chosen SDP (and re-offers); the answers
   audio.py                      tone_wav, dominant_frequency (Hann FFT + SNR), read_wav, ...
   sipmsg.py                     minimal UDP SIP client (OPTIONS probe, bare REGISTER)
   fixtures.py                   pytest fixtures: kamailio_factory, kamailio, kamailio_noauth,
-                                baresip_factory, sipp
+                                baresip_factory, linphone_factory, sipp
 
 In a test module::
 

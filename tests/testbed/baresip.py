@@ -35,6 +35,10 @@ Facts found on this machine (see tests/test_testbed.py for the checks):
 * On SIGTERM baresip un-registers first; with the registrar gone it keeps waiting, so
   stop() falls back to SIGKILL after a short grace time.
 * Recordings (``sndfile``): per call a ``...-enc.wav`` (what this phone sends) and ``...-dec.wav`` (what it hears) in ``snd_path``; 8000 Hz mono 16-bit for G.711.
+* G.722 (module ``g722.so``) is named ``G722/16000/1`` in ``audio_codecs`` (baresip counts its
+  audio rate; a bare ``G722`` means G722/8000 and is "not found"); its SDP says ``G722/8000``
+  (RFC 3551's clock). With G.722 first, the source WAV, ``ausrc_srate``/``auplay_srate`` and the
+  recordings are 16000 Hz.
   The name is ``dump-YYYY-MM-DD-hh-mm-ss-{enc,dec}.wav`` (no peer, 1 s resolution): two calls
   starting within the same second on one phone overwrite each other.  RTP (and so audio in
   the recordings) starts ~1-3 s after CALL_ESTABLISHED; the start of a ``-dec.wav`` is silence.
@@ -71,17 +75,18 @@ REJECT_CODE = 486
 MAX_CALLS_CODE = 486
 
 
-def _check_source_wav(path: Path) -> None:
-    """aufile plays the file as is: it must match the G.711 clock (8000 Hz, mono, 16-bit)."""
+def _check_source_wav(path: Path, rate: int = 8000) -> None:
+    """aufile plays the file as is: it must match the codec's audio rate (8000 Hz for G.711,
+    16000 Hz for G.722), mono, 16-bit."""
     try:
         with wave.open(str(path), "rb") as w:
             fmt = (w.getframerate(), w.getnchannels(), w.getsampwidth())
     except (OSError, wave.Error, EOFError) as e:
         pytest.fail(f"test bed: baresip source WAV {path}: {e}", pytrace=False)
-    if fmt != (8000, 1, 2):
+    if fmt != (rate, 1, 2):
         pytest.fail(f"test bed: baresip source WAV {path} is {fmt[0]} Hz/{fmt[1]} ch/{fmt[2] * 8}-bit; "
-                    "G.711 needs 8000 Hz mono 16-bit (resample it, e.g. sox in.wav -r 8000 -c 1 -b 16 out.wav)",
-                    pytrace=False)
+                    f"the codec needs {rate} Hz mono 16-bit (resample it, e.g. sox in.wav -r {rate} -c 1 -b 16 "
+                    "out.wav)", pytrace=False)
 
 
 class CtrlError(RuntimeError):
@@ -232,6 +237,8 @@ class Baresip:
         self.regint = regint
         self.max_calls = max_calls
         self.codecs = codecs
+        # the audio rate of the first codec: G.722 samples at 16 kHz (its RTP clock is 8 kHz)
+        self.sample_rate = 16000 if codecs.split(",")[0].strip().upper().startswith("G722") else 8000
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix=f"baresip-{self.ext}-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.confdir = self.workdir / "conf"
@@ -242,12 +249,12 @@ class Baresip:
         if source_wav is None:
             src = self.workdir / (f"tone-{tone_hz:g}Hz.wav" if tone_hz else "silence.wav")
             if tone_hz:
-                tone_wav(src, tone_hz, source_seconds, 8000, tone_dbfs)
+                tone_wav(src, tone_hz, source_seconds, self.sample_rate, tone_dbfs)
             else:
-                silence_wav(src, source_seconds, 8000)
+                silence_wav(src, source_seconds, self.sample_rate)
             source_wav = src
         self.source_wav = Path(source_wav)
-        _check_source_wav(self.source_wav)
+        _check_source_wav(self.source_wav, self.sample_rate)
         self.ctrl: Optional[CtrlTcp] = None
         self._proc: Optional[ManagedProcess] = None
 
@@ -272,8 +279,8 @@ audio_player		aubridge,{self.ext}
 audio_source		aufile,{self.source_wav}
 audio_alert		aubridge,{self.ext}
 audio_level		no
-ausrc_srate		8000
-auplay_srate		8000
+ausrc_srate		{self.sample_rate}
+auplay_srate		{self.sample_rate}
 ausrc_channels		1
 auplay_channels		1
 rtp_ports		10000-19998
@@ -281,6 +288,7 @@ rtp_timeout		0
 jitter_buffer_delay	5-10
 module_path		{MODULE_PATH}
 module			g711.so
+module			g722.so
 module			aufile.so
 module			aubridge.so
 module			sndfile.so

@@ -15,6 +15,7 @@ Fixtures:
   kamailio_noauth   started Kamailio, DEFAULT_USERS, INVITE proxy-auth off
   baresip_factory(ext, kamailio, *, password=None, answermode="auto", tone_hz=None,
                   source_wav=None, regint=10, start=True, wait_registered=True, **kw) -> Baresip
+  linphone_factory(ext, kamailio, *, codecs=("PCMU",), tone_hz=None, autoanswer=True, **kw) -> Linphone
   sipp              SippRunner: .invite_expect(kamailio, to_ext, expect, ...) -> SippResult,
                     .uas(kamailio, ext, code=603, reason="Decline") -> started SippUas,
                     .run(scenario, target_port, ...) -> SippResult
@@ -29,9 +30,12 @@ import pytest
 
 from .baresip import Baresip
 from .kamailio import DEFAULT_USERS, Kamailio
+from .linphone import Linphone
+from .proc import stop_all
 from .sipp import SippResult, SippUas, run_sipp, sipp_invite_expect
 
-__all__ = ["kamailio_factory", "kamailio", "kamailio_noauth", "baresip_factory", "sipp", "SippRunner"]
+__all__ = ["kamailio_factory", "kamailio", "kamailio_noauth", "baresip_factory", "linphone_factory", "sipp",
+           "SippRunner"]
 
 
 def _dump(title: str, text: str) -> None:
@@ -106,6 +110,27 @@ def baresip_factory(tmp_path, kamailio_factory):
             errors.append(e)
     if errors:
         raise errors[0]
+
+
+@pytest.fixture
+def linphone_factory(tmp_path, kamailio_factory):
+    # depends on kamailio_factory so phones are stopped (and un-register) before the registrar
+    made: list[Linphone] = []
+
+    def make(ext: str, kamailio: Kamailio, *, password: Optional[str] = None, start: bool = True,
+             **kw) -> Linphone:
+        ext = str(ext)
+        phone = Linphone(ext, kamailio.users[ext] if password is None else password, kamailio.port,
+                         workdir=tmp_path / f"linphone-{ext}-{len(made)}", **kw)
+        made.append(phone)
+        if start:
+            phone.start()
+        return phone
+
+    yield make
+    for phone in made:
+        _dump(f"linphonec {phone.ext} (sip {phone.sip_port}) output tail ({phone.workdir})", phone.log_tail(40))
+    stop_all(reversed(made))
 
 
 class SippRunner:

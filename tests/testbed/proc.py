@@ -92,8 +92,10 @@ _live_lock = threading.Lock()
 class ManagedProcess:
     """A subprocess in its own process group, output to ``log_path``."""
 
-    def __init__(self, name: str, argv: list[str], log_path, cwd=None, env=None, noise: Optional[str] = None):
+    def __init__(self, name: str, argv: list[str], log_path, cwd=None, env=None, noise: Optional[str] = None,
+                 stdin_pipe: bool = False):
         self.noise = re.compile(noise) if noise else None  # log lines to leave out of tails
+        self.stdin_pipe = stdin_pipe  # a console program driven by lines written to stdin
         self.name = name
         self.argv = list(argv)
         self.log_path = Path(log_path)
@@ -110,7 +112,7 @@ class ManagedProcess:
         try:
             self.proc = subprocess.Popen(
                 self.argv,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE if self.stdin_pipe else subprocess.DEVNULL,
                 stdout=self._log_fh,
                 stderr=subprocess.STDOUT,
                 cwd=self.cwd,
@@ -128,6 +130,13 @@ class ManagedProcess:
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def write_line(self, line: str) -> None:
+        """One line to the program's stdin (started with ``stdin_pipe``)."""
+        if self.proc is None or self.proc.stdin is None:
+            raise RuntimeError(f"{self.name}: no stdin pipe")
+        self.proc.stdin.write(line.encode() + b"\n")
+        self.proc.stdin.flush()
 
     @property
     def pid(self) -> Optional[int]:
@@ -153,6 +162,11 @@ class ManagedProcess:
             with _live_lock:
                 _live.discard(self)
             _watch("del", proc.pid)
+            if proc.stdin is not None:
+                try:
+                    proc.stdin.close()
+                except OSError:
+                    pass
             if self._log_fh:
                 self._log_fh.close()
                 self._log_fh = None
