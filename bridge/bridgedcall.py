@@ -254,8 +254,6 @@ class BridgedCall:
         new = await self.bridge.ua.call(referral.target, caller=caller, display_name=display,
                                         ring_timeout=decision.route.ring_timeout, headers=headers,
                                         prefer=self.sip.codec if self.sip is not None else None)
-        new.on_ringing = lambda early: self.bridge.spawn(referral.notify(183 if early else 180),
-                                                         f"{self.name}: transfer NOTIFY")
         await _first(new.answered, new.ended, self.events.ended.wait(), self._stop.wait())
         if new.state != "answered":
             if not new.ended.done():

@@ -468,3 +468,51 @@ async def test_dtmf_as_sip_info_to_a_desk_phone(start_bridge, kamailio, baresip_
                                lambda e, d=digit: e.get("param") == d)
         mark = phone.ctrl.events.index(event) + 1
     await alice.call.end_call()
+
+
+async def test_a_pbx_with_session_timers_and_info_dtmf_reaches_an_app_user(start_bridge, kamailio, sipp):  # noqa: F811
+    bridge = await start_bridge()
+    agent = Party(bridge.platform_url, "agent-001")
+    async with agent.listener(bridge.token("agent-001")) as pushes:
+        caller = sipp_desk_phone_calls("sipp_uac_info_timer.xml", "7001", kamailio, sipp)
+        push = await pushes.next(timeout=10)
+        await agent.verify(push.cc_param)
+        await agent.call.accept_call()
+        ended = await agent.ended(15)                          # the PBX hangs up at the end
+        assert ended.reason is R.NORMAL
+        result = await blocking(caller.wait, 10)
+        assert result.ok, result.describe()
+    assert agent.events.dtmf == ["5", "9"]                     # INFO dtmf-relay and dtmf -> evtDtmf
+    received = re.split(r"\n\s*\n", result.received_text())
+    answer = next(m for m in received if "SIP/2.0 200" in m and "INVITE" in m.split("CSeq:")[1][:20])
+    assert "Session-Expires: 120;refresher=uac" in answer and "Require: timer" in answer, answer
+    assert any("SIP/2.0 200" in m and "UPDATE" in m and "Session-Expires: 120;refresher=uac" in m for m in received)
+
+
+async def test_a_pbx_phone_blind_transfers_the_app_user_with_refer(start_bridge, kamailio, baresip_factory, sipp):  # noqa: F811
+    bridge = await start_bridge()
+    target = baresip_factory("2001", kamailio, tone_hz=700)
+    agent = Party(bridge.platform_url, "agent-001", tone=440)
+    async with agent.listener(bridge.token("agent-001")) as pushes:
+        from testbed.sipp import HERE, SippProcess
+        caller = SippProcess(HERE / "sipp_uac_refer.xml", kamailio.port, service="7001",
+                             auth=("2002", kamailio.users["2002"]), keys={"from_user": "2002", "target": "2001"},
+                             timeout=25, workdir=sipp.base / "refer").start()
+        push = await pushes.next(timeout=10)
+        await agent.verify(push.cc_param)
+        await agent.call.accept_call()
+        result = await blocking(caller.wait, 20)               # REFER 202, NOTIFYs, then it leaves
+        assert result.ok, result.describe()
+        await blocking(target.wait_established, 5)
+        await asyncio.sleep(4)
+        freq, snr = heard_tone(agent)
+        assert abs(freq - 700) < 14 and snr > 20, ("the app user hears the transfer target", freq, snr)
+        assert agent.call.state == "connected"
+        mark = target.mark()
+        await agent.call.end_call()
+        await blocking(target.wait_closed, 5, mark)
+    text = result.received_text()
+    frags = re.findall(r"message/sipfrag;version=2\.0\s+Content-Length: \d+\s+(SIP/2\.0 \d{3})", text)
+    assert frags == ["SIP/2.0 100", "SIP/2.0 200"] and text.count("Event: refer") == 2, (frags, text[-2000:])
+    freq, snr = await blocking(wav_dominant_frequency, target.latest_recording("dec"), 1.0)
+    assert abs(freq - 440) < 9 and snr > 20, ("the target heard the app user", freq, snr)

@@ -3,9 +3,9 @@
 A desk phone in a call with the bridge sends REFER with `Refer-To: <sip:2002@pbx>` (blind) or
 `<sip:2003@pbx?Replaces=...>` (attended). `Referral.of` reads it (400 if it is not one usable
 Refer-To); the call's user decides (202, or 403 when no transfer route allows the target); then
-`Referral.notify` reports how the new call goes as `message/sipfrag` bodies (`SIP/2.0 100 Trying`,
-`180 Ringing`, `200 OK` or the failure) in NOTIFYs of the implicit subscription, the last one
-terminating it. `Replaces` also names a dialog of ours in an incoming INVITE: `Replaces.parse`.
+`Referral.notify` reports how the new call goes as `message/sipfrag` bodies in NOTIFYs of the
+implicit subscription: `SIP/2.0 100 Trying` when the REFER is taken, then the final status (`200
+OK` or the failure), which terminates the subscription. `Replaces` also names a dialog of ours in an incoming INVITE: `Replaces.parse`.
 """
 
 from __future__ import annotations
