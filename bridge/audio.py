@@ -118,7 +118,7 @@ class WavTrack(SamplesTrack):
 
 
 class GatedTrack(MediaStreamTrack):
-    """Sends silence until opened (the call is connected) and while muted.
+    """Sends silence until opened (the call is connected) and while muted or held.
 
     The source is not read before the gate opens, so a WAV starts at its beginning on answer.
     A source may give encoded packets (`av.Packet`, as the bridge's relay does): they pass as they
@@ -132,6 +132,7 @@ class GatedTrack(MediaStreamTrack):
         self.source = source
         self.open = False
         self.muted = False
+        self.held = False          # the call is on hold by this side: silence, like muted
         self._clock = FrameClock(PTIME)
         self._pts = 0
         self._packet_offset: int | None = None
@@ -144,8 +145,8 @@ class GatedTrack(MediaStreamTrack):
                 self.source = None
                 return await self.recv()
             if isinstance(frame, av.Packet):
-                return await self.recv() if self.muted else self._follow(frame)
-            if self.muted:
+                return await self.recv() if self.silent else self._follow(frame)
+            if self.silent:
                 frame = make_frame(np.zeros(frame.samples, np.int16), 0, frame.sample_rate)
             frame.pts = self._pts * frame.sample_rate // RATE
             self._pts += frame.samples * RATE // frame.sample_rate
@@ -155,6 +156,10 @@ class GatedTrack(MediaStreamTrack):
         frame = make_frame(np.zeros(int(rate * PTIME), np.int16), self._pts * rate // RATE, rate)
         self._pts += FRAME
         return frame
+
+    @property
+    def silent(self) -> bool:
+        return self.muted or self.held
 
     def _follow(self, packet: av.Packet) -> av.Packet:
         """Shift an encoded packet's pts to continue this track's timeline (gaps kept)."""

@@ -393,6 +393,9 @@ class Platform:
         if m["type"] == "dtmf" and call.state is State.CONNECTED:
             await self._send(call.peer_ws(ws), {"type": "dtmf", "digits": m["digits"]})
             return True
+        if m["type"] == "hold" and call.state is State.CONNECTED:
+            await self._send(call.peer_ws(ws), {"type": "peer_hold", "held": m["held"]})
+            return True
         return False
 
     # --- listeners (embedded push) ----------------------------------------------------

@@ -9,12 +9,14 @@ Client -> platform, first message of a socket (it says what the socket is for):
               for a bad token; the socket's next message must be make_call, within 10 s)
 Client -> platform, later:
   answer {sdp}  accept_call {}  end_call {reason?}  mute {muted}  dtmf {digits}
+  hold {held}                      (connected calls only: the leg holds or resumes the call)
 Platform -> client:
   ice_servers {ice_servers}   verified {sid, peer_id, peer_service_id, sdp, app_server_data, ice_servers}
       ice_servers: the STUN/TURN servers for this call, as W3C RTCIceServer dicts
       {urls, username?, credential?} (TURN credentials may be minted for this call: `iceservers`)
   call_made {sid}  wait_connected {}
   sdp {sdp}  connected {}  disconnected {source, code, str_code}  peer_mute {muted}  dtmf {digits}
+  peer_hold {held}
   push {cc_param, app_callee_uid, app_callee_sid, app_call_type, app_svr_data}  listening {}
   error {code, message}
 """
@@ -49,6 +51,7 @@ CLIENT_MESSAGES: dict[str, dict[str, tuple[type, ...]]] = {
     "end_call": {},
     "mute": {"muted": (bool,)},
     "dtmf": {"digits": _STR},
+    "hold": {"held": (bool,)},
 }
 OPTIONAL_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
     "make_call": {"app_server_data": _OPT_STR},

@@ -19,6 +19,11 @@ gets them with `verified`. `Call(..., ice_transport_policy="relay")` (bridge's e
 W3C `iceTransportPolicy`) gathers and uses TURN relay candidates only. `Call(..., ssl=...)`
 verifies a wss:// platform against a private CA (`bridge.tls.client_context(ca_file)`).
 
+Hold (bridge's extension, as PlanetKit's native SDKs have it): `hold()` / `unhold()` tell the peer,
+which gets `evt_peer_hold` / `evt_peer_unhold`; while held, this side sends silence. `get_stats()`
+(bridge's extension) gives the call's audio packets, loss and jitter each way; the last figures
+stay in `stats` when the call ends.
+
 A peer that stops sending and stops answering ICE consent checks for `liveness_timeout` seconds
 (8 by default; bridge's extension, see `bridge.liveness`), or whose media connection fails, ends
 the call with NETWORK_UNSTABLE: the platform tells the peer, and `evt_disconnected` follows here
@@ -52,7 +57,7 @@ from .reasons import Disconnected, DisconnectReason, Source, StartFailReason
 log = logging.getLogger("bridge.sdk")
 
 __all__ = [
-    "Call", "CallDelegate", "CallVerifiedParam", "Disconnected", "DisconnectReason",
+    "AudioStats", "Call", "CallDelegate", "CallVerifiedParam", "Disconnected", "DisconnectReason",
     "MakeCallParams", "PushListener", "StartFailError", "StartFailReason", "VerifyCallParams",
 ]
 
@@ -76,6 +81,8 @@ class CallDelegate:
     def evt_peer_mic_muted(self) -> Any: ...
     def evt_peer_mic_unmuted(self) -> Any: ...
     def evt_dtmf(self, digits: str) -> Any: ...
+    def evt_peer_hold(self) -> Any: ...
+    def evt_peer_unhold(self) -> Any: ...
 
 
 AudioSource = MediaStreamTrack | str | None
@@ -115,6 +122,42 @@ class CallVerifiedParam:
     peer_id: str
     peer_service_id: str
     app_server_data: str | None
+
+
+@dataclass(frozen=True)
+class AudioStats:
+    """One call's audio at this end (bridge's extension): from aiortc's getStats(), jitter in ms.
+
+    `packets_lost` and `jitter_ms` are what this end measured of the peer's stream;
+    `peer_packets_lost` and `peer_jitter_ms` what the peer reported of ours (RTCP receiver
+    reports; None until one arrived)."""
+
+    packets_sent: int = 0
+    packets_received: int = 0
+    packets_lost: int = 0
+    jitter_ms: float = 0.0
+    peer_packets_lost: int | None = None
+    peer_jitter_ms: float | None = None
+    round_trip_ms: float | None = None
+
+    @classmethod
+    def of(cls, report: Any, clock_rate: int) -> "AudioStats":
+        """From an RTCStatsReport (jitter there is in RTP timestamp units of `clock_rate`)."""
+        values: dict[str, Any] = {}
+        for stats in report.values():
+            kind = getattr(stats, "type", "")
+            if kind == "outbound-rtp":
+                values["packets_sent"] = values.get("packets_sent", 0) + stats.packetsSent
+            elif kind == "inbound-rtp":
+                values["packets_received"] = values.get("packets_received", 0) + stats.packetsReceived
+                values["packets_lost"] = values.get("packets_lost", 0) + max(0, stats.packetsLost)
+                values["jitter_ms"] = max(values.get("jitter_ms", 0.0), 1000.0 * stats.jitter / clock_rate)
+            elif kind == "remote-inbound-rtp":
+                values["peer_packets_lost"] = max(0, stats.packetsLost)
+                values["peer_jitter_ms"] = 1000.0 * stats.jitter / clock_rate
+                if stats.roundTripTime is not None:
+                    values["round_trip_ms"] = 1000.0 * stats.roundTripTime
+        return cls(**values)
 
 
 def _fail(reason: StartFailReason, message: str) -> None:
@@ -218,6 +261,9 @@ class Call:
         self.state = "idle"   # idle, calling, verified, connected, disconnected
         self.was_connected = False
         self.disconnected: Disconnected | None = None
+        self.held = False                # this side holds the call (hold())
+        self.peer_held = False           # the peer holds it (evt_peer_hold)
+        self.stats: AudioStats | None = None   # the last figures, taken as the call ends
         self.peer: CallVerifiedParam | None = None
         self.errors: list[dict] = []
         self._delegate: Any = None
@@ -339,6 +385,34 @@ class Call:
         if self._gate is not None:
             self._gate.muted = bool(muted)
         self._spawn(self._send({"type": "mute", "muted": bool(muted)}))
+
+    async def hold(self, *, send_audio: bool = False) -> None:
+        """bridge's extension: put the call on hold; the peer gets evt_peer_hold. This side sends
+        silence while held, unless `send_audio` (a gateway passing on its far end's music on hold)."""
+        await self._hold(True, send_audio)
+
+    async def unhold(self) -> None:
+        """bridge's extension: resume a held call; the peer gets evt_peer_unhold."""
+        await self._hold(False, False)
+
+    async def _hold(self, held: bool, send_audio: bool) -> None:
+        if self.state != "connected":
+            raise RuntimeError(f"{'hold' if held else 'unhold'} needs a connected call (state: {self.state})")
+        self.held = held
+        if self._gate is not None:
+            self._gate.held = held and not send_audio
+        await self._send({"type": "hold", "held": held})
+
+    async def get_stats(self) -> AudioStats | None:
+        """bridge's extension: the audio figures now (None before media was negotiated)."""
+        if self._pc is None or not self.codec:
+            return self.stats
+        try:
+            report = await self._pc.getStats()
+        except Exception as exc:           # an aiortc whose objects changed: no figures, no crash
+            log.warning("call %s: no statistics: %s", self.sid, exc)
+            return self.stats
+        return AudioStats.of(report, 48000 if self.codec == "opus" else 8000)
 
     async def send_dtmf(self, digits: str) -> None:
         """bridge's extension: DTMF digits to the peer, carried in signalling."""
@@ -543,6 +617,9 @@ class Call:
             self._emit("evt_peer_mic_muted" if m.get("muted") else "evt_peer_mic_unmuted")
         elif kind == "dtmf":
             self._emit("evt_dtmf", m.get("digits", ""))
+        elif kind == "peer_hold" and isinstance(m.get("held"), bool):
+            self.peer_held = m["held"]
+            self._emit("evt_peer_hold" if self.peer_held else "evt_peer_unhold")
         elif kind == "error":
             log.warning("call %s: platform says %s: %s", self.sid, m.get("code"), m.get("message"))
             self.errors.append(m)
@@ -583,6 +660,7 @@ class Call:
         if self._liveness is not None:
             await self._liveness.stop()
         if self._pc is not None:
+            self.stats = await self.get_stats()     # while the connection still holds them
             await self._pc.close()
         for task in self._drains:     # a receiver that never started never ends its track
             task.cancel()

@@ -19,6 +19,8 @@ class Events(CallDelegate):
         self.disconnected: asyncio.Future = asyncio.get_running_loop().create_future()
         self.dtmf: list[str] = []
         self.peer_muted: list[bool] = []
+        self.peer_held: list[bool] = []
+        self.hold_changed = asyncio.Event()
 
     def evt_wait_connected(self) -> None:
         self.names.append("wait_connected")
@@ -45,6 +47,22 @@ class Events(CallDelegate):
 
     def evt_dtmf(self, digits: str) -> None:
         self.dtmf.append(digits)
+
+    def evt_peer_hold(self) -> None:
+        self.peer_held.append(True)
+        self.hold_changed.set()
+
+    def evt_peer_unhold(self) -> None:
+        self.peer_held.append(False)
+        self.hold_changed.set()
+
+    async def held_changes(self, count: int, timeout: float = 10) -> list[bool]:
+        """The peer's hold changes once `count` of them arrived."""
+        async with asyncio.timeout(timeout):
+            while len(self.peer_held) < count:
+                self.hold_changed.clear()
+                await self.hold_changed.wait()
+        return self.peer_held
 
 
 class Party:

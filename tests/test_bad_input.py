@@ -49,6 +49,10 @@ async def test_garbage_frames_get_errors_and_other_calls_go_on(start_platform):
             (json.dumps({"type": "verify_call", "cc_param": "x", "my_id": "bob",
                          "my_service_id": "demo-app", "media_type": "video"}), "invalid_media_type"),
             (json.dumps({"type": "dtmf", "digits": "12;rm"}), "invalid_digits"),
+            (json.dumps({"type": "hold"}), "missing_field"),
+            (json.dumps({"type": "hold", "held": "yes"}), "wrong_type"),
+            (json.dumps({"type": "hold", "held": 1}), "wrong_type"),
+            (json.dumps({"type": "hold", "held": None}), "wrong_type"),
         ]
         for text, code in cases:
             await ws.send_str(text)
@@ -83,9 +87,11 @@ async def test_out_of_turn_messages_are_refused_without_harm(start_platform):
     await alice.call._send({"type": "accept_call"})      # only the callee may accept
     await alice.call._send({"type": "answer", "sdp": "v=0"})
     await bob.call._send({"type": "dtmf", "digits": "1"})  # not connected yet
+    await bob.call._send({"type": "hold", "held": True})   # nor may a ringing call be held
     await asyncio.sleep(0.3)
     assert [e["code"] for e in alice.call.errors] == ["unexpected", "unexpected"]
-    assert [e["code"] for e in bob.call.errors] == ["unexpected"]
+    assert [e["code"] for e in bob.call.errors] == ["unexpected", "unexpected"]
+    assert alice.events.peer_held == []
     assert alice.call.state == "calling" and bob.call.state == "verified"
     await bob.call.accept_call()
     await alice.call.end_call()
