@@ -2,9 +2,14 @@
 
 `OutgoingCall` (`bridge.sip.outgoing`) and `IncomingCall` (`bridge.sip.incoming`) add how a
 call starts; this module holds how it goes on and ends: in-dialog requests (BYE, re-INVITE and
-UPDATE for hold, resume, a moved peer and session refresh; INFO DTMF; OPTIONS), the media
-policy for every SDP, session timers, and BYE with credentials. A call is marked ended before
-anything is sent, so no network or DNS trouble can leave it half-ended.
+UPDATE for hold, resume, a moved peer and session refresh; INFO DTMF; OPTIONS), our own hold
+and resume (a re-INVITE offering sendonly, then sendrecv), the media policy for every SDP,
+session timers, and BYE with credentials. A call is marked ended before anything is sent, so no
+network or DNS trouble can leave it half-ended.
+
+Direction: what we want (sendrecv, or sendonly while we hold) meets what the peer's SDP allows
+(its direction mirrored; an RFC 2543 hold, c=0.0.0.0, allows nothing); the stream sends only if
+both allow it and receives only if both do.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
@@ -79,7 +85,19 @@ class CallFailed(Exception):
         self.end = end
 
 
-_ANSWER_DIRECTION = {"sendonly": "recvonly", "recvonly": "sendonly", "inactive": "inactive"}
+_MIRROR = {"sendrecv": "sendrecv", "sendonly": "recvonly", "recvonly": "sendonly", "inactive": "inactive"}
+_SENDS = ("sendrecv", "sendonly")
+_RECEIVES = ("sendrecv", "recvonly")
+GLARE_TRIES = 3            # a re-INVITE of ours answered 491 (glare) is sent at most this often
+
+
+def both_allow(ours: str, theirs: str) -> str:
+    """The direction of a stream that `ours` and `theirs` (each from this side's view) both allow."""
+    send = ours in _SENDS and theirs in _SENDS
+    receive = ours in _RECEIVES and theirs in _RECEIVES
+    if send:
+        return "sendrecv" if receive else "sendonly"
+    return "recvonly" if receive else "inactive"
 
 
 class SipCall:
@@ -100,7 +118,10 @@ class SipCall:
         self.on_hold: Callable[[bool], None] | None = None
         self.on_refer: Callable[[Referral], bool] | None = None   # True: the transfer is taken
         self.codec = ""
-        self.on_hold_now = False
+        self.on_hold_now = False                     # the peer holds the call
+        self.held_locally = False                    # we hold it (hold())
+        self._offering = asyncio.Lock()              # one re-INVITE of ours at a time
+        self._reinviting = False                     # ... and it is in flight: theirs gets 491
         self.signalling_peer: str | None = None      # the address SIP for this call came from
         self.session_timer: SessionTimer | None = None
         self._session = sdp.SessionVersion()
@@ -129,8 +150,7 @@ class SipCall:
                 self.media.accept_dtmf_payload_type(self._offered_dtmf_pt)
         if not audio.held_by_address and audio.port:
             self.media.set_remote((audio.address, audio.port))
-        self.media.set_direction("inactive" if audio.held_by_address         # RFC 2543 hold: no media
-                                 else _ANSWER_DIRECTION.get(audio.direction, "sendrecv"))
+        self.media.set_direction(self._answer_direction(audio))
         hold = audio.on_hold
         if hold != self.on_hold_now:
             self.on_hold_now = hold
@@ -139,9 +159,73 @@ class SipCall:
                 self.on_hold(hold)
         self._remote_sdp = audio
 
-    @staticmethod
-    def _answer_direction(offer: sdp.Audio) -> str:
-        return _ANSWER_DIRECTION.get(offer.direction, "sendrecv")
+    def _answer_direction(self, offer: sdp.Audio) -> str:
+        """Our direction against the peer's SDP: what we want, as far as it allows."""
+        theirs = "inactive" if offer.held_by_address else _MIRROR.get(offer.direction, "sendrecv")
+        return both_allow("sendonly" if self.held_locally else "sendrecv", theirs)
+
+    # our hold --------------------------------------------------------------------------
+
+    async def hold(self, held: bool) -> bool:
+        """Hold the call (a re-INVITE offering a=sendonly: we may go on sending, e.g. music on
+        hold) or resume it (a=sendrecv). True if the peer accepted; a refusal leaves the call as
+        it was (RFC 3261 14.1), and a 481 or 408 (the dialog is gone) ends it. A 491 (the peer's
+        re-INVITE crossed ours) is sent again after 14.1's wait: 2.1-4 s if we chose the Call-ID,
+        else 0-2 s."""
+        async with self._offering:
+            if self.state != "answered" or self.dialog is None:
+                return False
+            if held == self.held_locally:
+                return True
+            reply = await self._offer_direction("sendonly" if held else "sendrecv")
+            if self.state != "answered":
+                return False
+            if reply is None or reply.code in (408, 481):
+                log.warning("call %s: %s answered %s: the dialog is gone", self.call_id,
+                            "hold" if held else "resume", reply.code if reply else "nothing")
+                self.end_locally(SipResult.SESSION_EXPIRED)
+                return False
+            if not 200 <= reply.code < 300:
+                log.info("call %s: the peer refused to %s: %d", self.call_id, "hold" if held else "resume",
+                         reply.code)
+                return False
+            self.held_locally = held
+            answer = None
+            if reply.body_bytes:
+                try:
+                    answer, _ = self.usable_sdp(reply.body_bytes, (self.codec,))
+                except sdp.SdpError as exc:
+                    log.warning("call %s: the answer to our %s is unusable: %s", self.call_id,
+                                "hold" if held else "resume", safe(exc))
+            if answer is not None:
+                self._apply_remote_sdp(answer)
+            else:
+                self.media.set_direction("sendonly" if held else "sendrecv")
+            if self.session_timer is not None:
+                self.session_timer.start()          # a 2xx to a re-INVITE refreshes the session
+            log.info("call %s: %s (media %s)", self.call_id, "on hold by us" if held else "resumed by us",
+                     self.media.direction)
+            return True
+
+    async def _offer_direction(self, direction: str) -> SipMessage | None:
+        """Our re-INVITE offering the stream with `direction` (its 491s sent again): the final
+        response, None if nothing answered."""
+        reply = None
+        for attempt in range(GLARE_TRIES):
+            timer = self.session_timer
+            headers = [] if timer is None else [
+                ("Session-Expires", f"{timer.interval};refresher={'uac' if timer.we_refresh else 'uas'}"),
+                ("Supported", "timer")]
+            self._reinviting = True
+            try:
+                _, reply = await self.request("INVITE", headers, offer=True, direction=direction)
+            finally:
+                self._reinviting = False
+            if reply is None or reply.code != 491 or attempt + 1 == GLARE_TRIES or self.state != "answered":
+                return reply
+            await asyncio.sleep(random.randrange(210, 401) / 100 if self.direction == "outgoing"
+                                else random.randrange(0, 201) / 100)
+        return reply
 
     # ending ----------------------------------------------------------------------------
 
@@ -287,6 +371,9 @@ class SipCall:
         Without SDP, a re-INVITE gets our offer in the 200 (the answer comes in the ACK) and an
         UPDATE (a session refresh) gets a 200 without SDP."""
         assert self.dialog is not None
+        if msg.method == "INVITE" and self._reinviting:      # glare (RFC 3261 14.2)
+            self.ua.reply(tx, 491)
+            return
         direction = self.media.direction
         if msg.body_bytes:
             try:
@@ -310,10 +397,11 @@ class SipCall:
             body = self._local_sdp([(self.codec, self.media.payload_type)], self.media.dtmf_payload_type, direction)
         self.ua.reply(tx, 200, body=body, headers=headers)
 
-    async def request(self, method: str, headers: list[tuple[str, str]], *, offer: bool = False
-                      ) -> tuple[int, SipMessage | None]:
+    async def request(self, method: str, headers: list[tuple[str, str]], *, offer: bool = False,
+                      direction: str | None = None) -> tuple[int, SipMessage | None]:
         """A request of ours in the dialog (re-INVITE, UPDATE...): its final (status, response);
-        status 0 when nothing answered. `offer`: our current SDP goes with it. A 401/407 is
+        status 0 when nothing answered. `offer`: our current SDP goes with it (with `direction`,
+        if given, instead of the stream's: a hold). A 401/407 is
         answered once with credentials; a 2xx to a re-INVITE is ACKed; a 2xx's Contact moves the
         remote target."""
         dialog = self.dialog
@@ -322,7 +410,7 @@ class SipCall:
         extra = list(dialog.credentials)
         for attempt in range(2):
             body = self._local_sdp([(self.codec, self.media.payload_type)], self.media.dtmf_payload_type,
-                                   self.media.direction) if offer else ""
+                                   direction or self.media.direction) if offer else ""
             request = dialog.request(method, ua.via(), [("Contact", ua.contact_header())] + headers + extra, body)
             tx = await ua.send_in_dialog(dialog, request)
             reply = await tx.next() if tx is not None else None
