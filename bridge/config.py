@@ -232,16 +232,15 @@ class _Reader:
                 required: bool = False) -> _Map:
         """The mapping at `key` (empty if absent); `known` lists its keys (None: any)."""
         value = parent.get(key)
-        if value is None:
-            if required:
+        if value is None or not isinstance(value, _Map):
+            if value is not None:
+                self.error(parent, key, keypath, "must be a mapping")
+            elif required:
                 self.error(parent, key, keypath, "missing section")
-            empty = _Map()
+            empty = _Map()                  # (a list or a scalar given for a section: an empty one)
             empty.line = parent.lines.get(key, parent.line)
             empty.lines = {}
             return empty
-        if not isinstance(value, _Map):
-            self.error(parent, key, keypath, "must be a mapping")
-            return self.section(_Map(), key, keypath, known)
         if known is not None:
             self.unknown(value, keypath, known)
         return value

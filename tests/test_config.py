@@ -214,6 +214,7 @@ def test_sip_security_and_protocol_keys():
     ("session_expires", "30s", "must be at least sip.min_se"),
     ("min_se", "30s", "must be at least 90s"),
     ("timers", "{t1: 2s, t2: 1s}", "must not be shorter than t1"),
+    ("timers", "[1s, 2s]", "must be a mapping"),          # a list for a section: an error, not a traceback
     ("registrar", "pbx_example:5060:1", "is not"),
     ("dns_servers", "[dns.example.com]", "is not host:port"),
 ])
