@@ -21,6 +21,7 @@ from .config import Config
 from .media import AppToSip, SipToApp, cancel_quietly
 from .metrics import Metrics
 from .reasons import Disconnected, DisconnectReason as R
+from .ringback import Ringbacks
 from .routing import Denied, Route, Router, TransferDecision
 from .logsafe import safe
 from .sdk import Call, CallDelegate, MakeCallParams, StartFailError, VerifyCallParams
@@ -96,6 +97,7 @@ class Bridge:
         self._seen_sids: dict[str, float] = {}
         ca = cfg.bridge.platform_ca             # a wss:// platform with a private CA
         self.platform_ssl = tls.client_context(ca) if ca else None
+        self.ringbacks = Ringbacks()
 
     @property
     def platform_url(self) -> str:
@@ -384,6 +386,8 @@ class AppToDeskCall(BridgedCall):
             return
         self.route = decision.route
         self.identity = (decision.caller_id, decision.display_name)
+        self.sip_to_app.ringback = lambda rate: bridge.ringbacks.get(
+            decision.route.ringback or bridge.cfg.bridge.ringback, rate)   # type: ignore[union-attr]
         log.info("call %s: %s", p.sid, decision)
         for n, target in enumerate(decision.targets):
             sip = await self._ring(target, decision, first=n == 0)

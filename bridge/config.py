@@ -17,6 +17,7 @@ import ipaddress
 import os
 import re
 import secrets
+import wave
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -27,6 +28,8 @@ import yaml
 from . import iceservers, protocol, routing, tls
 from .iceservers import IceServer
 from .routing import AppRoute, Router, SipRoute
+
+RINGBACK_TONES = ("us", "uk", "eu", "jp")        # the national tones of `bridge.ringback`
 
 
 class ConfigError(Exception):
@@ -159,6 +162,7 @@ class BridgeConfig:
     drain_timeout: float = 30.0
     media: str = "relay"     # relay: G.711 packets pass as they arrive; transcode: decode, re-clock
     platform_ca: str | None = None   # CA bundle that verifies a wss:// platform (None: the system's)
+    ringback: str = "us"             # a tone of RINGBACK_TONES or a WAV file (absolute path)
 
 
 @dataclass(frozen=True)
@@ -330,6 +334,29 @@ class _Reader:
         if not text:
             raise ValueError(f"{path} is empty")
         return text
+
+    def wav_file(self, value: Any) -> str:
+        """A 16-bit PCM WAV file that holds audio (any rate, any channels), checked at load."""
+        path = self.file_path(value)
+        try:
+            with wave.open(path, "rb") as w:
+                if w.getsampwidth() != 2:
+                    raise ValueError(f"{path} is {8 * w.getsampwidth()}-bit: give a 16-bit PCM WAV file")
+                if w.getnframes() == 0:
+                    raise ValueError(f"{path} holds no audio")
+        except OSError as exc:
+            raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+        except (wave.Error, EOFError) as exc:
+            raise ValueError(f"{path} is not a PCM WAV file ({exc or 'truncated'})") from None
+        return path
+
+    def ringback(self, value: Any) -> str:
+        """A national ringing tone (RINGBACK_TONES) or a WAV file."""
+        if isinstance(value, str) and value.lower() in RINGBACK_TONES:
+            return value.lower()
+        if not isinstance(value, str) or not value.lower().endswith(".wav"):
+            raise ValueError(f"must be {', '.join(RINGBACK_TONES)} or a .wav file")
+        return self.wav_file(value)
 
 
 # --- value converters --------------------------------------------------------------------
@@ -644,7 +671,7 @@ def _notifications(r: _Reader, root: _Map) -> NotificationsConfig:
 
 def _bridge(r: _Reader, root: _Map, platform: PlatformConfig) -> BridgeConfig:
     b = r.section(root, "bridge", "bridge", {"desk_service", "trusted_platforms", "max_calls", "drain_timeout",
-                                               "media", "platform_ca"})
+                                               "media", "platform_ca", "ringback"})
     desk = r.get(b, "desk_service", "bridge.desk_service", _nonempty_str, required=True)
     if desk and desk not in platform.services:
         r.error(b, "desk_service", "bridge.desk_service",
@@ -659,7 +686,8 @@ def _bridge(r: _Reader, root: _Map, platform: PlatformConfig) -> BridgeConfig:
                         max_calls=r.get(b, "max_calls", "bridge.max_calls", positive_int, 200),
                         drain_timeout=r.get(b, "drain_timeout", "bridge.drain_timeout", duration, 30.0),
                         media=r.get(b, "media", "bridge.media", _media, "relay"),
-                        platform_ca=_ca_file(r, b, "platform_ca", "bridge.platform_ca"))
+                        platform_ca=_ca_file(r, b, "platform_ca", "bridge.platform_ca"),
+                        ringback=r.get(b, "ringback", "bridge.ringback", r.ringback, "us"))
 
 
 def _media(value: Any) -> str:
@@ -736,7 +764,7 @@ def _patterns(r: _Reader, item: _Map, keypath: str, keys: tuple[str, ...]) -> di
 
 def _sip_route(r: _Reader, item: _Map, keypath: str, i: int, platform: PlatformConfig) -> SipRoute | None:
     r.unknown(item, keypath, {"name", "match", "target", "fallback", "caller_id", "display_name",
-                              "max_calls", "ring_timeout"})
+                              "max_calls", "ring_timeout", "ringback"})
     pats = _patterns(r, item, keypath, ("service", "user", "caller_service", "caller_user"))
     allowed = routing.TO_SIP_FIELDS | routing.groups(*pats.values())
 
@@ -756,6 +784,7 @@ def _sip_route(r: _Reader, item: _Map, keypath: str, i: int, platform: PlatformC
         display_name=r.get(item, "display_name", f"{keypath}.display_name", template),
         max_calls=r.get(item, "max_calls", f"{keypath}.max_calls", positive_int),
         ring_timeout=r.get(item, "ring_timeout", f"{keypath}.ring_timeout", duration),
+        ringback=r.get(item, "ringback", f"{keypath}.ringback", r.ringback),
     )
 
 

@@ -12,7 +12,7 @@ and each direction runs on its own 20 ms clock, so neither leg's timing leaks in
 - SIP -> app: `SipToApp` is the app leg's outgoing aiortc track; each tick it pulls one frame
   from the RTP jitter buffer (which conceals loss and absorbs drift) and resamples it to the app
   leg's rate (48 kHz Opus, 16 kHz G.722, 8 kHz G.711). Before the phone answers it plays
-  ringback, or the phone's early media.
+  ringback (`bridge.ringback`), or the phone's early media.
 - app -> SIP: `AppToSip` receives the app leg's decoded frames, resamples them to the SIP leg's
   rate (16 kHz for G.722: an Opus call stays wideband end to end) into a short FIFO (at most
   `depth` frames; the oldest is dropped on overflow, silence sent on underrun), and a task sends
@@ -22,7 +22,6 @@ and each direction runs on its own 20 ms clock, so neither leg's timing leaks in
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections import deque
 from dataclasses import dataclass
 from fractions import Fraction
@@ -36,6 +35,7 @@ from . import codecs
 from .audio import PTIME, RATE, make_frame
 from .clock import FrameClock
 from .resample import resampler
+from .ringback import Ringback
 from .rtp import RtpEndpoint, RtpPacket
 
 FRAME_UNITS = codecs.FRAME_UNITS          # 20 ms of the RTP clock, for every codec of ours
@@ -92,14 +92,7 @@ class _Timeline:
         return 0 if self.restarted else skipped
 
 
-@functools.lru_cache(maxsize=None)
-def ringback(rate: int) -> np.ndarray:
-    """North American ringback (440 + 480 Hz, 2 s on, 4 s off), -19 dBFS."""
-    t = np.arange(2 * rate) / rate
-    on = 0.5 * (np.sin(2 * np.pi * 440 * t) + np.sin(2 * np.pi * 480 * t)) * 32767 * 10 ** (-19 / 20)
-    tone = np.concatenate([on, np.zeros(4 * rate)]).astype(np.int16)
-    tone.setflags(write=False)
-    return tone
+US_RINGBACK = Ringback("us")
 
 
 class _Resampling:
@@ -141,8 +134,10 @@ class SipToApp(MediaStreamTrack):
 
     kind = "audio"
 
-    def __init__(self, codec: Callable[[], str] = lambda: "", relay: bool = True) -> None:
+    def __init__(self, codec: Callable[[], str] = lambda: "", relay: bool = True,
+                 ringback: Callable[[int], np.ndarray] = US_RINGBACK.samples) -> None:
         super().__init__()
+        self.ringback = ringback  # one cycle of ringback at a sample rate (int16), looped
         self.rtp: RtpEndpoint | None = None
         self.mode = "silence"     # silence, ringback, sip
         self.codec = codec        # the app leg's negotiated codec, known before media flows
@@ -239,7 +234,7 @@ class SipToApp(MediaStreamTrack):
         if self.mode == "sip" and self.rtp is not None and not self.rtp.closed:
             pcm = self._resample(self.rtp.read_frame(), self.rtp.sample_rate, rate)
         elif self.mode == "ringback":
-            tone = ringback(rate)
+            tone = self.ringback(rate)
             start = (self._ring_pos * size) % len(tone)
             pcm = tone[start:start + size]
             self._ring_pos += 1

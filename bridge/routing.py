@@ -92,6 +92,7 @@ class SipRoute(_Counted):
     caller_id: str = "{caller_user}"
     display_name: str | None = None
     ring_timeout: float | None = None
+    ringback: str | None = None       # bridge.ringback for this route's calls (None: the default)
 
     @property
     def match(self) -> tuple:
