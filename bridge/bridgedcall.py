@@ -5,6 +5,9 @@ app -> desk phone: notification -> route -> verifyCall (WebRTC connects while th
 desk phone -> app: INVITE -> route -> 180 -> makeCall -> the app user accepts -> 200 OK.
 Either side hanging up ends the other within one signalling round trip; reasons are mapped by
 `reasons.from_sip` and `reasons.to_sip_status`.
+Hold travels both ways: the phone's re-INVITE (sendonly, inactive) becomes `hold` on the app
+leg (evt_peer_hold), and the app user's `hold` a re-INVITE to the phone (sendonly) with music on
+hold or silence meanwhile.
 """
 
 from __future__ import annotations
@@ -13,10 +16,14 @@ import asyncio
 import contextlib
 import logging
 import time
+import wave
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
+
 from . import ccparam, codecs, reasons, tls
+from .audio import read_wav
 from .config import Config
 from .media import AppToSip, SipToApp, cancel_quietly
 from .metrics import Metrics
@@ -50,10 +57,19 @@ class _Events(CallDelegate):
         self.ended = asyncio.Event()
         self.param: Disconnected | None = None
         self.on_dtmf: Callable[[str], None] | None = None
+        self.on_hold: Callable[[bool], None] | None = None
 
     def evt_dtmf(self, digits: str) -> None:
         if self.on_dtmf is not None:
             self.on_dtmf(digits)
+
+    def evt_peer_hold(self) -> None:
+        if self.on_hold is not None:
+            self.on_hold(True)
+
+    def evt_peer_unhold(self) -> None:
+        if self.on_hold is not None:
+            self.on_hold(False)
 
     def evt_connected(self) -> None:
         self.connected.set()
@@ -98,6 +114,25 @@ class Bridge:
         ca = cfg.bridge.platform_ca             # a wss:// platform with a private CA
         self.platform_ssl = tls.client_context(ca) if ca else None
         self.ringbacks = Ringbacks()
+        self._music_path = cfg.bridge.music_on_hold
+        self._music: dict[int, np.ndarray | None] = {}
+        self.music_on_hold(8000)                # read at start: a broken file is said at once
+
+    def music_on_hold(self, rate: int) -> np.ndarray | None:
+        """`bridge.music_on_hold` at `rate` (the SIP leg's: 8 kHz G.711, 16 kHz G.722), read once
+        per rate; None: silence while the app user holds (also for a file that cannot be read,
+        logged once)."""
+        if self._music_path is None:
+            return None
+        if rate not in self._music:
+            try:
+                self._music[rate] = read_wav(self._music_path, rate)
+            except (OSError, ValueError, EOFError, wave.Error) as exc:
+                if not self._music:
+                    log.error("music on hold %s cannot be read (%s): the phone hears silence on hold",
+                              self._music_path, exc)
+                self._music[rate] = None
+        return self._music[rate]
 
     @property
     def platform_url(self) -> str:
@@ -203,6 +238,7 @@ class BridgedCall:
         self._swapped = asyncio.Event()     # a transfer put another SIP leg under the app call
         self.identity: tuple[str | None, str | None] = (None, None)   # caller id, name toward SIP
         self.phone: str | None = None       # the desk phone's number (what transfer routes match)
+        self._on_hold_music: asyncio.Task | None = None   # music on hold while the app user holds
 
     def stop(self) -> None:
         """End this call now (daemon shutting down)."""
@@ -233,6 +269,37 @@ class BridgedCall:
         self.events.on_dtmf = lambda digits: self._dtmf_from_app(sip, digits)
         sip.media.on_dtmf = self._dtmf_from_phone
         sip.on_refer = self._refer
+        self.events.on_hold = self._hold_from_app
+        sip.on_hold = self._hold_from_phone
+        if self.app_to_sip.held:              # a new SIP leg (a transfer) while the app user holds
+            self.bridge.spawn(self._hold_phone(sip, True), f"{self.name}: hold")
+
+    # hold ----------------------------------------------------------------------------------
+
+    def _hold_from_app(self, held: bool) -> None:
+        """The app user holds or resumes: the phone gets a re-INVITE (sendonly, then sendrecv) and,
+        while held, music on hold or silence in place of the app's audio."""
+        self.app_to_sip.held = held
+        if held and (self._on_hold_music is None or self._on_hold_music.done()):
+            self._on_hold_music = asyncio.ensure_future(self.app_to_sip.play_held(self.bridge.music_on_hold))
+        if self.sip is not None:
+            self.bridge.spawn(self._hold_phone(self.sip, held), f"{self.name}: hold")
+
+    async def _hold_phone(self, sip: SipCall, held: bool) -> None:
+        if await sip.hold(held):
+            log.info("%s: the app user %s the call: the phone %s", self.name, "holds" if held else "resumes",
+                     "is on hold" if held else "is back")
+        elif not sip.ended.done():
+            log.warning("%s: the phone did not accept the %s", self.name, "hold" if held else "resume")
+
+    def _hold_from_phone(self, held: bool) -> None:
+        """The desk phone holds (re-INVITE sendonly, inactive or 0.0.0.0) or resumes: the app user
+        is told (evt_peer_hold, evt_peer_unhold) and hears whatever the phone sends (its music)."""
+        if self.app.state != "connected":
+            return
+        log.info("%s: the phone %s the call", self.name, "holds" if held else "resumes")
+        self.bridge.spawn(self.app.hold(send_audio=True) if held else self.app.unhold(),
+                          f"{self.name}: hold to the app")
 
     # transfer ------------------------------------------------------------------------------
 
@@ -332,6 +399,8 @@ class BridgedCall:
 
     async def _cleanup(self) -> None:
         await cancel_quietly(self._pump)
+        self.app_to_sip.held = False
+        await cancel_quietly(self._on_hold_music)
         self.sip_to_app.stop()
         if self.route is not None:
             self.route.calls.release()

@@ -163,6 +163,7 @@ class BridgeConfig:
     media: str = "relay"     # relay: G.711 packets pass as they arrive; transcode: decode, re-clock
     platform_ca: str | None = None   # CA bundle that verifies a wss:// platform (None: the system's)
     ringback: str = "us"             # a tone of RINGBACK_TONES or a WAV file (absolute path)
+    music_on_hold: str | None = None   # WAV file played to the phone while the app user holds
 
 
 @dataclass(frozen=True)
@@ -671,7 +672,7 @@ def _notifications(r: _Reader, root: _Map) -> NotificationsConfig:
 
 def _bridge(r: _Reader, root: _Map, platform: PlatformConfig) -> BridgeConfig:
     b = r.section(root, "bridge", "bridge", {"desk_service", "trusted_platforms", "max_calls", "drain_timeout",
-                                               "media", "platform_ca", "ringback"})
+                                               "media", "platform_ca", "ringback", "music_on_hold"})
     desk = r.get(b, "desk_service", "bridge.desk_service", _nonempty_str, required=True)
     if desk and desk not in platform.services:
         r.error(b, "desk_service", "bridge.desk_service",
@@ -687,7 +688,8 @@ def _bridge(r: _Reader, root: _Map, platform: PlatformConfig) -> BridgeConfig:
                         drain_timeout=r.get(b, "drain_timeout", "bridge.drain_timeout", duration, 30.0),
                         media=r.get(b, "media", "bridge.media", _media, "relay"),
                         platform_ca=_ca_file(r, b, "platform_ca", "bridge.platform_ca"),
-                        ringback=r.get(b, "ringback", "bridge.ringback", r.ringback, "us"))
+                        ringback=r.get(b, "ringback", "bridge.ringback", r.ringback, "us"),
+                        music_on_hold=r.get(b, "music_on_hold", "bridge.music_on_hold", r.wav_file))
 
 
 def _media(value: Any) -> str:

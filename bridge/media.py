@@ -17,6 +17,9 @@ and each direction runs on its own 20 ms clock, so neither leg's timing leaks in
   rate (16 kHz for G.722: an Opus call stays wideband end to end) into a short FIFO (at most
   `depth` frames; the oldest is dropped on overflow, silence sent on underrun), and a task sends
   one frame to the phone every tick.
+
+While the app user holds the call, nothing of the app leg reaches the phone: `AppToSip.play_held`
+sends music on hold (`bridge.music_on_hold`, looped) or silence on its own 20 ms clock instead.
 """
 
 from __future__ import annotations
@@ -262,6 +265,7 @@ class AppToSip:
         self._pending = np.zeros(0, np.int16)
         self._rtp: RtpEndpoint | None = None
         self._timeline = _Timeline()
+        self.held = False         # the app user holds the call: play_held sends instead
 
     def relay_to(self, rtp: RtpEndpoint) -> Callable[[RtpPacket], None]:
         """Send the app leg's packets to `rtp` from now on; returns the packet sink."""
@@ -278,6 +282,8 @@ class AppToSip:
         skipped = self._timeline.place(packet.ssrc, packet.sequence_number, packet.timestamp, len(payload))
         if skipped is None:
             self.stats.late += 1
+            return
+        if self.held:                 # placed all the same: the stream goes on without a gap after
             return
         payload = codecs.convert(payload, codec.name, rtp.codec)
         self.stats.frames += 1
@@ -313,11 +319,15 @@ class AppToSip:
         self._silence = np.zeros(int(self._rate * PTIME), np.int16)
         self._pending = np.zeros(0, np.int16)
         self._queue.clear()
+        self._rtp = rtp
         lowest = self.depth
         clock = FrameClock(PTIME)
         async for tick in clock:
             if rtp.closed:
                 return
+            if self.held:
+                self._queue.clear()
+                continue
             self.stats.frames += 1
             if tick.lateness > PTIME / 4:
                 self.stats.late += 1
@@ -333,6 +343,26 @@ class AppToSip:
                 frame = self._silence
                 self.stats.underruns += 1
             rtp.write_frame(frame)
+
+    async def play_held(self, music: Callable[[int], np.ndarray | None]) -> None:
+        """While `held`: one 20 ms frame of `music(rate)` (int16 at the SIP leg's rate, looped;
+        None: silence) to the phone every tick, to whichever RTP endpoint the call has now (a
+        transfer may swap it, and its codec's rate with it)."""
+        position = 0
+        async for tick in FrameClock(PTIME):
+            rtp = self._rtp
+            if not self.held or rtp is None:
+                return
+            if rtp.closed:
+                continue
+            size = int(rtp.sample_rate * PTIME)
+            samples = music(rtp.sample_rate)
+            if samples is None or not len(samples):
+                rtp.write_frame(np.zeros(size, np.int16))
+                continue
+            position = (position + size * tick.skipped) % len(samples)
+            rtp.write_frame(np.take(samples, np.arange(position, position + size), mode="wrap"))
+            position = (position + size) % len(samples)
 
 
 async def cancel_quietly(task: asyncio.Task | None) -> None:
