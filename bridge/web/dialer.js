@@ -10,7 +10,8 @@
     session: $('session'), me: $('me'), signOut: $('sign-out'), dialForm: $('dial-form'), callee: $('callee'),
     call: $('call'), incoming: $('incoming'), incomingFrom: $('incoming-from'), accept: $('accept'),
     decline: $('decline'), state: $('state'), peer: $('peer'), timer: $('timer'), reason: $('reason'),
-    hangup: $('hangup'), mute: $('mute'), keypad: $('keypad'), dtmfSent: $('dtmf-sent'),
+    hangup: $('hangup'), mute: $('mute'), hold: $('hold'), holdState: $('hold-state'), keypad: $('keypad'),
+    dtmfSent: $('dtmf-sent'),
     dtmfReceived: $('dtmf-received'), log: $('log'), audio: $('peer-audio'),
   };
 
@@ -55,11 +56,24 @@
     el.hangup.disabled = !busy;
     el.call.disabled = busy;
     el.mute.disabled = state !== 'connected';
+    el.hold.disabled = state !== 'connected';
     el.keypad.querySelectorAll('button').forEach(function (b) { b.disabled = state !== 'connected'; });
     if (state !== 'connected') {
       el.mute.setAttribute('aria-pressed', 'false');
       el.mute.textContent = 'Mute';
+      el.hold.setAttribute('aria-pressed', 'false');
+      el.hold.textContent = 'Hold';
+      showHold(false, false);
     }
+  }
+
+  /** "on hold" as the user should read it: who holds the call. */
+  function showHold(mine, peer) {
+    el.holdState.dataset.mine = String(mine);
+    el.holdState.dataset.peer = String(peer);
+    el.holdState.textContent = mine && peer ? 'on hold (both)' : mine ? 'on hold (by you)'
+      : peer ? 'on hold (by the peer)' : '-';
+    if (el.state.dataset.state === 'connected') el.state.textContent = mine || peer ? 'on hold' : 'connected';
   }
 
   function startTimer() {
@@ -199,6 +213,8 @@
       evtPeerMicMuted: mine(function () { el.peer.dataset.muted = 'true'; log('peer muted'); }),
       evtPeerMicUnmuted: mine(function () { el.peer.dataset.muted = 'false'; log('peer unmuted'); }),
       evtDtmf: mine(function (digits) { el.dtmfReceived.textContent += digits; log('DTMF received ' + digits); }),
+      evtPeerHold: mine(function () { showHold(call.held, true); log('evtPeerHold: the peer holds the call'); }),
+      evtPeerUnhold: mine(function () { showHold(call.held, false); log('evtPeerUnhold: the peer resumed'); }),
     };
   }
 
@@ -286,6 +302,18 @@
     log(muted ? 'muted' : 'unmuted');
   }
 
+  function toggleHold() {
+    const call = app.call;
+    if (!call || call.state !== 'connected') return;
+    const held = el.hold.getAttribute('aria-pressed') !== 'true';
+    (held ? call.hold() : call.unhold()).then(function () {
+      el.hold.setAttribute('aria-pressed', String(held));
+      el.hold.textContent = held ? 'Resume' : 'Hold';
+      showHold(held, call.peerHeld);
+      log(held ? 'hold' : 'unhold');
+    }, function (err) { log('hold: ' + failText(err)); });
+  }
+
   function pressKey(event) {
     const digit = event.target && event.target.dataset && event.target.dataset.digit;
     if (!digit || !app.call) return;
@@ -328,6 +356,7 @@
   el.decline.addEventListener('click', hangup);
   el.hangup.addEventListener('click', hangup);
   el.mute.addEventListener('click', toggleMute);
+  el.hold.addEventListener('click', toggleHold);
   el.keypad.addEventListener('click', pressKey);
   setState('idle');
   loadConfig();

@@ -9,6 +9,7 @@
  *   planetKit.verifyCall({myId, myServiceId, ccParam, mediaType, mediaHtmlElement, delegate});
  *   planetKit.acceptCall(); planetKit.endCall(); planetKit.muteMyAudio(true);
  *   planetKit.sendDtmf('123#');                          // bridge's extension
+ *   planetKit.hold(); planetKit.unhold();               // bridge's extension (native SDKs have it)
  *
  *   // bridge's extension: receive pushes from the platform without an app server
  *   const listener = await PlanetKit.listen({myId, myServiceId, accessToken,
@@ -21,7 +22,7 @@
  *
  * Delegates: evtWaitConnected(), evtVerified({sid, peerId, peerServiceId, appServerData}),
  * evtConnected(), evtDisconnected({source, reason: {code, strCode}}), evtPeerMicMuted(),
- * evtPeerMicUnmuted(), evtDtmf(digits) (extension).
+ * evtPeerMicUnmuted(), evtDtmf(digits), evtPeerHold(), evtPeerUnhold() (extensions).
  * Licence: GPL-3.0-or-later.
  */
 (function (global) {
@@ -211,6 +212,8 @@
     this.disconnected = null;        // the evtDisconnected param
     this.errors = [];                // platform `error` messages
     this.muted = false;
+    this.held = false;               // this side holds the call (hold())
+    this.peerHeld = false;           // the peer holds it (evtPeerHold)
     this.peerStream = null;
     this._delegate = {};
     this._ws = null;
@@ -369,6 +372,24 @@
     return Promise.resolve();
   };
 
+  /**
+   * bridge's extension: put the call on hold (the microphone sends silence) or resume it; the
+   * peer gets evtPeerHold / evtPeerUnhold (a desk phone: a re-INVITE, sendonly then sendrecv).
+   */
+  Call.prototype.hold = function () { return this._hold(true); };
+  Call.prototype.unhold = function () { return this._hold(false); };
+
+  Call.prototype._hold = function (held) {
+    if (this.state !== 'connected') {
+      return Promise.reject(startFail(START_FAIL_REASON.INVALID_PARAM,
+                                      (held ? 'hold' : 'unhold') + ' needs a connected call'));
+    }
+    this.held = held;
+    this._gate();
+    this._send({type: 'hold', held: held});
+    return Promise.resolve();
+  };
+
   /** bridge's extension: DTMF digits to the peer (a desk phone gets RFC 4733 telephone-events). */
   Call.prototype.sendDtmf = function (digits) {
     if (typeof digits !== 'string' || !DTMF_DIGITS.test(digits)) {
@@ -405,7 +426,7 @@
   };
 
   Call.prototype._gate = function () {
-    const open = this.state === 'connected' && !this.muted;
+    const open = this.state === 'connected' && !this.muted && !this.held;
     if (this._mic) this._mic.getAudioTracks().forEach(function (t) { t.enabled = open; });
   };
 
@@ -543,6 +564,11 @@
         break;
       case 'dtmf':
         this._emit('evtDtmf', m.digits || '');
+        break;
+      case 'peer_hold':
+        if (typeof m.held !== 'boolean') break;
+        this.peerHeld = m.held;
+        this._emit(m.held ? 'evtPeerHold' : 'evtPeerUnhold');
         break;
       case 'error':
         console.warn('PlanetKit: the platform says ' + m.code + ': ' + m.message);
