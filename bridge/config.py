@@ -105,6 +105,16 @@ class PlatformConfig:
 
 
 @dataclass(frozen=True)
+class HepConfig:
+    """`sip.hep`: a Homer capture server that gets a HEPv3 copy of every SIP message."""
+
+    host: str
+    port: int
+    agent_id: int = 0
+    password: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
 class SipConfig:
     registrar_host: str
     registrar_port: int | None          # None: RFC 3263 SRV lookup, then 5060
@@ -141,6 +151,7 @@ class SipConfig:
     dtmf: str = "auto"                            # rfc4733, info, or auto (RFC 4733 if negotiated, else INFO)
     reliable_provisionals: str = "supported"      # 100rel: supported (when the peer requires it), required, off
     trace: bool = False                           # log every SIP message sent and received
+    hep: HepConfig | None = None                  # HEPv3 copies of every SIP message (None: none)
 
 
 @dataclass(frozen=True)
@@ -854,7 +865,7 @@ def _sip(r: _Reader, root: _Map) -> SipConfig:
              "contact_host", "register", "register_expires", "keepalive", "rtp_ports", "rtp_host",
              "codecs", "ring_timeout", "transaction_timeout", "jitter_target", "trusted_peers", "untrusted",
              "media_networks", "media_timeout", "session_expires", "min_se", "timers", "dns_servers",
-             "max_transactions", "journal", "trace", "dtmf", "reliable_provisionals"}
+             "max_transactions", "journal", "trace", "dtmf", "reliable_provisionals", "hep"}
     s = r.section(root, "sip", "sip", known)
     host, port = r.get(s, "registrar", "sip.registrar", _sip_host, ("127.0.0.1", 5060), required=True)
     bind_host, bind_port = r.get(s, "listen", "sip.listen", _hostport_any, ("127.0.0.1", 5080))
@@ -906,6 +917,7 @@ def _sip(r: _Reader, root: _Map) -> SipConfig:
         dtmf=r.get(s, "dtmf", "sip.dtmf", _one_of("rfc4733", "info", "auto"), "auto"),
         reliable_provisionals=r.get(s, "reliable_provisionals", "sip.reliable_provisionals",
                                     _one_of("supported", "required", "off"), "supported"),
+        hep=_hep(r, s),
     )
 
 
@@ -915,6 +927,19 @@ def _one_of(*choices: str) -> Callable[[Any], str]:
             raise ValueError(f"must be one of {', '.join(choices)}")
         return value
     return convert
+
+
+def _hep(r: _Reader, s: _Map) -> HepConfig | None:
+    """`sip.hep: {address: host:port, id: N, password[_env|_file]}` (absent: no HEP export)."""
+    if s.get("hep") is None:
+        return None
+    h = r.section(s, "hep", "sip.hep", {"address", "id", "password", "password_env"})
+    host, port = r.get(h, "address", "sip.hep.address", hostport, ("", 0), required=True)
+    agent_id = r.get(h, "id", "sip.hep.id", count, 0)
+    if agent_id > 0xFFFFFFFF:
+        r.error(h, "id", "sip.hep.id", "must fit in 32 bits (0-4294967295)")
+    password = r.secret(h, "password", "sip.hep.password", required=False)
+    return HepConfig(host, port, agent_id, password)
 
 
 def _sip_host(value: Any) -> tuple[str, int | None]:

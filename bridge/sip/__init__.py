@@ -3,8 +3,8 @@
 Modules, one per concept: `uri` and `message` (parsing, building), `sdp`, `transport` (UDP),
 `resolver` (RFC 3263), `transaction` (RFC 3261 section 17), `dialog`, `trust` (who may talk to
 us, where media may go), `call`, `outgoing`, `incoming`, `transfer` (REFER, Replaces), `sessiontimer` (RFC 4028), `dtmf`
-(SIP INFO), `registration`, `journal` (crash recovery) and `useragent`, which ties them
-together. The bridge sees only the names exported here.
+(SIP INFO), `registration`, `journal` (crash recovery), `hep` (HEPv3 copies for Homer) and
+`useragent`, which ties them together. The bridge sees only the names exported here.
 """
 
 from .call import CallEnd, CallFailed, SipCall, SipResult

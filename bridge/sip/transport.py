@@ -8,7 +8,8 @@ leave a call half-ended because a peer's address was bad.
 With `trace` on (`sip.trace`, `bridge run --sip-trace`) every message sent and received is
 logged whole on `bridge.sip.trace` at INFO, one record per message, each of its lines escaped
 (`bridge.logsafe.safe`), at most TRACE_LIMIT bytes. Passwords are never in a SIP message (an
-Authorization header carries a digest), so a trace holds none.
+Authorization header carries a digest), so a trace holds none. With `sip.hep` every message
+also goes, whole, to a Homer capture server (`bridge.sip.hep`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import logging
 import socket
 from typing import Callable
 
+from ..config import HepConfig
 from ..logsafe import safe
+from .hep import HepExport
 
 log = logging.getLogger("bridge.sip")
 trace_log = logging.getLogger("bridge.sip.trace")
@@ -32,9 +35,12 @@ class UdpTransport(asyncio.DatagramProtocol):
     reliable = False
     name = "UDP"
 
-    def __init__(self, on_message: Callable[[bytes, Addr], None], trace: bool = False) -> None:
+    def __init__(self, on_message: Callable[[bytes, Addr], None], trace: bool = False,
+                 hep: HepConfig | None = None) -> None:
         self.on_message = on_message
         self.trace = trace
+        self.hep_config = hep
+        self.hep: HepExport | None = None
         self._transport: asyncio.DatagramTransport | None = None
         self.local: Addr = ("", 0)
         self.family = socket.AF_INET
@@ -46,12 +52,16 @@ class UdpTransport(asyncio.DatagramProtocol):
         self._transport, _ = await loop.create_datagram_endpoint(
             lambda: self, local_addr=(host, port), family=self.family)
         self.local = self._transport.get_extra_info("sockname")[:2]
+        if self.hep_config is not None:
+            self.hep = await HepExport.open(self.hep_config)
 
     def datagram_received(self, data: bytes, addr) -> None:
         if not data.strip(b"\r\n\x00 "):
             return                                   # keep-alive
         if self.trace:
             _trace("received from", data, addr)
+        if self.hep is not None:
+            self.hep.capture(data, (addr[0], addr[1]), self.local)
         self.on_message(data, (addr[0], addr[1]))
 
     def error_received(self, exc: Exception) -> None:
@@ -62,6 +72,8 @@ class UdpTransport(asyncio.DatagramProtocol):
             return
         if self.trace:
             _trace("sent to", data, addr)
+        if self.hep is not None:
+            self.hep.capture(data, self.local, addr)
         try:
             self._transport.sendto(data, addr)
         except (OSError, ValueError, TypeError) as exc:
@@ -72,6 +84,9 @@ class UdpTransport(asyncio.DatagramProtocol):
         if self._transport is not None:
             self._transport.close()
             self._transport = None
+        if self.hep is not None:
+            self.hep.close()
+            self.hep = None
 
 
 def _trace(direction: str, data: bytes, addr: Addr) -> None:

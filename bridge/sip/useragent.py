@@ -67,7 +67,7 @@ class UserAgent:
         # an INVITE with Replaces naming one of our calls (RFC 3891): (the new call, the old one)
         self.on_replaces: Callable[[IncomingCall, SipCall], Awaitable[None]] | None = None
         self.timers = Timers(cfg.t1, cfg.t2, cfg.t4)
-        self.transport = UdpTransport(self._on_message, trace=cfg.trace)
+        self.transport = UdpTransport(self._on_message, trace=cfg.trace, hep=cfg.hep)
         self.layer = TransactionLayer(self.transport, self.timers, cfg.max_transactions)
         self.resolver = Resolver(socket.AF_INET6 if ":" in cfg.bind_host else socket.AF_INET, cfg.dns_servers)
         media = networks(cfg.media_networks) if cfg.media_networks is not None else None
