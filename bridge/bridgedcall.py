@@ -7,7 +7,7 @@ Either side hanging up ends the other within one signalling round trip; reasons 
 `reasons.from_sip` and `reasons.to_sip_status`.
 Hold travels both ways: the phone's re-INVITE (sendonly, inactive) becomes `hold` on the app
 leg (evt_peer_hold), and the app user's `hold` a re-INVITE to the phone (sendonly) with music on
-hold or silence meanwhile.
+hold or silence meanwhile. When the call is over, its record goes to `callrecord`.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import numpy as np
 
 from . import ccparam, codecs, reasons, tls
 from .audio import read_wav
+from .callrecord import CallRecord, CallRecordLog, SipEnd
 from .config import Config
 from .media import AppToSip, SipToApp, cancel_quietly
 from .metrics import Metrics
@@ -117,6 +118,7 @@ class Bridge:
         self._music_path = cfg.bridge.music_on_hold
         self._music: dict[int, np.ndarray | None] = {}
         self.music_on_hold(8000)                # read at start: a broken file is said at once
+        self.records = CallRecordLog(cfg.bridge.call_records)
 
     def music_on_hold(self, rate: int) -> np.ndarray | None:
         """`bridge.music_on_hold` at `rate` (the SIP leg's: 8 kHz G.711, 16 kHz G.722), read once
@@ -238,6 +240,7 @@ class BridgedCall:
         self._swapped = asyncio.Event()     # a transfer put another SIP leg under the app call
         self.identity: tuple[str | None, str | None] = (None, None)   # caller id, name toward SIP
         self.phone: str | None = None       # the desk phone's number (what transfer routes match)
+        self.record = CallRecord(self.direction, time.time())
         self._on_hold_music: asyncio.Task | None = None   # music on hold while the app user holds
 
     def stop(self) -> None:
@@ -271,6 +274,8 @@ class BridgedCall:
         sip.on_refer = self._refer
         self.events.on_hold = self._hold_from_app
         sip.on_hold = self._hold_from_phone
+        if sip.call_id not in self.record.sip_call_ids:
+            self.record.sip_call_ids.append(sip.call_id)
         if self.app_to_sip.held:              # a new SIP leg (a transfer) while the app user holds
             self.bridge.spawn(self._hold_phone(sip, True), f"{self.name}: hold")
 
@@ -409,6 +414,25 @@ class BridgedCall:
             await self.app.end_call()
         if self.sip is not None and not self.sip.ended.done():
             await self.sip.hangup()
+        self._write_record()
+
+    def _write_record(self) -> None:
+        """The call record (`callrecord`): both legs as they ended."""
+        record, sip = self.record, self.sip
+        record.end = time.time()
+        record.sid, record.result = self.app.sid, self.result
+        record.app_codec, record.app_end, record.app_stats = self.app.codec, self.app.disconnected, self.app.stats
+        if sip is not None:
+            record.sip_codec, record.sip_stats = sip.codec, sip.media.stats
+            if sip.call_id not in record.sip_call_ids:
+                record.sip_call_ids.append(sip.call_id)
+            if sip.ended.done():
+                end = sip.ended.result()
+                record.sip_end = SipEnd(end.result.value, end.code, end.by)
+        try:
+            self.bridge.records.write(record)
+        except Exception:                       # a record must never take a call down with it
+            log.exception("%s: the call record could not be written", self.name)
 
     @property
     def name(self) -> str:
@@ -427,6 +451,8 @@ class AppToDeskCall(BridgedCall):
 
     async def _run(self) -> None:
         p, push, bridge = self.push.param, self.push, self.bridge
+        self.record.app_caller = f"{p.caller_user}@{p.caller_service}"
+        self.record.app_callee = f"{push.app_callee_uid}@{push.app_callee_sid}"
         decision = bridge.router.route_to_sip(p.caller_service, p.caller_user, push.app_callee_sid,
                                               push.app_callee_uid)
         try:
@@ -455,6 +481,7 @@ class AppToDeskCall(BridgedCall):
             return
         self.route = decision.route
         self.identity = (decision.caller_id, decision.display_name)
+        self.record.route, self.record.sip_from = decision.route.name, decision.caller_id
         self.sip_to_app.ringback = lambda rate: bridge.ringbacks.get(
             decision.route.ringback or bridge.cfg.bridge.ringback, rate)   # type: ignore[union-attr]
         log.info("call %s: %s", p.sid, decision)
@@ -473,6 +500,7 @@ class AppToDeskCall(BridgedCall):
             return
         assert self.sip is not None
         await self._bridge_media(self.sip)
+        self.record.answer = time.time()
         answered = time.monotonic()
         try:
             await self.app.accept_call()
@@ -492,6 +520,8 @@ class AppToDeskCall(BridgedCall):
             self.bridge.metrics.setup_seconds.labels("notification_to_invite").observe(invited - self.received)
         sip = self.sip = await ua.call(target, caller=decision.caller_id, display_name=decision.display_name,
                                        ring_timeout=decision.ring_timeout, prefer=self.app.codec)
+        self.record.sip_to = target
+        self.record.sip_call_ids.append(sip.call_id)
 
         def ringing(early: bool) -> None:
             if early:
@@ -522,6 +552,8 @@ class DeskToAppCall(BridgedCall):
 
     async def _run(self) -> None:
         sip, bridge = self.incoming, self.bridge
+        self.record.sip_from, self.record.sip_to = sip.caller.number, sip.dialed
+        self.record.sip_call_ids.append(sip.call_id)
         decision = bridge.router.route_to_app(sip.dialed, sip.caller.number, sip.caller.display_name)
         if isinstance(decision, Denied):
             log.warning("SIP call %s from %s to %s %s", sip.call_id, sip.caller.number, sip.dialed, decision)
@@ -533,6 +565,9 @@ class DeskToAppCall(BridgedCall):
             await sip.reject(503)
             return
         self.route = decision.route
+        self.record.route = decision.route.name
+        self.record.app_caller = f"{decision.caller_user}@{decision.caller_service}"
+        self.record.app_callee = f"{decision.user}@{decision.service}"
         self.identity = (decision.user, f"{decision.user} (app)")
         self.phone = sip.caller.number
         log.info("SIP call %s from %s to %s: %s", sip.call_id, sip.caller.number, sip.dialed, decision)
@@ -572,4 +607,5 @@ class DeskToAppCall(BridgedCall):
             return
         if sip.chosen is None:                     # delayed offer: the codec is known from the ACK
             await self._bridge_media(sip)
+        self.record.answer = time.time()
         await self._talk()

@@ -175,6 +175,7 @@ class BridgeConfig:
     platform_ca: str | None = None   # CA bundle that verifies a wss:// platform (None: the system's)
     ringback: str = "us"             # a tone of RINGBACK_TONES or a WAV file (absolute path)
     music_on_hold: str | None = None   # WAV file played to the phone while the app user holds
+    call_records: str | None = None    # JSON-lines call-record file (None: none)
 
 
 @dataclass(frozen=True)
@@ -369,6 +370,17 @@ class _Reader:
         if not isinstance(value, str) or not value.lower().endswith(".wav"):
             raise ValueError(f"must be {', '.join(RINGBACK_TONES)} or a .wav file")
         return self.wav_file(value)
+
+    def record_file(self, value: Any) -> str | None:
+        """A file that lines are appended to (`off`: none); its folder must exist."""
+        if value is False or value == "off":
+            return None
+        path = self.file_path(value)
+        if not os.path.isdir(os.path.dirname(path)):
+            raise ValueError(f"the folder of {path} does not exist")
+        if os.path.isdir(path):
+            raise ValueError(f"{path} is a folder: name a file")
+        return path
 
 
 # --- value converters --------------------------------------------------------------------
@@ -683,7 +695,8 @@ def _notifications(r: _Reader, root: _Map) -> NotificationsConfig:
 
 def _bridge(r: _Reader, root: _Map, platform: PlatformConfig) -> BridgeConfig:
     b = r.section(root, "bridge", "bridge", {"desk_service", "trusted_platforms", "max_calls", "drain_timeout",
-                                               "media", "platform_ca", "ringback", "music_on_hold"})
+                                               "media", "platform_ca", "ringback", "music_on_hold",
+                                               "call_records"})
     desk = r.get(b, "desk_service", "bridge.desk_service", _nonempty_str, required=True)
     if desk and desk not in platform.services:
         r.error(b, "desk_service", "bridge.desk_service",
@@ -700,7 +713,8 @@ def _bridge(r: _Reader, root: _Map, platform: PlatformConfig) -> BridgeConfig:
                         media=r.get(b, "media", "bridge.media", _media, "relay"),
                         platform_ca=_ca_file(r, b, "platform_ca", "bridge.platform_ca"),
                         ringback=r.get(b, "ringback", "bridge.ringback", r.ringback, "us"),
-                        music_on_hold=r.get(b, "music_on_hold", "bridge.music_on_hold", r.wav_file))
+                        music_on_hold=r.get(b, "music_on_hold", "bridge.music_on_hold", r.wav_file),
+                        call_records=r.get(b, "call_records", "bridge.call_records", r.record_file))
 
 
 def _media(value: Any) -> str:

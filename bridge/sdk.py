@@ -648,10 +648,12 @@ class Call:
             future.set_result(None)
 
     async def _finish(self, param: Disconnected) -> None:
-        if self._done.is_set():
+        if self._done.is_set() or self.disconnected is not None:
             return
         self.state = "disconnected"
         self.disconnected = param
+        if self._pc is not None:              # the last figures, before anyone hears it ended
+            self.stats = await self.get_stats()
         self._done.set()
         self._resolve(self._first)
         self._resolve(self._connected)
@@ -660,7 +662,6 @@ class Call:
         if self._liveness is not None:
             await self._liveness.stop()
         if self._pc is not None:
-            self.stats = await self.get_stats()     # while the connection still holds them
             await self._pc.close()
         for task in self._drains:     # a receiver that never started never ends its track
             task.cancel()
