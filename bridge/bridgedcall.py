@@ -291,6 +291,8 @@ class BridgedCall:
             self.bridge.spawn(self._hold_phone(self.sip, held), f"{self.name}: hold")
 
     async def _hold_phone(self, sip: SipCall, held: bool) -> None:
+        with contextlib.suppress(CallFailed):   # desk -> app: the app accepts just before the 200 OK
+            await asyncio.shield(sip.answered)
         if await sip.hold(held):
             log.info("%s: the app user %s the call: the phone %s", self.name, "holds" if held else "resumes",
                      "is on hold" if held else "is back")

@@ -28,7 +28,7 @@ from sippeer import SipPeer, sdp
 from stack import call_desk_phone, kamailio, start_bridge  # noqa: F401  (fixtures)
 from test_reasons import both_end, ring
 from test_sip_leg import assert_tone, play
-from test_sip_transactions import answered_outgoing, in_dialog, invite_in
+from test_sip_transactions import answered_outgoing, in_dialog, invite_in, peer  # noqa: F401  (fixture)
 from testbed import tone_wav
 from testbed.audio import rms_dbfs
 from testbed.fixtures import baresip_factory, kamailio_factory  # noqa: F401
@@ -40,13 +40,6 @@ async def agent(kamailio):  # noqa: F811
     a = await Agent(kamailio).start()
     yield a
     await a.ua.stop()
-
-
-@pytest.fixture
-async def peer():
-    p = await SipPeer().start()
-    yield p
-    p.close()
 
 
 @pytest.fixture
