@@ -166,6 +166,52 @@ async def test_a_refused_hold_leaves_the_call_and_a_481_ends_it(peer, scripted_a
     assert scripted_agent.ua.ports.in_use == 0
 
 
+# --- music on hold at the SIP leg's rate ---------------------------------------------------------
+
+@pytest.mark.parametrize("codec,rate", [("PCMU", 8000), ("G722", 16000)])
+async def test_music_on_hold_is_sent_at_the_sip_legs_rate(tmp_path, codec, rate):
+    """AppToSip.play_held sends the music, resampled for the SIP leg's codec, over a real UDP
+    socket; it is decoded here with PyAV's own decoder (G.722) or mu-law by hand (G.711)."""
+    import socket as sockets
+
+    import av
+
+    from bridge.audio import read_wav
+    from bridge.media import AppToSip
+    from bridge.rtp import RtpEndpoint
+    from testbed.pcap import ulaw_decode
+    wav = tone_wav(tmp_path / "moh.wav", 1300, 2.0, rate=44100, dbfs=-10)
+    phone = sockets.socket(sockets.AF_INET, sockets.SOCK_DGRAM)
+    phone.bind(("127.0.0.1", 0))
+    phone.setblocking(False)
+    rtp = await RtpEndpoint.create("127.0.0.1", remote=phone.getsockname())
+    rtp.set_codec(codec)
+    sink = AppToSip()
+    sink.relay_to(rtp)
+    sink.held = True
+    music = asyncio.ensure_future(sink.play_held(lambda r: read_wav(str(wav), r)))
+    await asyncio.sleep(1.5)
+    sink.held = False
+    await asyncio.wait_for(music, 1)
+    rtp.close()
+    payloads = []
+    while True:
+        try:
+            payloads.append(phone.recv(2048)[12:])
+        except BlockingIOError:
+            break
+    phone.close()
+    assert 65 <= len(payloads) <= 80 and {len(p) for p in payloads} == {160}, (len(payloads), codec)
+    if codec == "G722":
+        decoder = av.CodecContext.create("g722", "r")
+        decoder.sample_rate, decoder.layout = 16000, "mono"
+        pcm = np.concatenate([f.to_ndarray().reshape(-1) for p in payloads for f in decoder.decode(av.Packet(p))])
+    else:
+        pcm = ulaw_decode(b"".join(payloads))
+    assert len(pcm) == len(payloads) * rate // 50
+    assert_tone(pcm[rate // 10:].astype(np.int16), 1300, rate)
+
+
 # --- through the bridge ---------------------------------------------------------------------------
 
 async def test_desk_phone_hold_and_resume_reach_the_app_user(start_bridge, kamailio, baresip_factory):  # noqa: F811
