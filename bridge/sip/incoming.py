@@ -44,6 +44,7 @@ class IncomingCall(SipCall):
         if offer is not None and codec is not None:      # the media path is set up before the answer
             media.set_codec(codec[0], codec[1], offer.telephone_event)
         self.signalling_peer = tx.addr[0]
+        self.secure = invite.request_uri.scheme == "sips"
         self.caller = Party.of(invite.from_)
         self.dialed = invite.to.uri.user or invite.request_uri.user or ""
         self.dialog = Dialog(invite.call_id, new_tag(), invite.from_tag, invite.to.without_params(),
@@ -62,7 +63,7 @@ class IncomingCall(SipCall):
     async def ringing(self) -> None:
         if self.state == "new":
             self.state = "ringing"
-            headers = self.ua.contact_headers()
+            headers = self.ua.contact_headers(self.secure)
             if self.reliable:
                 self._rseq += 1
                 headers += [("Require", "100rel"), ("RSeq", str(self._rseq))]
@@ -105,7 +106,8 @@ class IncomingCall(SipCall):
             raise CallFailed(self.ended.result() if self.ended.done() else CallEnd(SipResult.FAILED, 0, "local"))
         if self.offer is not None and self.chosen is not None:
             self._apply_remote_sdp(self.offer, self.chosen)
-            body = self._local_sdp([self.chosen], self.offer.telephone_event, self._answer_direction(self.offer))
+            body = self._local_sdp([self.chosen], self.offer.telephone_event, self._answer_direction(self.offer),
+                                   answer_to=self.offer)
         else:                                         # delayed offer: we offer, the ACK answers
             codecs = sdp.offer_codecs(self.ua.cfg.codecs)
             self._offered_dtmf_pt = 101
@@ -114,7 +116,7 @@ class IncomingCall(SipCall):
             self._awaiting_answer = True
             body = self._local_sdp(codecs, 101)
         self.state = "answered"              # (a reliable 180 stops being resent)
-        headers = self.ua.contact_headers() + self.start_session_timer(self.invite, "uas")
+        headers = self.ua.contact_headers(self.secure) + self.start_session_timer(self.invite, "uas")
         self._respond(200, body=body, headers=headers)
         self.ua.journal_up(self)
         await asyncio.wait([self.tx.confirmed, self.ended], return_when=asyncio.FIRST_COMPLETED)

@@ -1,14 +1,20 @@
-"""SIP over UDP (RFC 3261 section 18): one socket, datagrams in and out.
+"""SIP over UDP (RFC 3261 section 18): one socket, datagrams in and out; and the SIP trace.
+
+The user agent sees every transport the same way (`UdpTransport` here, `StreamTransport` for
+TCP and TLS in `bridge.sip.stream`): `send(data, addr)`, messages handed to it with their
+source address, `reliable` (no retransmissions over TCP and TLS), `name` (the Via's transport).
 
 Datagrams are handed to the user agent as they arrive, with their source address; CRLF
 keep-alives (RFC 5626 3.5.1) are answered by nothing and dropped. Sending never raises: a
 datagram to an unreachable or unroutable address is counted and dropped, so no caller can
-leave a call half-ended because a peer's address was bad.
+leave a call half-ended because a peer's address was bad. A socket on `::` is dual-stack;
+IPv4 peers are seen, and written to, as plain IPv4 addresses (`bridge.inet`).
 
 With `trace` on (`sip.trace`, `bridge run --sip-trace`) every message sent and received is
 logged whole on `bridge.sip.trace` at INFO, one record per message, each of its lines escaped
 (`bridge.logsafe.safe`), at most TRACE_LIMIT bytes. Passwords are never in a SIP message (an
-Authorization header carries a digest), so a trace holds none.
+Authorization header carries a digest), and SRTP keys (SDES `a=crypto` inline keys) are
+replaced by `<redacted>`, so a trace holds neither.
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ import logging
 import socket
 from typing import Callable
 
+from .. import inet
 from ..logsafe import safe
+from .sdes import redact
 
 log = logging.getLogger("bridge.sip")
 trace_log = logging.getLogger("bridge.sip.trace")
@@ -41,18 +49,22 @@ class UdpTransport(asyncio.DatagramProtocol):
         self.send_errors = 0
 
     async def open(self, host: str, port: int) -> None:
-        self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        loop = asyncio.get_running_loop()
-        self._transport, _ = await loop.create_datagram_endpoint(
-            lambda: self, local_addr=(host, port), family=self.family)
-        self.local = self._transport.get_extra_info("sockname")[:2]
+        self.family = inet.family(host)
+        sock = inet.udp_socket(host, port)
+        try:
+            self._transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(lambda: self, sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        self.local = inet.peer(self._transport.get_extra_info("sockname"))
 
     def datagram_received(self, data: bytes, addr) -> None:
         if not data.strip(b"\r\n\x00 "):
             return                                   # keep-alive
+        source = inet.peer(addr)
         if self.trace:
-            _trace("received from", data, addr)
-        self.on_message(data, (addr[0], addr[1]))
+            trace("received from", data, source, self.name)
+        self.on_message(data, source)
 
     def error_received(self, exc: Exception) -> None:
         log.debug("SIP socket: %s", exc)
@@ -61,9 +73,9 @@ class UdpTransport(asyncio.DatagramProtocol):
         if self._transport is None or self._transport.is_closing():
             return
         if self.trace:
-            _trace("sent to", data, addr)
+            trace("sent to", data, addr, self.name)
         try:
-            self._transport.sendto(data, addr)
+            self._transport.sendto(data, inet.sockaddr(addr, self.family))
         except (OSError, ValueError, TypeError) as exc:
             self.send_errors += 1
             log.warning("SIP: cannot send to %s: %s", addr, exc)
@@ -74,8 +86,12 @@ class UdpTransport(asyncio.DatagramProtocol):
             self._transport = None
 
 
-def _trace(direction: str, data: bytes, addr: Addr) -> None:
-    lines = [safe(line.rstrip(b"\r"), TRACE_LIMIT) for line in data[:TRACE_LIMIT].rstrip(b"\r\n").split(b"\n")]
+def trace(direction: str, data: bytes, addr: Addr, transport: str = "UDP") -> None:
+    """One message on `bridge.sip.trace`, escaped, SRTP keys redacted."""
+    shown = redact(data[:TRACE_LIMIT])
+    lines = [safe(line.rstrip(b"\r"), TRACE_LIMIT) for line in shown.rstrip(b"\r\n").split(b"\n")]
     cut = f", first {TRACE_LIMIT} shown" if len(data) > TRACE_LIMIT else ""
-    trace_log.info("SIP %s %s:%d (%d bytes%s):\n    %s", direction, safe(addr[0], 60), addr[1], len(data), cut,
+    host = f"[{safe(addr[0], 60)}]" if ":" in addr[0] else safe(addr[0], 60)
+    over = "" if transport == "UDP" else f" over {transport}"
+    trace_log.info("SIP %s %s:%d%s (%d bytes%s):\n    %s", direction, host, addr[1], over, len(data), cut,
                    "\n    ".join(lines))
