@@ -19,6 +19,7 @@ import random
 from typing import TYPE_CHECKING
 
 from ..rtp import RtpEndpoint
+from ..srtp import SrtpKey
 from . import sdp
 from .call import CallEnd, CallFailed, SipCall, SipResult, result_of
 from .dialog import Dialog
@@ -43,6 +44,8 @@ class IncomingCall(SipCall):
         self.chosen = codec
         if offer is not None and codec is not None:      # the media path is set up before the answer
             media.set_codec(codec[0], codec[1], offer.telephone_event)
+            if offer.crypto is not None:
+                media.set_srtp(SrtpKey(offer.crypto.suite, self._key(offer.crypto.suite)), offer.crypto.srtp_key)
         self.signalling_peer = tx.addr[0]
         self.secure = invite.request_uri.scheme == "sips"
         self.caller = Party.of(invite.from_)

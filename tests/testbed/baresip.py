@@ -405,12 +405,11 @@ snd_path		{self.record_dir}
         return self.ctrl.mark()
 
     def dial(self, uri: str) -> dict:
-        """Dial ``uri`` (an extension alone is completed to sip:EXT@registrar:port, over the
-        account's transport)."""
+        """Dial ``uri`` (an extension alone is completed to sip:EXT@registrar:port; baresip adds
+        the account's ``;transport=`` itself)."""
         if not uri.startswith("sip"):
             host = f"[{self.registrar_host}]" if ":" in self.registrar_host else self.registrar_host
-            transport = f";transport={self.transport}" if self.transport != "udp" else ""
-            uri = f"sip:{uri}@{host}:{self.kamailio_port}{transport}"
+            uri = f"sip:{uri}@{host}:{self.kamailio_port}"
         r = self.command("dial", uri)
         if not r.get("ok"):
             self.fail(f"dial {uri} refused: {r}")

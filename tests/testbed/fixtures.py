@@ -91,7 +91,9 @@ def baresip_factory(tmp_path, kamailio_factory):
         ext = str(ext)
         if password is None:
             password = kamailio.users[ext]
-        b = Baresip(ext, password, kamailio.port, answermode=answermode, tone_hz=tone_hz,
+        kw.setdefault("registrar_host", kamailio.host)
+        port = kamailio.tls_port if kw.get("transport") == "tls" else kamailio.port   # TLS: Kamailio's TLS port
+        b = Baresip(ext, password, port, answermode=answermode, tone_hz=tone_hz,
                     source_wav=source_wav, regint=regint,
                     workdir=tmp_path / f"baresip-{ext}-{len(made)}", **kw)
         made.append(b)
