@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import re
 import socket
 import ssl
 import time
@@ -26,7 +27,7 @@ from sipagent import sip_config
 from testbed.certs import make_ca_and_server
 from testbed.fixtures import kamailio_factory  # noqa: F401
 from stack import BRIDGE_PW, BRIDGE_USER
-from testbed import DEFAULT_USERS
+from testbed import DEFAULT_USERS, sip_request
 
 
 def options(n: int = 0, *, host: str = "127.0.0.1", body: str = "", length: int | None = None,
@@ -412,5 +413,33 @@ async def test_a_pbx_that_refuses_connections_fails_the_request_at_once(tmp_path
                 await asyncio.sleep(0.02)
         assert time.monotonic() - started < 1.0
         assert ua.counters["connect_failed"] >= 1
+    finally:
+        await ua.stop()
+
+
+# --- dual stack ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_a_dual_stack_listener_registers_over_ipv4_and_answers_ipv6(tmp_path, kamailio_factory,  # noqa: F811
+                                                                       transport):
+    kamailio = kamailio_factory({**DEFAULT_USERS, BRIDGE_USER: BRIDGE_PW})      # IPv4 only
+    ua = UserAgent(sip_config(kamailio.port, transport=transport, bind_host="::", contact_host="127.0.0.1",
+                              rtp_host="127.0.0.1", trusted_peers=("::1",), journal=None))
+    await ua.start()
+    try:
+        async with asyncio.timeout(5):
+            while ua.registration.state != "registered":
+                await asyncio.sleep(0.02)
+        assert re.search(rf"REGISTER sip:127\.0\.0\.1 from 127\.0\.0\.1:{ua.local[1]} ", kamailio.log_text()), \
+            "IPv4 through the IPv6 socket, from the listening port"
+        assert ua.policy.trusted("127.0.0.1") and "::ffff:127.0.0.1" not in ua.policy.pbx
+        if transport == "udp":
+            answer = await asyncio.to_thread(sip_request, ua.local[1], "OPTIONS", "bridge", host="::1")
+            assert answer is not None and answer.status == 200
+        else:
+            reader, writer = await asyncio.open_connection("::1", ua.local[1])
+            writer.write(options(1, host="[::1]", length=0))
+            assert (await response(reader)).startswith(b"SIP/2.0 200 OK")
+            writer.close()
     finally:
         await ua.stop()

@@ -16,9 +16,11 @@ connection its request came in on (a server transaction's address is that connec
 is gone, to the same address at the top Via's sent-by port (18.2.2). A request goes on the open
 connection to its destination, else a new one (any messages sent meanwhile wait for it, in
 order). The connections the bridge opens are bound to its own address and port (SO_REUSEPORT
-beside the listener), so a PBX that finds connections by address (Kamailio) sends its requests
-for the bridge's Contact back on them; over TLS without a certificate of its own that is the only
-way in. Connecting fails: `on_failed(addr)`, so the requests to it end at once, not at Timer B/F.
+beside the listener; on a wildcard listener, the Contact's address), so a PBX that finds
+connections by address (Kamailio) sends its requests for the bridge's Contact back on them; over
+TLS without a certificate of its own that is the only way in. Where that bind fails (the port
+still in TIME_WAIT towards that peer, a Contact address behind NAT) the connection is opened
+from any port. Connecting fails: `on_failed(addr)`, so the requests to it end at once, not at Timer B/F.
 
 Limits (`sip.connections`), against a peer that would exhaust file descriptors or memory:
 - at most `max` connections at once from sources that are not the PBX or trusted peers
@@ -315,7 +317,7 @@ class StreamTransport:
     def __init__(self, on_message: Callable[[bytes, Addr], None], limits: SipConnections, *,
                  tls: TlsContexts | None = None, trace: bool = False,
                  counters: collections.Counter[str] | None = None,
-                 trusted: Callable[[str], bool] = lambda host: False) -> None:
+                 trusted: Callable[[str], bool] = lambda host: False, source_host: str = "") -> None:
         self.on_message = on_message
         self.limits = limits
         self.tls = tls
@@ -337,6 +339,7 @@ class StreamTransport:
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task | None = None
         self._bind_host = ""
+        self.source_host = source_host          # our Contact's address: where a wildcard listener's connections come from
         self._logged: dict[str, float] = {}
         self.closed = False
 
@@ -523,10 +526,12 @@ class StreamTransport:
         return conn
 
     def _source(self, family: int) -> str | None:
-        """The address connections the bridge opens are bound to: the listener's, if specific."""
-        if self._bind_host in inet.ANY or inet.family(self._bind_host) != family:
+        """The address connections the bridge opens are bound to: the listener's, or on a wildcard
+        listener our Contact's (None: any, when neither fits the destination's family)."""
+        host = self._bind_host if self._bind_host not in inet.ANY else self.source_host
+        if not host or host in inet.ANY or inet.family(host) != family:
             return None
-        return self._bind_host
+        return host
 
     def ping(self, addr: Addr) -> bool:
         """A CRLF keep-alive on the connection to `addr` now; False if there is none."""

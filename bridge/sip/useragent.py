@@ -87,7 +87,8 @@ class UserAgent:
         else:
             contexts = tls_contexts(cfg.tls, cfg.registrar_host) if cfg.transport == "tls" else None
             self.transport = StreamTransport(self._on_message, cfg.connections, tls=contexts, trace=cfg.trace,
-                                             counters=self.counters, trusted=self.policy.trusted)
+                                             counters=self.counters, trusted=self.policy.trusted,
+                                             source_host=cfg.contact_host)
             self.transport.on_closed = self._connection_closed
             self.transport.on_failed = self._connection_failed
         self.layer = TransactionLayer(self.transport, self.timers, cfg.max_transactions)
