@@ -7,6 +7,7 @@ app users. Each test places a call each way and checks both tones by FFT at both
   best-effort SRTP (baresip `mediaenc=srtp`: RTP/AVP with a=crypto) that `sip.srtp: optional` takes.
 - An SRTP-only phone (baresip `mediaenc=srtp-mand`: RTP/SAVP only), with `sip.srtp: required`,
   and the SIP trace on: the trace shows the crypto lines, never a key.
+- liblinphone (linphonec) over TLS with mandatory SRTP: a second, unrelated SIP and SRTP stack.
 - IPv6: Kamailio, the bridge (`sip.listen: "[::1]:0"`) and baresip on ::1 only.
 """
 
@@ -19,11 +20,12 @@ from pathlib import Path
 import pytest
 
 from bridge.audio import RATE, tone_analysis
-from parties import Party
+from parties import Party, assert_heard
 from stack import BRIDGE_PW, BRIDGE_USER, Daemon, real_call_works, stack_config, start_bridge  # noqa: F401
 from testbed import DEFAULT_USERS, wav_dominant_frequency
 from testbed.certs import ServerCert, make_ca_and_server
-from testbed.fixtures import baresip_factory, kamailio_factory  # noqa: F401
+from test_linphone import assert_recorded
+from testbed.fixtures import baresip_factory, kamailio_factory, linphone_factory  # noqa: F401
 
 
 @pytest.fixture
@@ -112,6 +114,39 @@ async def test_an_srtp_only_phone_is_reached_and_reaches_the_app(start_bridge, k
     assert not re.search(r"inline:(?!<redacted>)", log), "an SRTP key reached the log"
     assert "SRTP is Enabled" in phone.log_text()
     assert 'bridge_sip_events_total{event="srtp_auth_failed"}' not in await bridge.metrics()
+
+
+async def test_linphone_over_tls_with_srtp_both_ways(start_bridge, kamailio, linphone_factory, certs):  # noqa: F811
+    """liblinphone offers RTP/SAVP (and answers an RTP/AVP offer's a=crypto with plain RTP): with
+    `sip.srtp: required` both directions are SRTP."""
+    bridge = await start_bridge(sip_edit("tls", kamailio, certs, srtp="required"))
+    phone = linphone_factory("2001", kamailio, tone_hz=700, transport="tls", root_ca=certs.ca, srtp="mandatory")
+    alice = Party(bridge.platform_url, "alice", tone=1000)
+    await alice.make_call(("desk-2001", "demo-desk"), bridge.token("alice"))
+    await asyncio.wait_for(alice.events.connected.wait(), 15)
+    await asyncio.to_thread(phone.wait_connected, 5)
+    await asyncio.sleep(4)
+    assert_heard(alice, 700)
+    mark = phone.mark()
+    await alice.call.end_call()
+    await asyncio.to_thread(phone.wait_ended, 5, mark)
+    assert_recorded(phone.recorded, 1000)
+    agent = Party(bridge.platform_url, "agent-001", tone=440)
+    async with agent.listener(bridge.token("agent-001")) as pushes:
+        mark = await asyncio.to_thread(phone.dial, "7001")
+        push = await pushes.next(timeout=10)
+        await agent.verify(push.cc_param)
+        await asyncio.wait_for(agent.events.verified.wait(), 5)
+        await agent.call.accept_call()
+        await asyncio.to_thread(phone.wait_connected, 5, mark)
+        await asyncio.sleep(4)
+        assert_heard(agent, 700)
+        mark = phone.mark()
+        await asyncio.to_thread(phone.hangup)
+        await asyncio.to_thread(phone.wait_ended, 5, mark)
+        await agent.ended(5)
+    assert_recorded(phone.recorded, 440)
+    assert re.findall(r"SIP leg PCMU( SRTP)?,", bridge.log()) == [" SRTP"] * 2
 
 
 @pytest.mark.parametrize("transport", ["udp", "tls"])

@@ -122,7 +122,8 @@ def linphone_factory(tmp_path, kamailio_factory):
     def make(ext: str, kamailio: Kamailio, *, password: Optional[str] = None, start: bool = True,
              **kw) -> Linphone:
         ext = str(ext)
-        phone = Linphone(ext, kamailio.users[ext] if password is None else password, kamailio.port,
+        port = kamailio.tls_port if kw.get("transport") == "tls" else kamailio.port
+        phone = Linphone(ext, kamailio.users[ext] if password is None else password, port,
                          workdir=tmp_path / f"linphone-{ext}-{len(made)}", **kw)
         made.append(phone)
         if start:
