@@ -21,8 +21,9 @@ import pytest
 
 from bridge.config import SipConnections, SipTls
 from bridge.sip import UserAgent, stream
-from bridge.sip.message import MAX_MESSAGE
-from bridge.sip.stream import PING, PONG, Framer, FramingError, response_target
+from bridge.sip.message import MAX_MESSAGE, Request, SipMessage, new_branch, response as respond
+from bridge.sip.stream import PING, PONG, Framer, FramingError, StreamTransport, response_target
+from bridge.sip.transaction import Timers, TransactionLayer
 from sipagent import sip_config
 from testbed.certs import make_ca_and_server
 from testbed.fixtures import kamailio_factory  # noqa: F401
@@ -443,3 +444,75 @@ async def test_a_dual_stack_listener_registers_over_ipv4_and_answers_ipv6(tmp_pa
             writer.close()
     finally:
         await ua.stop()
+
+
+# --- the transaction layer over a reliable transport -------------------------------------------------------
+
+async def test_over_tcp_nothing_is_retransmitted_and_timers_d_i_j_k_are_zero():
+    """RFC 3261 17: no Timer A, E or G over TCP; D, I, J and K are 0 (T1 = 50 ms here, so over UDP
+    Timer A alone would have resent the INVITE 4 times in the second we wait)."""
+    got: asyncio.Queue[bytes] = asyncio.Queue()
+    peer_writer: asyncio.Future[asyncio.StreamWriter] = asyncio.get_running_loop().create_future()
+
+    async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer_writer.set_result(writer)
+        framer = Framer()
+        while data := await reader.read(65536):
+            for frame in framer.feed(data):
+                got.put_nowait(frame)
+
+    server = await asyncio.start_server(peer, "127.0.0.1", 0)
+    dest = server.sockets[0].getsockname()[:2]
+    requests: asyncio.Queue = asyncio.Queue()
+
+    def on_message(data: bytes, addr) -> None:
+        msg = SipMessage(data)
+        if not msg.is_request:
+            layer.on_response(msg, addr)
+        elif (tx := layer.find_server(msg)) is not None:
+            tx.ack() if msg.method == "ACK" else tx.retransmission()
+        else:
+            requests.put_nowait((msg, addr))
+
+    transport = StreamTransport(on_message, LIMITS)
+    await transport.open("127.0.0.1", 0)
+    layer = TransactionLayer(transport, Timers(t1=0.05, t2=0.4, t4=0.5))
+
+    def request(method: str, user: str = "bridge") -> Request:
+        return Request(method, f"sip:2001@127.0.0.1:{dest[1]}", f"SIP/2.0/TCP 127.0.0.1:{transport.local[1]};"
+                       f"branch={new_branch()}", f"<sip:{user}@127.0.0.1>;tag=x", "<sip:2001@127.0.0.1>",
+                       uuid.uuid4().hex, 1)
+    try:
+        invite = layer.invite(request("INVITE"), dest)
+        options_tx = layer.request(request("OPTIONS"), dest)
+        await asyncio.sleep(1.0)
+        sent = [got.get_nowait() for _ in range(got.qsize())]
+        assert [s.split(b" ")[0] for s in sent] == [b"INVITE", b"OPTIONS"], "no Timer A or E"
+        writer = await peer_writer
+        writer.write(respond(SipMessage(sent[0]), 486, to_tag="t") + respond(SipMessage(sent[1]), 200, to_tag="t"))
+        assert (await asyncio.wait_for(got.get(), 2)).startswith(b"ACK ")
+        await asyncio.sleep(0.05)
+        assert invite.state == options_tx.state == "terminated" and not layer.client, "Timers D and K are 0"
+
+        writer.write(request("INVITE", "peer").render())          # the peer's requests, same connection
+        msg, addr = await asyncio.wait_for(requests.get(), 1)
+        stx = layer.new_server(msg, addr)
+        stx.respond(respond(msg, 486, to_tag="s"), 486)
+        await asyncio.sleep(0.5)
+        finals = [got.get_nowait() for _ in range(got.qsize())]
+        assert len(finals) == 1 and finals[0].startswith(b"SIP/2.0 486"), "no Timer G"
+        writer.write(Request("ACK", msg.uri, msg.top_via, msg.first("From") or "", SipMessage(finals[0]).first("To")
+                             or "", msg.call_id, 1).render())
+        await asyncio.sleep(0.1)
+        assert stx.state == "terminated" and not layer.server, "Timer I is 0"
+        writer.write(request("OPTIONS", "peer").render())
+        msg, addr = await asyncio.wait_for(requests.get(), 1)
+        ntx = layer.new_server(msg, addr)
+        ntx.respond(respond(msg, 200), 200)
+        assert ntx.state == "terminated" and not layer.server, "Timer J is 0"
+        assert (await asyncio.wait_for(got.get(), 1)).startswith(b"SIP/2.0 200")
+        writer.close()
+    finally:
+        layer.close()
+        transport.close()
+        server.close()
