@@ -516,3 +516,20 @@ async def test_over_tcp_nothing_is_retransmitted_and_timers_d_i_j_k_are_zero():
         layer.close()
         transport.close()
         server.close()
+
+
+async def test_sips_needs_tls(tmp_path):
+    """A sips: Request-URI that came over TCP gets 416; a sips: target is not called without TLS."""
+    ua = await agent(tmp_path)
+    try:
+        reader, writer = await connect(ua)
+        writer.write(options(1, length=0).replace(b"OPTIONS sip:", b"OPTIONS sips:", 1))
+        head = await response(reader)
+        assert head.startswith(b"SIP/2.0 416 Unsupported URI Scheme"), head[:60]
+        assert ua.counters["refused_sips"] == 1
+        writer.close()
+        call = await ua.call("sips:2001@127.0.0.1")
+        end = await asyncio.wait_for(call.ended, 2)
+        assert end.result.value == "failed" and ua.ports.in_use == 0
+    finally:
+        await ua.stop()
