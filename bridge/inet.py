@@ -55,31 +55,13 @@ def reachable(host: str, bound: str) -> bool:
     return dual_stack(bound) or family(host) == family(bound)
 
 
-def _v6only(sock: socket.socket, host: str) -> None:
-    if sock.family == socket.AF_INET6:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if dual_stack(host) else 1)
-
-
-def udp_socket(host: str, port: int) -> socket.socket:
-    """A bound, non-blocking UDP socket (dual-stack on `::`); raises OSError."""
-    sock = socket.socket(family(host), socket.SOCK_DGRAM)
+def _bound(kind: int, host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    sock = socket.socket(family(host), kind)
     try:
-        _v6only(sock, host)
-        sock.bind((host, port))
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def stream_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
-    """A bound, non-blocking TCP socket (dual-stack on `::`); `reuse_port` lets a listener and the
-    connections the bridge opens share one local port (SO_REUSEPORT). Raises OSError."""
-    sock = socket.socket(family(host), socket.SOCK_STREAM)
-    try:
-        _v6only(sock, host)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if sock.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if dual_stack(host) else 1)
+        if kind == socket.SOCK_STREAM:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
@@ -88,3 +70,14 @@ def stream_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.s
         sock.close()
         raise
     return sock
+
+
+def udp_socket(host: str, port: int) -> socket.socket:
+    """A bound, non-blocking UDP socket (dual-stack on `::`); raises OSError."""
+    return _bound(socket.SOCK_DGRAM, host, port)
+
+
+def stream_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A bound, non-blocking TCP socket (dual-stack on `::`); `reuse_port` lets a listener and the
+    connections the bridge opens share one local port (SO_REUSEPORT). Raises OSError."""
+    return _bound(socket.SOCK_STREAM, host, port, reuse_port)

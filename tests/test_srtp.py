@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import socket
 
 import numpy as np
 import pytest
@@ -22,6 +21,7 @@ from bridge.rtp import RTP_HEADER, RtpEndpoint, RtpPacket
 from bridge.sip import sdes, sdp
 from bridge.sip.transport import trace
 from bridge.srtp import KEY_LENGTH, SUITES, Srtp, SrtpKey, new_key
+from test_rtp import raw_socket, wait_until
 
 HOST = "127.0.0.1"
 N = 160
@@ -210,22 +210,6 @@ def test_answers_keep_the_offers_profile_and_tag_with_our_key():
 
 
 # --- two endpoints over 127.0.0.1 ----------------------------------------------------------------------
-
-def raw_socket(host: str = HOST) -> socket.socket:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind((host, 0))
-    s.setblocking(False)
-    return s
-
-
-async def wait_until(cond, timeout: float = 2.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        if loop.time() > end:
-            raise AssertionError("timed out waiting for condition")
-        await asyncio.sleep(0.001)
-
 
 @pytest.mark.parametrize("suite", [SUITE80, SUITE32])
 async def test_a_tone_over_srtp_between_two_endpoints_and_strangers_are_dropped(suite):
