@@ -323,7 +323,7 @@ class UserAgent:
         try:
             if msg.is_request and msg.request_uri.scheme == "sips" and self.cfg.transport != "tls":
                 self.counters["refused_sips"] += 1         # sips: end to end over TLS, or not at all
-                if msg.method != "ACK":
+                if msg.method != "ACK" and (self.policy.trusted(addr[0]) or self.policy.action == "reject"):
                     self.reply_stateless(msg, addr, 416, reason="Unsupported URI Scheme (sips: needs TLS)")
             elif msg.is_request:
                 self._on_request(msg, addr)
