@@ -34,6 +34,7 @@ from .routing import Denied, Route, Router, TransferDecision
 from .logsafe import safe
 from .sdk import Call, CallDelegate, MakeCallParams, StartFailError, VerifyCallParams
 from .sip import CallFailed, IncomingCall, Referral, SipCall, SipResult, UserAgent
+from .sip.uri import hostport
 
 log = logging.getLogger("bridge.call")
 
@@ -267,8 +268,9 @@ class BridgedCall:
         mode = "relay" if self.sip_to_app.relaying else "transcode"
         if first:
             self.bridge.metrics.media.labels(mode).inc()
-        log.info("%s: media %s, app leg %s, SIP leg %s, RTP %s <-> %s", self.name, mode, self.app.codec,
-                 sip.media.codec, "%s:%d" % sip.media.local_address, sip.media.remote_address)
+        log.info("%s: media %s, app leg %s, SIP leg %s%s, RTP %s <-> %s", self.name, mode, self.app.codec,
+                 sip.media.codec, " SRTP" if sip.media.srtp else "", hostport(*sip.media.local_address),
+                 sip.media.remote_address)
         self.events.on_dtmf = lambda digits: self._dtmf_from_app(sip, digits)
         sip.media.on_dtmf = self._dtmf_from_phone
         sip.on_refer = self._refer

@@ -115,6 +115,27 @@ class HepConfig:
 
 
 @dataclass(frozen=True)
+class SipTls:
+    """`sip.tls`: how the PBX is verified over TLS, and the bridge's own certificate (optional)."""
+
+    ca: str | None = None               # PEM bundle that signs the PBX's certificate (None: the system's)
+    server_name: str | None = None      # the name the PBX's certificate must hold (None: the registrar's host)
+    cert: str | None = None             # the bridge's certificate chain: presented as a client, and served
+    key: str | None = None              # (with it the bridge also accepts TLS connections)
+
+
+@dataclass(frozen=True)
+class SipConnections:
+    """`sip.connections`: what TCP and TLS connections may hold (bridge/sip/stream.py)."""
+
+    max: int = 256                      # open at once from sources that are not the PBX or trusted peers
+    per_address: int = 16               # ... from one such address
+    message_timeout: float = 10.0       # a message (and a new connection's first) must arrive within this
+    idle_timeout: float = 300.0         # an accepted connection that carries no message this long is closed
+    keepalive: float = 30.0             # CRLF ping on connections the bridge opened (RFC 5626); 0: off
+
+
+@dataclass(frozen=True)
 class SipConfig:
     registrar_host: str
     registrar_port: int | None          # None: RFC 3263 SRV lookup, then 5060
@@ -151,6 +172,10 @@ class SipConfig:
     dtmf: str = "auto"                            # rfc4733, info, or auto (RFC 4733 if negotiated, else INFO)
     reliable_provisionals: str = "supported"      # 100rel: supported (when the peer requires it), required, off
     trace: bool = False                           # log every SIP message sent and received
+    transport: str = "udp"                        # udp, tcp or tls (RFC 3261 18)
+    tls: SipTls = field(default_factory=SipTls)
+    connections: SipConnections = field(default_factory=SipConnections)
+    srtp: str = "off"                             # SDES-SRTP on the SIP leg: off, optional, required
     hep: HepConfig | None = None                  # HEPv3 copies of every SIP message (None: none)
 
 
@@ -879,7 +904,8 @@ def _sip(r: _Reader, root: _Map) -> SipConfig:
              "contact_host", "register", "register_expires", "keepalive", "rtp_ports", "rtp_host",
              "codecs", "ring_timeout", "transaction_timeout", "jitter_target", "trusted_peers", "untrusted",
              "media_networks", "media_timeout", "session_expires", "min_se", "timers", "dns_servers",
-             "max_transactions", "journal", "trace", "dtmf", "reliable_provisionals", "hep"}
+             "max_transactions", "journal", "trace", "dtmf", "reliable_provisionals", "transport", "tls",
+             "connections", "srtp", "hep"}
     s = r.section(root, "sip", "sip", known)
     host, port = r.get(s, "registrar", "sip.registrar", _sip_host, ("127.0.0.1", 5060), required=True)
     bind_host, bind_port = r.get(s, "listen", "sip.listen", _hostport_any, ("127.0.0.1", 5080))
@@ -901,6 +927,8 @@ def _sip(r: _Reader, root: _Map) -> SipConfig:
     session_expires = r.get(s, "session_expires", "sip.session_expires", _duration_or_off, 1800)
     if session_expires and session_expires < min_se:
         r.error(s, "session_expires", "sip.session_expires", "must be at least sip.min_se (90s), or off")
+    if s.get("tls") is not None and s.get("transport") != "tls":
+        r.error(s, "tls", "sip.tls", "is for sip.transport: tls")
     return SipConfig(
         registrar_host=host, registrar_port=port,
         domain=r.get(s, "domain", "sip.domain", _nonempty_str, host),
@@ -931,8 +959,43 @@ def _sip(r: _Reader, root: _Map) -> SipConfig:
         dtmf=r.get(s, "dtmf", "sip.dtmf", _one_of("rfc4733", "info", "auto"), "auto"),
         reliable_provisionals=r.get(s, "reliable_provisionals", "sip.reliable_provisionals",
                                     _one_of("supported", "required", "off"), "supported"),
+        transport=r.get(s, "transport", "sip.transport", _one_of("udp", "tcp", "tls"), "udp"),
+        tls=_sip_tls(r, s), connections=_sip_connections(r, s),
+        srtp=r.get(s, "srtp", "sip.srtp", _one_of("off", "optional", "required"), "off"),
         hep=_hep(r, s),
     )
+
+
+def _sip_tls(r: _Reader, s: _Map) -> SipTls:
+    """`sip.tls: {ca, server_name, cert, key}`, files checked at load (cert and key go together)."""
+    if s.get("tls") is None:
+        return SipTls()
+    t = r.section(s, "tls", "sip.tls", {"ca", "server_name", "cert", "key"})
+    ca = _ca_file(r, t, "ca", "sip.tls.ca")
+    name = r.get(t, "server_name", "sip.tls.server_name", _nonempty_str, None)
+    cert = r.get(t, "cert", "sip.tls.cert", r.file_path, None)
+    key = r.get(t, "key", "sip.tls.key", r.file_path, None)
+    if (cert is None) != (key is None):
+        r.error(t, "cert" if cert is None else "key", "sip.tls", "cert and key go together")
+        return SipTls(ca, name)
+    if cert is not None and key is not None:
+        try:
+            tls.server_context(cert, key)
+        except tls.TlsError as exc:
+            r.error(t, "cert", "sip.tls", str(exc))
+            return SipTls(ca, name)
+    return SipTls(ca, name, cert, key)
+
+
+def _sip_connections(r: _Reader, s: _Map) -> SipConnections:
+    c = r.section(s, "connections", "sip.connections",
+                  {"max", "per_address", "message_timeout", "idle_timeout", "keepalive"})
+    return SipConnections(
+        max=r.get(c, "max", "sip.connections.max", positive_int, 256),
+        per_address=r.get(c, "per_address", "sip.connections.per_address", positive_int, 16),
+        message_timeout=r.get(c, "message_timeout", "sip.connections.message_timeout", duration, 10.0),
+        idle_timeout=r.get(c, "idle_timeout", "sip.connections.idle_timeout", duration, 300.0),
+        keepalive=r.get(c, "keepalive", "sip.connections.keepalive", _duration_or_off, 30.0))
 
 
 def _one_of(*choices: str) -> Callable[[Any], str]:

@@ -201,6 +201,7 @@ class Daemon:
             m.sip_calls.set(len(self.ua.calls))
             m.sip_transactions.labels("client").set(len(self.ua.layer.client))
             m.sip_transactions.labels("server").set(len(self.ua.layer.server))
+            m.sip_connections.set(getattr(self.ua.transport, "open_connections", 0))
         if self.platform is not None:
             self.metrics.platform_calls.set(self.platform.active_calls)
         for listener in self._listeners:

@@ -96,20 +96,22 @@ class Doctor:
 
     def sip_listen(self, sip: SipConfig) -> None:
         where = hostport(sip.bind_host, sip.bind_port) + ("" if sip.bind_port else " (any free port)")
-        problem = _bind(socket.SOCK_DGRAM, sip.bind_host, sip.bind_port)
+        problem = _bind(socket.SOCK_DGRAM if sip.transport == "udp" else socket.SOCK_STREAM, sip.bind_host,
+                        sip.bind_port)
         if problem is None:
-            self.add("SIP listen", "OK", f"udp {where} is free")
+            self.add("SIP listen", "OK", f"{sip.transport} {where} is free")
         elif problem == errno.EADDRINUSE:
             self.sip_taken = True                  # the PBX check asks who holds it
         else:
-            self.add("SIP listen", "FAIL", f"cannot listen on udp {where}: {_strerror(problem)} "
+            self.add("SIP listen", "FAIL", f"cannot listen on {sip.transport} {where}: {_strerror(problem)} "
                      "(is it an address of this host? see sip.listen)")
 
     async def pbx(self, sip: SipConfig) -> None:
         registrar = hostport(sip.registrar_host, sip.registrar_port) if sip.registrar_port else sip.registrar_host
         family = socket.AF_INET6 if ":" in sip.bind_host else socket.AF_INET
         try:
-            found = await Resolver(family, sip.dns_servers).resolve(sip.registrar_host, sip.registrar_port)
+            found = await Resolver(family, sip.dns_servers).resolve(sip.registrar_host, sip.registrar_port,
+                                                                     sip.transport)
         except ResolveError as exc:
             self.add("PBX", "FAIL", f"sip.registrar {registrar} does not resolve: {safe(exc)}")
             self.add("registration", "SKIP", "no PBX address")
@@ -128,14 +130,15 @@ class Doctor:
                 await self._who_listens(ua, sip)
             dest = found[0]
             started = time.monotonic()
-            request = Request("OPTIONS", f"sip:{sip.domain}", ua.via(), f"<sip:{sip.username}@{sip.domain}>;tag={new_tag()}",
-                              f"<sip:{sip.domain}>", new_call_id(sip.contact_host), 1,
+            domain = hostport(sip.domain)
+            request = Request("OPTIONS", f"sip:{domain}", ua.via(), f"<sip:{sip.username}@{domain}>;tag={new_tag()}",
+                              f"<sip:{domain}>", new_call_id(sip.contact_host), 1,
                               headers=[("Accept", "application/sdp")])
             reply = await ua.layer.request(request, dest, timeout=OPTIONS_TIMEOUT).next()
             shown = f"{registrar} ({hostport(*dest)})" if hostport(*dest) != registrar else registrar
             if reply is None:
                 self.add("PBX", "FAIL", f"{shown} does not answer SIP OPTIONS within {OPTIONS_TIMEOUT:g} s: is the "
-                         "PBX up, sip.registrar right, and UDP open between here and there?")
+                         f"PBX up, sip.registrar right, and {sip.transport.upper()} open between here and there?")
                 self.add("registration", "SKIP", "the PBX does not answer")
                 return
             self.add("PBX", "OK", f"{shown} answers OPTIONS: {reply.code} {safe(reply.reason, 60)} "
@@ -147,13 +150,15 @@ class Doctor:
     async def _who_listens(self, ua: UserAgent, sip: SipConfig) -> None:
         """sip.listen is taken: by a running bridge (it answers SIP as `bridge`), or by another program."""
         where = hostport(sip.bind_host, sip.bind_port)
-        request = Request("OPTIONS", f"sip:{where}", ua.via(), f"<sip:doctor@{sip.domain}>;tag={new_tag()}",
+        request = Request("OPTIONS", f"sip:{where}", ua.via(),
+                          f"<sip:doctor@{hostport(sip.domain)}>;tag={new_tag()}",
                           f"<sip:{where}>", new_call_id(sip.contact_host), 1)
         reply = await ua.layer.request(request, (sip.bind_host, sip.bind_port), timeout=1.0).next()
         if reply is not None and reply.first("Server") == "bridge":
-            self.add("SIP listen", "OK", f"udp {where} is served by a running bridge")
+            self.add("SIP listen", "OK", f"{sip.transport} {where} is served by a running bridge")
         else:
-            self.add("SIP listen", "FAIL", f"udp {where} is taken by another program: stop it, or change sip.listen")
+            self.add("SIP listen", "FAIL", f"{sip.transport} {where} is taken by another program: stop it, or "
+                     "change sip.listen")
 
     async def _registration(self, ua: UserAgent, sip: SipConfig) -> None:
         deadline = time.monotonic() + REGISTER_WAIT
@@ -162,7 +167,7 @@ class Doctor:
             if reg.state == "failed" and "not answering" not in reg.detail:
                 break
             await asyncio.sleep(0.05)
-        account = f"{sip.username}@{sip.domain}" + (f" (auth user {sip.auth_username})"
+        account = f"{sip.username}@{hostport(sip.domain)}" + (f" (auth user {sip.auth_username})"
                                                     if sip.auth_username != sip.username else "")
         if reg.state == "registered":
             self.add("registration", "OK", f"{account} registered {reg.detail} (a test binding, removed again)")

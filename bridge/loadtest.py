@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import fractions
 import gc
@@ -658,7 +659,8 @@ class LoadTest:
                          password=self.args.far_end_password, bind_host=sip.contact_host, bind_port=0,
                          contact_host=sip.contact_host, register=True, register_expires=300, keepalive=30.0,
                          rtp_host=sip.contact_host, rtp_low=low, rtp_high=high, codecs=sip.codecs,
-                         ring_timeout=30.0)
+                         ring_timeout=30.0, transport=sip.transport, tls=dataclasses.replace(sip.tls, cert=None, key=None),
+                         srtp="optional" if sip.srtp != "off" else "off")
 
     async def _register_far_end(self) -> UserAgent:
         ua = UserAgent(self.far_end_config(), self._on_incoming)

@@ -42,6 +42,8 @@ class Metrics:
         self.rtp_ports = Gauge("bridge_rtp_ports_in_use", "RTP ports (and sockets) held by SIP calls", registry=r)
         self.sip_calls = Gauge("bridge_sip_calls", "SIP calls (dialogs and calls being set up) held", registry=r)
         self.sip_transactions = Gauge("bridge_sip_transactions", "SIP transactions held", ["side"], registry=r)
+        self.sip_connections = Gauge("bridge_sip_connections", "Open SIP TCP/TLS connections (0 over UDP)",
+                                     registry=r)
         self.tasks = Gauge("bridge_asyncio_tasks", "asyncio tasks alive in the daemon", registry=r)
         ProcessCollector(registry=r)     # process_open_fds, process_resident_memory_bytes, ...
         self.http_refused = Counter(
@@ -76,7 +78,9 @@ class _SipCollector(Collector):
             "bridge_sip_events", "SIP leg events: untrusted (out-of-dialog request from a source that is not "
             "the PBX or a trusted peer), foreign_source (in-dialog request or ACK from elsewhere), malformed, "
             "media_policy (SDP address refused), refused_invites, transaction_limit, media_timeouts, "
-            "stray_responses, rtp_foreign (RTP packets from unlatched sources)", labels=["event"])
+            "stray_responses, rtp_foreign (RTP packets from unlatched sources), srtp_auth_failed (SRTP packets that "
+            "did not authenticate), and over TCP/TLS: stream_malformed, message_timeout, connections_refused, "
+            "tls_handshake, idle_closed, connect_failed, flow_failed", labels=["event"])
         for event, count in sorted(self.counters.items()):
             family.add_metric([event], count)
         yield family

@@ -12,6 +12,8 @@ from __future__ import annotations
 import socket
 from collections import deque
 
+from . import inet
+
 
 class PortPoolExhausted(RuntimeError):
     """No free, bindable RTP port left in the range."""
@@ -39,18 +41,17 @@ class PortPool:
         return len(self._used)
 
     def _probe(self, port: int, host: str, keep: bool) -> tuple[bool, socket.socket | None]:
-        """Test-bind RTP and RTCP port; with ``keep`` the RTP socket stays bound."""
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        rtp = socket.socket(family, socket.SOCK_DGRAM)
-        rtcp = socket.socket(family, socket.SOCK_DGRAM)
+        """Test-bind RTP and RTCP port (IPv4 or IPv6, both on ``::``); with ``keep`` the RTP
+        socket stays bound."""
         try:
-            rtp.bind((host, port))
-            rtcp.bind((host, port + 1))
+            rtp = inet.udp_socket(host, port)
+        except OSError:
+            return False, None
+        try:
+            inet.udp_socket(host, port + 1).close()
         except OSError:
             rtp.close()
             return False, None
-        finally:
-            rtcp.close()
         if keep:
             return True, rtp
         rtp.close()

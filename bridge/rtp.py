@@ -6,6 +6,10 @@ caller's 20 ms clock (:meth:`RtpEndpoint.write_frame`), receiving fills a
 :meth:`RtpEndpoint.read_frame` on the same clock.  No threads, nothing grows without bound.
 Codecs (`bridge.codecs`): PCMU and PCMA (8 kHz audio), G.722 (16 kHz audio); all three, and
 telephone-events, on an 8000 Hz RTP clock (RFC 3551), so a 20 ms frame is 160 timestamp units.
+With SRTP (`set_srtp`, keys from SDES) every packet sent is protected and every packet received
+must authenticate before anything else looks at it: one that does not is dropped and counted
+(`stats.srtp_failed`), and can neither latch the stream nor reach the jitter buffer or the relay.
+IPv4 and IPv6 (`bridge.inet`): an endpoint on `::` takes both, addresses written one way.
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import socket
 import struct
 from collections import deque
 from dataclasses import dataclass, field
@@ -21,9 +24,10 @@ from typing import Callable
 
 import numpy as np
 
-from . import codecs, g711
+from . import codecs, g711, inet
 from .jitter import JitterBuffer
 from .ports import PortPool
+from .srtp import Srtp, SrtpKey
 
 logger = logging.getLogger(__name__)
 
@@ -197,6 +201,7 @@ class RtpStats:
     malformed: int = 0
     ignored: int = 0       # unknown payload type, unknown event, RTCP
     foreign: int = 0       # from a source other than the latched one (or one the policy refuses)
+    srtp_failed: int = 0   # SRTP packets that did not authenticate (or were replays): dropped
     dtmf_sent: int = 0
     dtmf_received: int = 0
     jitter_ms: float = 0.0  # RFC 3550 interarrival jitter
@@ -320,6 +325,8 @@ class RtpEndpoint:
         self._latched: tuple[str, int] | None = None
         self._extra_dtmf_pt: int | None = None
         self._transport: asyncio.DatagramTransport | None = None
+        self._family = 0
+        self.srtp: Srtp | None = None
         self._pool: PortPool | None = None
         self._port = 0
         self._local: tuple[str, int] | None = None
@@ -364,12 +371,15 @@ class RtpEndpoint:
                 raise
             self._pool, self._port = port_pool, port
         else:
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: _Protocol(self), local_addr=(host, port), family=family
-            )
+            sock = inet.udp_socket(host, port)
+            try:
+                transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
+            except BaseException:
+                sock.close()
+                raise
         self._transport = transport
-        self._local = transport.get_extra_info("sockname")[:2]
+        self._family = transport.get_extra_info("socket").family
+        self._local = inet.peer(transport.get_extra_info("sockname"))
         return self
 
     # -- configuration (SDP offer/answer, re-INVITE) --------------------------------------------
@@ -407,6 +417,16 @@ class RtpEndpoint:
         self.sample_rate = spec.sample_rate
         self._encode = spec.encoder()
         self.jitter.set_format(spec.decoder(), spec.sample_rate)
+
+    def set_srtp(self, local: SrtpKey | None, remote: SrtpKey | None) -> None:
+        """SRTP with these keys (ours protects what we send, the peer's checks what it sends), or
+        plain RTP when either is None. Keys that did not change keep their stream's state."""
+        if local is None or remote is None:
+            self.srtp = None
+        elif self.srtp is None:
+            self.srtp = Srtp(local, remote)
+        else:
+            self.srtp.update(local, remote)
 
     def accept_dtmf_payload_type(self, pt: int) -> None:
         """Also take telephone-events on `pt` (the one we offered, when the answer named another)."""
@@ -507,7 +527,10 @@ class RtpEndpoint:
             return
         header = RTP_HEADER.pack(0x80, (0x80 if marker else 0) | pt, self._seq, ts, self.ssrc)
         self._seq = (self._seq + 1) & 0xFFFF
-        self._transport.sendto(header + payload, addr)
+        packet = header + payload
+        if self.srtp is not None:
+            packet = self.srtp.protect(packet)
+        self._transport.sendto(packet, inet.sockaddr(addr, self._family))
         self.stats.packets_sent += 1
         self.stats.bytes_sent += len(payload)
 
@@ -527,12 +550,21 @@ class RtpEndpoint:
         if is_rtcp(data):
             self.stats.ignored += 1
             return
+        if self.srtp is not None:
+            if len(data) < RTP_HEADER.size or data[0] >> 6 != RTP_VERSION:
+                self.stats.malformed += 1
+                return
+            clear = self.srtp.unprotect(data)
+            if clear is None:
+                self.stats.srtp_failed += 1
+                return
+            data = clear
         try:
             packet = RtpPacket.parse(data)
         except RtpParseError:
             self.stats.malformed += 1
             return
-        if not self._accept_source(addr[:2]):
+        if not self._accept_source(inet.peer(addr)):
             return
         # every packet of the stream counts for sequence/loss/jitter (RFC 3550 A.3), even one
         # whose payload type we then ignore: its sequence number is no loss

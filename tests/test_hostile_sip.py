@@ -37,7 +37,7 @@ async def blocking(fn, *args, **kw):
 
 
 LEAK_GAUGES = ("bridge_rtp_ports_in_use", "bridge_sip_calls", "process_open_fds", "bridge_active_calls",
-               "bridge_platform_active_calls", 'bridge_sip_transactions{side="server"}')
+               "bridge_platform_active_calls", 'bridge_sip_transactions{side="server"}', "bridge_sip_connections")
 
 
 def gauges(text: str) -> dict[str, float]:
@@ -116,21 +116,28 @@ async def ack_finals(src: socket.socket, answers: list[bytes], dest: tuple[str, 
     for n, d in enumerate(answers):
         if n % 20 == 19:
             await asyncio.sleep(0.01)
-        if not d.startswith(b"SIP/2.0 ") or int(d.split(b" ", 2)[1]) < 300:
-            continue
-        head = d.split(b"\r\n\r\n")[0].decode(errors="replace").split("\r\n")
-        fields = {}
-        for line in head[1:]:
-            name, _, value = line.partition(":")
-            fields.setdefault(name.strip().lower(), value.strip())
-        if not fields.get("cseq", "").endswith("INVITE"):
-            continue
-        to = fields.get("to", "")
-        target = re.search(r"<([^>]+)>", to)
-        lines = [f"ACK {target.group(1) if target else 'sip:x@127.0.0.1'} SIP/2.0", f"Via: {fields.get('via', '')}",
-                 "Max-Forwards: 70", f"From: {fields.get('from', '')}", f"To: {to}",
-                 f"Call-ID: {fields.get('call-id', '')}", f"CSeq: {fields['cseq'].split()[0]} ACK", "Content-Length: 0"]
-        src.sendto(("\r\n".join(lines) + "\r\n\r\n").encode(), dest)
+        ack = ack_for(d)
+        if ack is not None:
+            src.sendto(ack, dest)
+
+
+def ack_for(answer: bytes) -> bytes | None:
+    """The ACK a caller sends for `answer` if it is a failure response to an INVITE, else None."""
+    if not answer.startswith(b"SIP/2.0 ") or int(answer.split(b" ", 2)[1]) < 300:
+        return None
+    head = answer.split(b"\r\n\r\n")[0].decode(errors="replace").split("\r\n")
+    fields = {}
+    for line in head[1:]:
+        name, _, value = line.partition(":")
+        fields.setdefault(name.strip().lower(), value.strip())
+    if not fields.get("cseq", "").endswith("INVITE"):
+        return None
+    to = fields.get("to", "")
+    target = re.search(r"<([^>]+)>", to)
+    lines = [f"ACK {target.group(1) if target else 'sip:x@127.0.0.1'} SIP/2.0", f"Via: {fields.get('via', '')}",
+             "Max-Forwards: 70", f"From: {fields.get('from', '')}", f"To: {to}",
+             f"Call-ID: {fields.get('call-id', '')}", f"CSeq: {fields['cseq'].split()[0]} ACK", "Content-Length: 0"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
 def sip_port(bridge: Daemon) -> int:

@@ -23,6 +23,7 @@ from bridge.reasons import DisconnectReason as R
 from conftest import free_port
 from parties import Party
 from stack import BRIDGE_USER, kamailio, stack_config, start_bridge  # noqa: F401  (fixtures)
+from testbed.certs import make_ca_and_server
 from testbed.fixtures import kamailio_factory  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -155,9 +156,10 @@ async def test_dev_tokens_are_refused_behind_a_proxy(start_bridge):
             assert await offered({header: value}) is False
 
 
-def production_config(tmp_path: Path, kamailio_port: int) -> tuple[Path, int, int]:
+def production_config(tmp_path: Path, kamailio_port: int, ca: Path | None = None) -> tuple[Path, int, int]:
     """config.production.yaml on this machine: the platform on all addresses (exposed), free ports,
-    the test Kamailio, debug logs (the most a log may show)."""
+    the test Kamailio (over TLS, as the sample: `ca` signed its certificate, for pbx.test), debug
+    logs (the most a log may show)."""
     data = yaml.safe_load((ROOT / "config.production.yaml").read_text())
     web, notify = free_port(), free_port()
     data["log_level"] = "debug"
@@ -168,6 +170,8 @@ def production_config(tmp_path: Path, kamailio_port: int) -> tuple[Path, int, in
     data["notifications"]["listen"] = f"127.0.0.1:{notify}"
     data["sip"].update(registrar=f"127.0.0.1:{kamailio_port}", listen="127.0.0.1:0", rtp_ports="34000-34999",
                        keepalive="1s", register_expires="10s")
+    if ca is not None:
+        data["sip"]["tls"].update(ca=str(ca), server_name="pbx.test")
     data["webrtc"]["ice_addresses"] = ["127.0.0.1"]
     path = tmp_path / "production.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -176,8 +180,9 @@ def production_config(tmp_path: Path, kamailio_port: int) -> tuple[Path, int, in
 
 async def test_production_config_runs_exposed_and_never_logs_a_secret(tmp_path, kamailio_factory):
     env = production_env()
-    pbx = kamailio_factory({BRIDGE_USER: env["BRIDGE_SIP_PASSWORD"]}, invite_auth=True)
-    path, web, notify = production_config(tmp_path, pbx.port)
+    certs = make_ca_and_server(tmp_path / "certs", ["pbx.test"], ["127.0.0.1"])
+    pbx = kamailio_factory({BRIDGE_USER: env["BRIDGE_SIP_PASSWORD"]}, invite_auth=True, tls=certs)
+    path, web, notify = production_config(tmp_path, pbx.tls_port, certs.ca)
     log_path = tmp_path / "daemon.log"
     proc = subprocess.Popen([BRIDGE, "run", "-c", str(path)], stdout=open(log_path, "w"), stderr=subprocess.STDOUT,
                             env=clean_env(**env))
@@ -222,6 +227,7 @@ async def test_production_config_runs_exposed_and_never_logs_a_secret(tmp_path, 
         proc.wait(15)
     log = log_path.read_text()
     assert "refusing" not in log and "Traceback" not in log
+    assert "SIP on tls 127.0.0.1:" in log and "inline:" not in log       # TLS, and no SRTP key at debug level
     for name, value in env.items():
         assert value not in log, f"{name} is in the log"
     assert issued not in log and issued.split(".")[2] not in log

@@ -10,6 +10,12 @@ network or DNS trouble can leave it half-ended.
 Direction: what we want (sendrecv, or sendonly while we hold) meets what the peer's SDP allows
 (its direction mirrored; an RFC 2543 hold, c=0.0.0.0, allows nothing); the stream sends only if
 both allow it and receives only if both do.
+
+SRTP (`sip.srtp`, SDES): a call has one key of its own per suite, made when first needed and
+kept for the whole call. Our first offer carries one `a=crypto` line per suite, an answer the
+offer's line with our key, a re-offer the line of the suite in use (or none, if the peer took
+plain RTP); each SDP from the peer sets the keys of the RTP endpoint again (unchanged keys keep
+their SRTP state).
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ from typing import TYPE_CHECKING, Callable
 
 from ..logsafe import safe
 from ..rtp import RtpEndpoint
-from . import dtmf, sdp
+from ..srtp import SUITES, SrtpKey, new_key
+from . import dtmf, sdes, sdp
 from .dialog import Dialog
 from .message import METHODS, SipMessage
 from .sessiontimer import SessionTimer
@@ -123,6 +130,8 @@ class SipCall:
         self._offering = asyncio.Lock()              # one re-INVITE of ours at a time
         self._reinviting = False                     # ... and it is in flight: theirs gets 491
         self.signalling_peer: str | None = None      # the address SIP for this call came from
+        self.secure = False                           # a sips: call: sips: in our Contact
+        self._keys: dict[str, bytes] = {}             # our SRTP key per suite (never logged)
         self.session_timer: SessionTimer | None = None
         self._session = sdp.SessionVersion()
         self._remote_sdp: sdp.Audio | None = None
@@ -132,10 +141,26 @@ class SipCall:
     # media -----------------------------------------------------------------------------
 
     def _local_sdp(self, codecs: list[tuple[str, int]], telephone_event: int | None,
-                   direction: str = "sendrecv") -> str:
+                   direction: str = "sendrecv", answer_to: sdp.Audio | None = None) -> str:
+        """Our SDP: an answer to `answer_to`, else an offer (a re-offer once a session exists)."""
         _, port = self.media.local_address
         return sdp.build(self.ua.cfg.contact_host, port, codecs, session=self._session,
-                         telephone_event=telephone_event, direction=direction, like=self._remote_sdp)
+                         telephone_event=telephone_event, direction=direction, like=self._remote_sdp,
+                         crypto=self._crypto_lines(answer_to),
+                         protocol="RTP/SAVP" if self.ua.cfg.srtp == "required" else "RTP/AVP")
+
+    def _key(self, suite: str) -> bytes:
+        if suite not in self._keys:
+            self._keys[suite] = new_key()
+        return self._keys[suite]
+
+    def _crypto_lines(self, answer_to: sdp.Audio | None) -> list[sdes.Crypto]:
+        if self.ua.cfg.srtp == "off":
+            return []
+        if answer_to is None and self._remote_sdp is None:
+            return sdes.offer({suite: self._key(suite) for suite in SUITES})
+        taken = (answer_to or self._remote_sdp).crypto  # type: ignore[union-attr]
+        return [sdes.Crypto(taken.tag, taken.suite, self._key(taken.suite))] if taken is not None else []
 
     def usable_sdp(self, body: bytes, codecs: tuple[str, ...] | None = None) -> tuple[sdp.Audio, tuple[str, int]]:
         """The peer's audio stream and codec (of ours, or `codecs`); SdpError if unusable, or if
@@ -148,6 +173,10 @@ class SipCall:
             self.media.set_codec(codec[0], codec[1], audio.telephone_event)
             if self._offered_dtmf_pt is not None and audio.telephone_event is not None:
                 self.media.accept_dtmf_payload_type(self._offered_dtmf_pt)
+        if audio.crypto is not None:
+            self.media.set_srtp(SrtpKey(audio.crypto.suite, self._key(audio.crypto.suite)), audio.crypto.srtp_key)
+        else:
+            self.media.set_srtp(None, None)
         if not audio.held_by_address and audio.port:
             self.media.set_remote((audio.address, audio.port))
         self.media.set_direction(self._answer_direction(audio))
@@ -352,7 +381,7 @@ class SipCall:
         if self.state != "answered" or self.on_refer is None or not self.on_refer(referral):
             self.ua.reply(tx, 403, reason="Transfer Not Allowed")
             return
-        self.ua.reply(tx, 202, headers=[("Contact", self.ua.contact_header())])
+        self.ua.reply(tx, 202, headers=[("Contact", self.ua.contact_header(self.secure))])
         self.ua.spawn(referral.notify(100, "Trying"))
 
     def _info(self, msg: SipMessage, tx: ServerTransaction) -> None:
@@ -375,6 +404,7 @@ class SipCall:
             self.ua.reply(tx, 491)
             return
         direction = self.media.direction
+        offer: sdp.Audio | None = None
         if msg.body_bytes:
             try:
                 offer, _ = self.usable_sdp(msg.body_bytes, (self.codec,))
@@ -389,12 +419,13 @@ class SipCall:
         if self.dialog.refresh_target(msg.contact):
             log.info("call %s: remote target moved to %s", self.call_id, safe(self.dialog.remote_target))
             self.ua.add_peers(self.dialog)
-        headers = self.ua.contact_headers()
+        headers = self.ua.contact_headers(self.secure)
         if self.session_timer is not None:
             headers += self.session_timer.refreshed_by_peer(msg)
         body = ""
         if msg.body_bytes or msg.method == "INVITE":
-            body = self._local_sdp([(self.codec, self.media.payload_type)], self.media.dtmf_payload_type, direction)
+            body = self._local_sdp([(self.codec, self.media.payload_type)], self.media.dtmf_payload_type, direction,
+                                   answer_to=offer)
         self.ua.reply(tx, 200, body=body, headers=headers)
 
     async def request(self, method: str, headers: list[tuple[str, str]], *, offer: bool = False,
@@ -411,7 +442,8 @@ class SipCall:
         for attempt in range(2):
             body = self._local_sdp([(self.codec, self.media.payload_type)], self.media.dtmf_payload_type,
                                    direction or self.media.direction) if offer else ""
-            request = dialog.request(method, ua.via(), [("Contact", ua.contact_header())] + headers + extra, body)
+            request = dialog.request(method, ua.via(), [("Contact", ua.contact_header(self.secure))] + headers + extra,
+                                     body)
             tx = await ua.send_in_dialog(dialog, request)
             reply = await tx.next() if tx is not None else None
             while reply is not None and reply.code < 200:

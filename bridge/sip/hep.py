@@ -5,7 +5,7 @@ the wire, in one UDP datagram to the capture server: "HEP3", the total length (u
 chunks, each [vendor id 0x0000: uint16][type: uint16][length, its 6-byte header included: uint16]
 [value], big-endian (sipcapture's HEP3 Network Protocol Specification):
 
-    1  IP family, uint8 (2: IPv4, 10: IPv6)     2  IP protocol, uint8 (17: UDP)
+    1  IP family, uint8 (2: IPv4, 10: IPv6)     2  IP protocol, uint8 (17: UDP, 6: TCP/TLS)
     3  IPv4 source address (4 bytes)            4  IPv4 destination address
     5  IPv6 source address (16 bytes)           6  IPv6 destination address
     7  source port, uint16                      8  destination port, uint16
@@ -37,6 +37,7 @@ Addr = tuple[str, int]
 HEADER = struct.Struct("!4sH")
 CHUNK = struct.Struct("!HHH")
 PROTO_UDP = 17
+PROTO_TCP = 6
 TYPE_SIP = 1
 FAMILY = {4: 2, 6: 10}
 MAX_BACKLOG = 1 << 20
@@ -47,7 +48,7 @@ def chunk(kind: int, value: bytes) -> bytes:
 
 
 def encode(payload: bytes, source: Addr, destination: Addr, *, agent_id: int = 0,
-           password: str | None = None, now: float | None = None) -> bytes | None:
+           password: str | None = None, now: float | None = None, protocol: int = PROTO_UDP) -> bytes | None:
     """One HEPv3 packet for a SIP message that went from `source` to `destination` (IP
     literals); None if they are not IP addresses of one family, or it would exceed 64 KiB."""
     try:
@@ -60,7 +61,7 @@ def encode(payload: bytes, source: Addr, destination: Addr, *, agent_id: int = 0
     seconds = int(now)
     address = (3, 4) if src.version == 4 else (5, 6)
     parts = [
-        chunk(1, bytes([FAMILY[src.version]])), chunk(2, bytes([PROTO_UDP])),
+        chunk(1, bytes([FAMILY[src.version]])), chunk(2, bytes([protocol])),
         chunk(address[0], src.packed), chunk(address[1], dst.packed),
         chunk(7, struct.pack("!H", source[1])), chunk(8, struct.pack("!H", destination[1])),
         chunk(9, struct.pack("!I", seconds)), chunk(10, struct.pack("!I", int((now - seconds) * 1e6))),
@@ -78,17 +79,19 @@ def encode(payload: bytes, source: Addr, destination: Addr, *, agent_id: int = 0
 class HepExport(asyncio.DatagramProtocol):
     """The capture server's socket; `capture()` sends one message's copy."""
 
-    def __init__(self, cfg: HepConfig) -> None:
+    def __init__(self, cfg: HepConfig, tcp: bool = False) -> None:
         self.cfg = cfg
+        self.protocol = PROTO_TCP if tcp else PROTO_UDP     # the IP protocol the SIP went over
         self.sent = 0
         self.dropped = 0
         self._transport: asyncio.DatagramTransport | None = None
         self._complained = False
 
     @classmethod
-    async def open(cls, cfg: HepConfig) -> "HepExport | None":
-        """Connect to the capture server (None, logged, if its address does not resolve)."""
-        self = cls(cfg)
+    async def open(cls, cfg: HepConfig, tcp: bool = False) -> "HepExport | None":
+        """Connect to the capture server (None, logged, if its address does not resolve).
+        `tcp`: the SIP it copies goes over TCP or TLS (decrypted: the copy is the message)."""
+        self = cls(cfg, tcp)
         try:
             self._transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
                 lambda: self, remote_addr=(cfg.host, cfg.port))
@@ -102,7 +105,8 @@ class HepExport(asyncio.DatagramProtocol):
         transport = self._transport
         if transport is None or transport.is_closing():
             return
-        packet = encode(payload, source, destination, agent_id=self.cfg.agent_id, password=self.cfg.password)
+        packet = encode(payload, source, destination, agent_id=self.cfg.agent_id, password=self.cfg.password,
+                        protocol=self.protocol)
         if packet is None or transport.get_write_buffer_size() > MAX_BACKLOG:
             self._drop("a message that cannot be encoded, or a backlog")
             return

@@ -19,6 +19,7 @@ import random
 from typing import TYPE_CHECKING
 
 from ..rtp import RtpEndpoint
+from ..srtp import SrtpKey
 from . import sdp
 from .call import CallEnd, CallFailed, SipCall, SipResult, result_of
 from .dialog import Dialog
@@ -43,7 +44,10 @@ class IncomingCall(SipCall):
         self.chosen = codec
         if offer is not None and codec is not None:      # the media path is set up before the answer
             media.set_codec(codec[0], codec[1], offer.telephone_event)
+            if offer.crypto is not None:
+                media.set_srtp(SrtpKey(offer.crypto.suite, self._key(offer.crypto.suite)), offer.crypto.srtp_key)
         self.signalling_peer = tx.addr[0]
+        self.secure = invite.request_uri.scheme == "sips"
         self.caller = Party.of(invite.from_)
         self.dialed = invite.to.uri.user or invite.request_uri.user or ""
         self.dialog = Dialog(invite.call_id, new_tag(), invite.from_tag, invite.to.without_params(),
@@ -62,7 +66,7 @@ class IncomingCall(SipCall):
     async def ringing(self) -> None:
         if self.state == "new":
             self.state = "ringing"
-            headers = self.ua.contact_headers()
+            headers = self.ua.contact_headers(self.secure)
             if self.reliable:
                 self._rseq += 1
                 headers += [("Require", "100rel"), ("RSeq", str(self._rseq))]
@@ -105,7 +109,8 @@ class IncomingCall(SipCall):
             raise CallFailed(self.ended.result() if self.ended.done() else CallEnd(SipResult.FAILED, 0, "local"))
         if self.offer is not None and self.chosen is not None:
             self._apply_remote_sdp(self.offer, self.chosen)
-            body = self._local_sdp([self.chosen], self.offer.telephone_event, self._answer_direction(self.offer))
+            body = self._local_sdp([self.chosen], self.offer.telephone_event, self._answer_direction(self.offer),
+                                   answer_to=self.offer)
         else:                                         # delayed offer: we offer, the ACK answers
             codecs = sdp.offer_codecs(self.ua.cfg.codecs)
             self._offered_dtmf_pt = 101
@@ -114,7 +119,7 @@ class IncomingCall(SipCall):
             self._awaiting_answer = True
             body = self._local_sdp(codecs, 101)
         self.state = "answered"              # (a reliable 180 stops being resent)
-        headers = self.ua.contact_headers() + self.start_session_timer(self.invite, "uas")
+        headers = self.ua.contact_headers(self.secure) + self.start_session_timer(self.invite, "uas")
         self._respond(200, body=body, headers=headers)
         self.ua.journal_up(self)
         await asyncio.wait([self.tx.confirmed, self.ended], return_when=asyncio.FIRST_COMPLETED)

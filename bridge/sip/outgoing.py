@@ -64,26 +64,29 @@ class OutgoingCall(SipCall):
         self._seq_floor = 0                # CSeq numbers PRACKs used (a later BYE goes above)
 
     def request_uri(self) -> str:
-        cfg = self.ua.cfg
         if self.target.startswith(("sip:", "sips:", "tel:")):
             return self.target
-        return f"sip:{self.target}@{cfg.domain}"
+        return f"sip:{self.target}@{self.ua.domain}"
 
     async def run(self) -> None:
         ua, cfg = self.ua, self.ua.cfg
         uri = self.request_uri()
         try:
-            SipUri.parse(uri)
+            self.secure = SipUri.parse(uri).scheme == "sips"
         except SipParseError as exc:
             log.warning("call %s: bad target %s: %s", self.call_id, safe(uri), exc)
             self._finish(CallEnd(SipResult.NOT_FOUND, 0, "local"))
+            return
+        if self.secure and cfg.transport != "tls":
+            log.warning("call %s: the target %s is a sips: URI, which needs sip.transport: tls", self.call_id, safe(uri))
+            self._finish(CallEnd(SipResult.FAILED, 0, "local"))
             return
         # The From user is our account (PBXs authenticate it); the caller id is shown as the
         # display name and asserted in P-Asserted-Identity (RFC 3325).
         shown = self.display_name or self.caller or ""
         name = f"{quote(shown)} " if shown else ""
-        local_uri = self._local_uri = f"{name}<sip:{cfg.username}@{cfg.domain}>"
-        identity = [("P-Asserted-Identity", f"{name}<sip:{self.caller}@{cfg.domain}>")] \
+        local_uri = self._local_uri = f"{name}<sip:{cfg.username}@{ua.domain}>"
+        identity = [("P-Asserted-Identity", f"{name}<sip:{self.caller}@{ua.domain}>")] \
             if self.caller and self.caller != cfg.username else []
         codecs = sdp.offer_codecs(cfg.codecs, self.prefer)
         self._offered_dtmf_pt = DTMF_PT
@@ -91,7 +94,7 @@ class OutgoingCall(SipCall):
         if cfg.reliable_provisionals == "required":
             extra.append(("Require", "100rel"))
         invite = Request("INVITE", uri, ua.via(), f"{local_uri};tag={new_tag()}", f"<{uri}>", self.call_id, 1,
-                         headers=ua.contact_headers() + extra, body=self._local_sdp(codecs, DTMF_PT))
+                         headers=ua.contact_headers(self.secure) + extra, body=self._local_sdp(codecs, DTMF_PT))
         timer = asyncio.get_running_loop().call_later(self.ring_timeout, self._ring_timeout)
         retried: set[int] = set()
         try:
@@ -139,7 +142,7 @@ class OutgoingCall(SipCall):
     def _again(self, invite: Request, headers: list[tuple[str, str]]) -> Request:
         """The INVITE again with a new branch and CSeq (after 401/407/422)."""
         return Request("INVITE", invite.uri, self.ua.via(), invite.from_, invite.to, self.call_id,
-                       invite.cseq + 1, invite.routes, self.ua.contact_headers() + headers, invite.body)
+                       invite.cseq + 1, invite.routes, self.ua.contact_headers(self.secure) + headers, invite.body)
 
     async def _try(self, invite: Request, destinations: list[tuple[str, int]]) -> SipMessage | None:
         """Send the INVITE to each address in turn until one answers at all; its final response."""

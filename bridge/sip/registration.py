@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from dataclasses import dataclass, field
@@ -33,8 +34,18 @@ if TYPE_CHECKING:
 log = logging.getLogger("bridge.sip")
 
 UNREACHABLE = 408
+
+
+def _ip(host: str) -> str:
+    """An IP address in one spelling (a registrar may expand an IPv6 address), else the host."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return host.lower()
+
 UNRESOLVED = 0
 PROBE_TIMEOUT = 1.0
+RETRY_INTERVAL = 0.5
 
 
 @dataclass
@@ -80,8 +91,8 @@ class Registration:
         """REGISTER (a query when `expires` is None), answering one challenge."""
         cfg, ua = self.cfg, self.ua
         self.resolve_error = ""
-        uri = f"sip:{cfg.domain}"
-        aor = f"<sip:{cfg.username}@{cfg.domain}>"
+        uri = f"sip:{ua.domain}"
+        aor = f"<sip:{cfg.username}@{ua.domain}>"
         headers: list[tuple[str, str]] = []
         if expires is not None:
             headers = [("Contact", ua.contact_header()), ("Expires", str(expires)),
@@ -127,7 +138,7 @@ class Registration:
             except SipParseError:
                 continue
             u = contact.uri
-            if (u.user, u.host, u.port or 5060) == (ours.user, ours.host, ours.port or 5060):
+            if (u.user, _ip(u.host), u.port or 5060) == (ours.user, _ip(ours.host), ours.port or 5060):
                 expires = contact.params.get("expires")
                 if expires and expires.isdigit():
                     return int(expires)
@@ -168,6 +179,7 @@ class Registration:
         while True:
             if reg.state not in ("failed", "registered"):      # a refresh stays "registered"
                 reg.set("registering")
+            attempt = time.monotonic()
             code, granted = await self.register(self.cfg.register_expires,
                                                 PROBE_TIMEOUT if unreachable else None)
             if 200 <= code < 300 and granted > 0:
@@ -181,7 +193,12 @@ class Registration:
                 if not unreachable:
                     reg.set("failed", "registrar not answering", logging.WARNING)
                 unreachable = True
-                continue                          # at once again: notice its return quickly
+                # again at once to notice its return quickly, but not faster than every 0.5 s (a
+                # refused TCP connection or certificate fails at once)
+                pause = RETRY_INTERVAL - (time.monotonic() - attempt)
+                if pause > 0:
+                    await self._sleep(pause)
+                continue
             unreachable = False
             if code == UNRESOLVED:
                 reg.set("failed", self.resolve_error, logging.ERROR)

@@ -7,7 +7,8 @@
   on port 5060 (5061 for TLS). NAPTR is not consulted: the transport comes from the config.
 - A/AAAA come from the system resolver (`getaddrinfo`: /etc/hosts, nsswitch) unless
   `nameservers` are given, then from those servers (dnspython), as SRV always does.
-- Only addresses of the socket's family are returned (an IPv4 socket cannot reach ::1).
+- Only addresses of the socket's family are returned (an IPv4 socket cannot reach ::1); a
+  dual-stack socket (`::`, family AF_UNSPEC here) takes both, IPv6 first (RFC 6724's default).
 - Answers are cached for their TTL (60 s for getaddrinfo, which has none; 5 s for failures);
   `forget(host)` drops a name after a transaction to it failed, so the next request
   resolves it again (a PBX that moved, or a DNS failover).
@@ -74,7 +75,7 @@ class Resolver:
         """Addresses to try, in order; raises ResolveError."""
         default = 5061 if transport == "tls" else 5060
         if is_ip(host):
-            if (":" in host) != (self.family == socket.AF_INET6):
+            if not self._reachable(host):
                 raise ResolveError(f"{host} is not reachable from an IPv{6 if self.family == socket.AF_INET6 else 4} socket")
             return [(host, port or default)]
         key = (host.lower(), port, transport)
@@ -86,6 +87,9 @@ class Resolver:
         if entry.error:
             raise ResolveError(entry.error)
         return list(entry.addresses)
+
+    def _reachable(self, ip: str) -> bool:
+        return self.family == socket.AF_UNSPEC or (":" in ip) == (self.family == socket.AF_INET6)
 
     def forget(self, host: str) -> None:
         for key in [k for k in self._cache if k[0] == host.lower()]:
@@ -110,8 +114,8 @@ class Resolver:
         except (OSError, dns.exception.DNSException) as exc:
             return _Entry([], now + NEGATIVE_TTL, f"cannot resolve SIP host {host}: {exc}")
         if not addresses:
-            return _Entry([], now + NEGATIVE_TTL, f"SIP host {host} has no "
-                          f"{'IPv6' if self.family == socket.AF_INET6 else 'IPv4'} address")
+            kind = {socket.AF_INET6: "IPv6 ", socket.AF_INET: "IPv4 "}.get(self.family, "")
+            return _Entry([], now + NEGATIVE_TTL, f"SIP host {host} has no {kind}address")
         return _Entry(addresses, now + max(ttl, 1.0))
 
     async def _srv(self, host: str, transport: str) -> list[tuple[str, int, float]]:
@@ -141,18 +145,28 @@ class Resolver:
 
     async def _addresses(self, host: str, port: int) -> tuple[list[Addr], float]:
         if is_ip(host):
-            return ([(host, port)] if (":" in host) == (self.family == socket.AF_INET6) else []), POSITIVE_TTL
+            return ([(host, port)] if self._reachable(host) else []), POSITIVE_TTL
         if self.nameservers:
-            rdtype = "AAAA" if self.family == socket.AF_INET6 else "A"
-            try:
-                answer = await self._resolver().resolve(host, rdtype)
-            except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer) as exc:
-                raise ResolveError(str(exc)) from None
-            return [(r.address, port) for r in answer], float(answer.rrset.ttl if answer.rrset else POSITIVE_TTL)
+            kinds = {socket.AF_INET6: ["AAAA"], socket.AF_INET: ["A"]}.get(self.family, ["AAAA", "A"])
+            found: list[Addr] = []
+            ttl = POSITIVE_TTL
+            for rdtype in kinds:
+                try:
+                    answer = await self._resolver().resolve(host, rdtype)
+                except dns.resolver.NoAnswer:
+                    continue
+                except dns.resolver.NXDOMAIN as exc:
+                    raise ResolveError(str(exc)) from None
+                found += [(r.address, port) for r in answer]
+                ttl = min(ttl, float(answer.rrset.ttl if answer.rrset else POSITIVE_TTL))
+            if not found:
+                raise ResolveError(f"{host} has no {' or '.join(kinds)} record")
+            return found, ttl
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(LOOKUP_TIMEOUT * 2):
             infos = await loop.getaddrinfo(host, port, family=self.family, type=socket.SOCK_DGRAM)
         addresses: list[Addr] = []
+        infos = sorted(infos, key=lambda info: info[0] != socket.AF_INET6)     # IPv6 first, stable
         for *_, sockaddr in infos:
             addr = (str(sockaddr[0]), int(sockaddr[1]))
             if addr not in addresses:

@@ -6,9 +6,16 @@ plus RFC 4733 telephone-event. What it promises:
   and `a=ptime`; session-level `c=` and direction are the defaults, media-level ones win.
   Anything else (`b=`, `a=fmtp`, `a=rtcp`, `a=maxptime`, unknown attributes, profiles, media) is
   tolerated and ignored; encoding names and attribute names are read in any case.
-- `choose` takes the first audio stream with a port, an RTP/AVP(F) profile and a codec of ours,
-  even if an earlier audio stream is unusable. In it, G.722 is taken when both sides have it
+- `choose` takes the first audio stream with a port, a profile `sip.srtp` allows and a codec of
+  ours, even if an earlier audio stream is unusable. In it, G.722 is taken when both sides have it
   (wideband), else the offerer's first codec of ours. No such stream: `SdpError`.
+- SRTP (SDES, `bridge.sip.sdes`): with `srtp` off, an RTP/SAVP(F) stream is unusable and
+  `a=crypto` lines on RTP/AVP are ignored (answered as plain RTP); with `optional`, a stream is
+  used with the first usable `a=crypto` line of its m-line when it has one, RTP/SAVP(F) only
+  then, RTP/AVP(F) with or without (best-effort SRTP, as baresip's `mediaenc=srtp` and
+  liblinphone offer it); with `required`, only streams with a usable `a=crypto` line are taken.
+  The answer keeps the offer's profile; the bridge's own offer is RTP/SAVP (`required`) or
+  RTP/AVP (`optional`) with one `a=crypto` line per suite, or plain RTP/AVP (`off`).
 - An answer (`build` with the offer) has one m-line for every m-line of the offer, in order
   (RFC 3264 6): ours for the chosen stream, port 0 and the first offered format for every other
   (video, an unknown medium, a second audio stream, a disabled one). A re-offer of ours keeps the
@@ -22,6 +29,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from . import sdes
+
 STATIC = {0: ("PCMU", 8000), 8: ("PCMA", 8000), 9: ("G722", 8000)}   # RFC 3551 static payload types
 STATIC_PT = {name: pt for pt, (name, _) in STATIC.items()}
 SUPPORTED = ("PCMU", "PCMA", "G722")
@@ -29,6 +38,8 @@ WIDEBAND = "G722"
 CLOCK_RATE = 8000       # the RTP clock of each of SUPPORTED (G.722's too: RFC 3551 4.5.2)
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
 PROFILES = ("RTP/AVP", "RTP/AVPF")
+SECURE_PROFILES = ("RTP/SAVP", "RTP/SAVPF")
+SRTP_MODES = ("off", "optional", "required")
 MAX_STREAMS = 16
 NO_AUDIO = "no audio stream in SDP"
 
@@ -49,6 +60,7 @@ class Media:
     direction: str | None = None
     rtpmap: dict[int, tuple[str, int]] = field(default_factory=dict)   # pt -> (name, clock rate)
     ptime: int | None = None
+    crypto: list[str] = field(default_factory=list)     # a=crypto values (SDES), as written
 
     @property
     def is_audio(self) -> bool:
@@ -71,12 +83,12 @@ class SessionDescription:
     direction: str
     media: list[Media]
 
-    def audio(self, index: int) -> "Audio":
+    def audio(self, index: int, crypto: sdes.Crypto | None = None) -> "Audio":
         """The m-line at `index` as an audio stream, session-level defaults applied."""
         m = self.media[index]
         return Audio(address=m.address or self.address or "", port=m.port, payloads=m.payloads,
                      codecs=dict(m.rtpmap), direction=m.direction or self.direction, protocol=m.protocol,
-                     ptime=m.ptime or 20, index=index, streams=tuple(self.media))
+                     ptime=m.ptime or 20, index=index, streams=tuple(self.media), crypto=crypto)
 
 
 @dataclass
@@ -92,6 +104,7 @@ class Audio:
     ptime: int = 20
     index: int = 0                         # its m-line in `streams`
     streams: tuple[Media, ...] = ()
+    crypto: sdes.Crypto | None = None      # the SDES line taken: SRTP with the peer's key
 
     def codec(self, pt: int) -> str | None:
         name = self.codecs.get(pt, STATIC.get(pt, ("", 0)))[0]
@@ -153,6 +166,8 @@ def parse(body: bytes | str) -> SessionDescription:
                 _rtpmap(current, arg)
             elif current is not None and name == "ptime" and arg.strip().isdigit():
                 current.ptime = int(arg)
+            elif current is not None and name == "crypto" and len(current.crypto) < MAX_STREAMS:
+                current.crypto.append(arg.strip())
     return session
 
 
@@ -178,8 +193,10 @@ def _rtpmap(media: Media, arg: str) -> None:
         pass
 
 
-def choose(session: SessionDescription, supported: tuple[str, ...] = SUPPORTED) -> tuple[Audio, tuple[str, int]]:
-    """The first usable audio stream of `session` and its codec (name, payload type)."""
+def choose(session: SessionDescription, supported: tuple[str, ...] = SUPPORTED,
+           srtp: str = "off") -> tuple[Audio, tuple[str, int]]:
+    """The first usable audio stream of `session` and its codec (name, payload type); `srtp`:
+    off, optional or required (see the module docstring)."""
     why = NO_AUDIO
     for index, media in enumerate(session.media):
         if not media.is_audio:
@@ -187,10 +204,16 @@ def choose(session: SessionDescription, supported: tuple[str, ...] = SUPPORTED) 
         if media.port == 0:
             why = "every audio stream is disabled (port 0)" if why == NO_AUDIO else why
             continue
-        if media.protocol not in PROFILES:
-            why = f"unsupported media profile {media.protocol}"
+        secure = media.protocol.upper() in SECURE_PROFILES
+        if media.protocol.upper() not in PROFILES + SECURE_PROFILES or (secure and srtp == "off"):
+            why = f"unsupported media profile {media.protocol[:40]}" + (" (sip.srtp is off)" if secure else "")
             continue
-        audio = session.audio(index)
+        crypto = sdes.usable(media.crypto)[:1] if srtp != "off" else []
+        if not crypto and (secure or srtp == "required"):
+            why = ("SRTP is required (sip.srtp) and the offer has no usable a=crypto line" if not media.crypto
+                   else "no usable a=crypto line (bridge has AES_CM_128_HMAC_SHA1_80 and _32, one inline key, no MKI)")
+            continue
+        audio = session.audio(index, crypto[0] if crypto else None)
         codec = _codec(audio, supported)
         if codec is None:
             why = f"no common codec (bridge speaks {', '.join(supported)})"
@@ -234,15 +257,19 @@ class SessionVersion:
 
 
 def build(address: str, port: int, codecs: list[tuple[str, int]], *, session: SessionVersion,
-          telephone_event: int | None = 101, direction: str = "sendrecv", like: Audio | None = None) -> str:
-    """An SDP body offering/answering `codecs` [(name, pt)] on address:port.
+          telephone_event: int | None = 101, direction: str = "sendrecv", like: Audio | None = None,
+          crypto: list[sdes.Crypto] | None = None, protocol: str = "RTP/AVP") -> str:
+    """An SDP body offering/answering `codecs` [(name, pt)] on address:port, with `crypto` lines.
 
     `like`: the remote audio stream of the session being answered or re-offered; the body then
-    has one m-line for each of its description's, ours in its place, the others declined."""
+    has one m-line for each of its description's, ours in its place, the others declined, and
+    ours keeps its profile (else `protocol`)."""
     ip = "IP6" if ":" in address else "IP4"
     pts = [pt for _, pt in codecs] + ([telephone_event] if telephone_event is not None else [])
-    protocol = like.protocol if like is not None and like.protocol in PROFILES else "RTP/AVP"
+    if like is not None and like.protocol.upper() in PROFILES + SECURE_PROFILES:
+        protocol = like.protocol
     ours = [f"m=audio {port} {protocol} {' '.join(str(pt) for pt in pts)}"]
+    ours += [line.attribute() for line in crypto or []]
     ours += [f"a=rtpmap:{pt} {name}/{CLOCK_RATE}" for name, pt in codecs]
     if telephone_event is not None:
         ours += [f"a=rtpmap:{telephone_event} telephone-event/{CLOCK_RATE}", f"a=fmtp:{telephone_event} 0-16"]

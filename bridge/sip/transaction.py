@@ -15,6 +15,9 @@ Matching follows 17.1.3 and 17.2.3: client transactions by branch and CSeq metho
 response must come from where the request went), server transactions by branch, sent-by and
 method (ACK to a non-2xx matches its INVITE). The layer holds at most `max_server` server
 transactions; beyond that the user answers statelessly (and a flood cannot grow memory).
+Over TCP and TLS (`transport.reliable`) nothing is retransmitted (no Timers A, E, G) and
+D, I, J, K are 0, as the table says; a connection that cannot be opened ends the client
+transactions that wait on it at once (`transport_failed`, RFC 3261 8.1.3.1), as a timeout would.
 """
 
 from __future__ import annotations
@@ -385,6 +388,13 @@ class TransactionLayer:
             return None
         tx.receive(msg)
         return tx
+
+    def transport_failed(self, dest: Addr) -> None:
+        """The request to `dest` never left (no connection): its transactions end as if timed out."""
+        for tx in list(self.client.values()):
+            if tx.dest == dest and tx.state in ("calling", "trying"):
+                tx._deliver(None)
+                tx.terminate()
 
     def _forget_client(self, tx: ClientTransaction) -> None:
         if self.client.get(tx.key) is tx:

@@ -10,9 +10,17 @@ and whatever fails a check is answered (or dropped) before it can take anything:
    or dropped otherwise); an ACK for a 2xx and a CANCEL must match what they refer to;
 4. trust (`bridge.sip.trust`): out-of-dialog requests only from the PBX or `sip.trusted_peers`;
    `Require` with an option we do not support gets 420;
-5. an INVITE is validated whole (headers, SDP, media policy, session interval) before an RTP
-   port is taken, and every failure after that gives the port back.
+5. an INVITE is validated whole (headers, SDP, media policy, SRTP, session interval) before an
+   RTP port is taken, and every failure after that gives the port back.
 A crash journal (`bridge.sip.journal`) lets the next start end what this process left open.
+
+One transport carries it all (`sip.transport`): UDP (`bridge.sip.transport`), TCP or TLS
+(`bridge.sip.stream`); Via, Contact (`;transport=tcp|tls`) and the SRV lookup follow it. A
+`sips:` Request-URI (RFC 3261 19.1.2) is taken only over TLS (else 416), and a call with one
+has `sips:` in its Contact (8.1.1.8, 12.1.1); the registration's Contact stays `sip:` with
+`;transport=tls`, as PBXs expect. Over TCP and TLS, a connection of ours to the PBX that drops
+makes the registration check at once (which connects again); one that cannot be opened ends the
+requests waiting on it at once. IPv4 and IPv6 alike, and both on `::` (see `bridge.inet`).
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import socket
 import time
 from typing import Awaitable, Callable
 
+from .. import inet
 from ..config import SipConfig
 from ..jitter import JitterBuffer
 from ..logsafe import safe
@@ -40,7 +49,9 @@ from .message import (METHODS, Request, SipMessage, SipParseError, bad_request, 
 from .outgoing import OutgoingCall
 from .registration import Registration, RegistrationState
 from .resolver import ResolveError, Resolver
+from .sdes import redact
 from .sessiontimer import parse_expires
+from .stream import StreamTransport, tls_contexts
 from .transaction import ClientTransaction, ServerTransaction, Timers, TransactionLayer
 from .transfer import Replaces
 from .transport import UdpTransport
@@ -67,15 +78,26 @@ class UserAgent:
         # an INVITE with Replaces naming one of our calls (RFC 3891): (the new call, the old one)
         self.on_replaces: Callable[[IncomingCall, SipCall], Awaitable[None]] | None = None
         self.timers = Timers(cfg.t1, cfg.t2, cfg.t4)
-        self.transport = UdpTransport(self._on_message, trace=cfg.trace, hep=cfg.hep)
-        self.layer = TransactionLayer(self.transport, self.timers, cfg.max_transactions)
-        self.resolver = Resolver(socket.AF_INET6 if ":" in cfg.bind_host else socket.AF_INET, cfg.dns_servers)
+        self.counters: collections.Counter[str] = collections.Counter()
         media = networks(cfg.media_networks) if cfg.media_networks is not None else None
         self.policy = TrustPolicy(networks(cfg.trusted_peers), media, cfg.untrusted)
+        self.transport: UdpTransport | StreamTransport
+        if cfg.transport == "udp":
+            self.transport = UdpTransport(self._on_message, trace=cfg.trace, hep=cfg.hep)
+        else:
+            contexts = tls_contexts(cfg.tls, cfg.registrar_host) if cfg.transport == "tls" else None
+            self.transport = StreamTransport(self._on_message, cfg.connections, tls=contexts, trace=cfg.trace,
+                                             hep=cfg.hep, counters=self.counters, trusted=self.policy.trusted,
+                                             source_host=cfg.contact_host)
+            self.transport.on_closed = self._connection_closed
+            self.transport.on_failed = self._connection_failed
+        self.layer = TransactionLayer(self.transport, self.timers, cfg.max_transactions)
+        family = socket.AF_UNSPEC if inet.dual_stack(cfg.bind_host) else inet.family(cfg.bind_host)
+        self.resolver = Resolver(family, cfg.dns_servers)
+        self.domain = hostport(cfg.domain)          # as a URI writes it (an IPv6 address in brackets)
         self.registrar = Registration(self)
         self.ports = PortPool(cfg.rtp_low, cfg.rtp_high, cfg.rtp_host)
         self.calls: dict[str, SipCall] = {}
-        self.counters: collections.Counter[str] = collections.Counter()
         self.journal = Journal(journal) if journal else None
         self.recovered = 0
         self._tasks: set[asyncio.Task] = set()
@@ -97,8 +119,10 @@ class UserAgent:
         self.local = self.transport.local
         with contextlib.suppress(ResolveError):
             await self.proxy_addresses()
-        log.info("SIP on udp %s, registrar %s", hostport(*self.local),
-                 hostport(self.cfg.registrar_host, self.cfg.registrar_port))
+        log.info("SIP on %s %s, registrar %s%s", self.cfg.transport, hostport(*self.local),
+                 hostport(self.cfg.registrar_host, self.cfg.registrar_port),
+                 " (TLS: connections the bridge opens only, no sip.tls.cert)"
+                 if isinstance(self.transport, StreamTransport) and not self.transport.listening else "")
         if recover:
             self.spawn(end_left_open(self, recover))
         if self.cfg.register:
@@ -142,16 +166,22 @@ class UserAgent:
     # what we are -----------------------------------------------------------------------
 
     def via(self) -> str:
-        return f"SIP/2.0/UDP {hostport(self.cfg.contact_host, self.local[1])};branch={new_branch()};rport"
+        return (f"SIP/2.0/{self.transport.name} {hostport(self.cfg.contact_host, self.local[1])};"
+                f"branch={new_branch()};rport")
 
-    def contact_uri(self) -> SipUri:
-        return SipUri("sip", self.cfg.username, self.cfg.contact_host, self.local[1])
+    def contact_uri(self, secure: bool = False) -> SipUri:
+        """Our Contact: `sips:` for a call with a sips: Request-URI, else `sip:` with the transport."""
+        if secure:
+            return SipUri("sips", self.cfg.username, self.cfg.contact_host, self.local[1])
+        params: dict[str, str | None] = {"transport": self.cfg.transport} if self.cfg.transport != "udp" else {}
+        return SipUri("sip", self.cfg.username, self.cfg.contact_host, self.local[1], params)
 
-    def contact_header(self) -> str:
-        return f"<{self.contact_uri()}>"
+    def contact_header(self, secure: bool = False) -> str:
+        return f"<{self.contact_uri(secure)}>"
 
-    def contact_headers(self) -> list[tuple[str, str]]:
-        return [("Contact", self.contact_header()), ("Allow", self.allow), ("Supported", ", ".join(self.supported))]
+    def contact_headers(self, secure: bool = False) -> list[tuple[str, str]]:
+        return [("Contact", self.contact_header(secure)), ("Allow", self.allow),
+                ("Supported", ", ".join(self.supported))]
 
     def capabilities(self) -> list[tuple[str, str]]:
         return [("Allow", self.allow), ("Accept", ACCEPT), ("Supported", ", ".join(self.supported))]
@@ -178,7 +208,7 @@ class UserAgent:
 
     async def proxy_addresses(self) -> list[Addr]:
         """The registrar/outbound proxy, resolved (RFC 3263), the last failed one last."""
-        found = await self.resolver.resolve(self.cfg.registrar_host, self.cfg.registrar_port)
+        found = await self.resolver.resolve(self.cfg.registrar_host, self.cfg.registrar_port, self.cfg.transport)
         if set(found) != set(self._proxy):
             self._proxy = found
             self.policy.set_pbx(host for host, _ in found)
@@ -193,9 +223,20 @@ class UserAgent:
         self.registrar.check_now()
 
     async def next_hop(self, dialog: Dialog) -> Addr:
+        """The first route (or the remote target), resolved for our one transport (its default port)."""
         uri = dialog.next_hop()
-        found = await self.resolver.resolve(uri.host, uri.port, uri.transport)
+        found = await self.resolver.resolve(uri.host, uri.port, self.cfg.transport)
         return found[0]
+
+    def _connection_closed(self, addr: Addr) -> None:
+        """A TCP/TLS connection of ours closed: if it went to the PBX, check the registration now."""
+        if addr in self._proxy:
+            log.info("SIP: the %s connection to the PBX at %s closed; checking the registration",
+                     self.transport.name, hostport(*addr))
+            self.registrar.check_now()
+
+    def _connection_failed(self, addr: Addr) -> None:
+        self.layer.transport_failed(addr)
 
     async def send_in_dialog(self, dialog: Dialog, request: Request) -> ClientTransaction | None:
         """Send a request inside `dialog`; None (logged) if its next hop cannot be reached."""
@@ -237,7 +278,7 @@ class UserAgent:
 
     def usable_sdp(self, body: bytes, codecs: tuple[str, ...], peer: str | None) -> tuple[sdp.Audio, tuple[str, int]]:
         """The audio stream of `body` and the codec to use; SdpError if unusable or against policy."""
-        audio, codec = sdp.choose(sdp.parse(body), codecs)
+        audio, codec = sdp.choose(sdp.parse(body), codecs, self.cfg.srtp)
         self.check_media_address(audio, peer)
         return audio, codec
 
@@ -280,7 +321,11 @@ class UserAgent:
                 log.info("dropped a bad SIP message from %s: %s", hostport(*addr), safe(exc))
             return
         try:
-            if msg.is_request:
+            if msg.is_request and msg.request_uri.scheme == "sips" and self.cfg.transport != "tls":
+                self.counters["refused_sips"] += 1         # sips: end to end over TLS, or not at all
+                if msg.method != "ACK" and (self.policy.trusted(addr[0]) or self.policy.action == "reject"):
+                    self.reply_stateless(msg, addr, 416, reason="Unsupported URI Scheme (sips: needs TLS)")
+            elif msg.is_request:
                 self._on_request(msg, addr)
             else:
                 self._on_response(msg, addr)
@@ -477,6 +522,10 @@ class UserAgent:
         if self.calls.get(call.call_id) is call:
             del self.calls[call.call_id]
         self.counters["rtp_foreign"] += call.media.stats.foreign
+        if call.media.stats.srtp_failed:
+            self.counters["srtp_auth_failed"] += call.media.stats.srtp_failed
+            log.warning("call %s: %d SRTP packet(s) did not authenticate and were dropped", call.call_id,
+                        call.media.stats.srtp_failed)
         self._silence.pop(call.call_id, None)
         if self.journal is not None:
             self.journal.down(call.call_id)
@@ -528,7 +577,7 @@ class UserAgent:
 
     def journal_invite(self, call: OutgoingCall, invite: Request, dest: Addr) -> None:
         if self.journal is not None:
-            self.journal.invite(call.call_id, invite.render(), dest)
+            self.journal.invite(call.call_id, redact(invite.render()), dest)
 
     def journal_ringing(self, call: IncomingCall) -> None:
         if self.journal is not None and call.dialog is not None:

@@ -91,7 +91,9 @@ def baresip_factory(tmp_path, kamailio_factory):
         ext = str(ext)
         if password is None:
             password = kamailio.users[ext]
-        b = Baresip(ext, password, kamailio.port, answermode=answermode, tone_hz=tone_hz,
+        kw.setdefault("registrar_host", kamailio.host)
+        port = kamailio.tls_port if kw.get("transport") == "tls" else kamailio.port   # TLS: Kamailio's TLS port
+        b = Baresip(ext, password, port, answermode=answermode, tone_hz=tone_hz,
                     source_wav=source_wav, regint=regint,
                     workdir=tmp_path / f"baresip-{ext}-{len(made)}", **kw)
         made.append(b)
@@ -120,7 +122,8 @@ def linphone_factory(tmp_path, kamailio_factory):
     def make(ext: str, kamailio: Kamailio, *, password: Optional[str] = None, start: bool = True,
              **kw) -> Linphone:
         ext = str(ext)
-        phone = Linphone(ext, kamailio.users[ext] if password is None else password, kamailio.port,
+        port = kamailio.tls_port if kw.get("transport") == "tls" else kamailio.port
+        phone = Linphone(ext, kamailio.users[ext] if password is None else password, port,
                          workdir=tmp_path / f"linphone-{ext}-{len(made)}", **kw)
         made.append(phone)
         if start:

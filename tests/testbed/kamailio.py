@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
+from .certs import ServerCert
 from .proc import HOST, ManagedProcess, free_port, require_binary, wait_for
 from .sipmsg import SipResponse, sip_request
 
@@ -23,7 +24,12 @@ class Kamailio:
 
     ``Kamailio(port=None, users={"2001": "pw", ...}, invite_auth=True, workdir=None)``
 
-    - ``port``: UDP+TCP listen port on 127.0.0.1 (None: a free one is picked).
+    - ``port``: UDP+TCP listen port (None: a free one is picked).
+    - ``host``: the address it listens on, 127.0.0.1 or an IPv6 one such as ``::1`` (then Via and
+      Contact of what it reaches must bracket it: Kamailio refuses ``::1:5060``, "bad ipv6 reference").
+    - ``tls``: a server certificate (``testbed.certs``): Kamailio also listens for TLS on
+      ``tls_port`` (tls module from Debian ``kamailio-tls-modules``), presenting it; it does not ask
+      clients for certificates, and does not verify the ones of the phones it connects to.
     - ``users``: static extension -> password table (htable filled at start).
       REGISTER is challenged with 401 (realm = To domain, i.e. "127.0.0.1");
       the auth user must equal the To user.
@@ -39,8 +45,11 @@ class Kamailio:
     """
 
     def __init__(self, port: Optional[int] = None, users: Optional[dict] = None, *,
-                 invite_auth: bool = True, workdir=None, debug: int = 2):
+                 invite_auth: bool = True, workdir=None, debug: int = 2, host: str = HOST,
+                 tls: Optional[ServerCert] = None):
         self.port = port or free_port()
+        self.tls = tls
+        self.tls_port = free_port() if tls is not None else None
         self.users = dict(DEFAULT_USERS if users is None else users)
         for k, v in self.users.items():
             if not _SAFE.match(str(k)) or '"' in str(v) or "\\" in str(v) or "\n" in str(v):
@@ -53,7 +62,7 @@ class Kamailio:
         self.log_path = self.workdir / "kamailio.log"
         self._proc: Optional[ManagedProcess] = None
         self._log_offset = 0  # where the current run's log starts
-        self.host = HOST
+        self.host = host
 
     # --- config -----------------------------------------------------------------------
     def write_config(self) -> Path:
@@ -61,16 +70,37 @@ class Kamailio:
         text = re.sub(r"(?m)^@@USERS@@$", lambda _m: users, CFG_TEMPLATE.read_text())
         text = text.replace("debug=2", f"debug={self.debug}", 1)
         self.cfg_path.write_text(text)
+        if self.tls is not None:
+            (self.workdir / "tls.cfg").write_text(f"""[server:default]
+method = TLSv1.2+
+verify_certificate = no
+require_certificate = no
+private_key = {self.tls.key}
+certificate = {self.tls.cert}
+
+[client:default]
+method = TLSv1.2+
+verify_certificate = no
+require_certificate = no
+""")
         return self.cfg_path
+
+    @property
+    def hostref(self) -> str:
+        """The host as a URI writes it (an IPv6 address in brackets)."""
+        return f"[{self.host}]" if ":" in self.host else self.host
 
     def argv(self) -> list[str]:
         exe = require_binary("kamailio")
         argv = [exe, "-f", str(self.cfg_path), "-DD", "-E",
-                "-l", f"udp:{HOST}:{self.port}", "-l", f"tcp:{HOST}:{self.port}",
+                "-l", f"udp:{self.hostref}:{self.port}", "-l", f"tcp:{self.hostref}:{self.port}",
                 "-Y", str(self.workdir), "-P", str(self.workdir / "kamailio.pid"),
                 "-w", str(self.workdir), "-m", "32", "-M", "8"]
         if self.invite_auth:
             argv += ["-A", "WITH_INVITE_AUTH"]
+        if self.tls is not None:
+            argv += ["-l", f"tls:{self.hostref}:{self.tls_port}", "-A", "WITH_TLS",
+                     "-A", f'TLS_CONFIG="{self.workdir / "tls.cfg"}"']
         return argv
 
     # --- lifecycle --------------------------------------------------------------------
@@ -84,9 +114,10 @@ class Kamailio:
 
     def wait_ready(self, timeout: float = 10.0) -> None:
         def probe():
-            r = sip_request(self.port, "OPTIONS", timeout=0.3)
+            r = sip_request(self.port, "OPTIONS", host=self.host, timeout=0.3)
             return r is not None and r.status == 200
-        wait_for(probe, timeout, interval=0.05, alive=self._proc, what=f"OPTIONS 200 on udp:{HOST}:{self.port}")
+        wait_for(probe, timeout, interval=0.05, alive=self._proc,
+                 what=f"OPTIONS 200 on udp:{self.hostref}:{self.port}")
 
     def stop(self) -> None:
         if self._proc:
@@ -148,14 +179,14 @@ class Kamailio:
                         what=f"log line containing {text!r}")
 
     def options(self, timeout: float = 1.0) -> Optional[SipResponse]:
-        return sip_request(self.port, "OPTIONS", timeout=timeout)
+        return sip_request(self.port, "OPTIONS", host=self.host, timeout=timeout)
 
     def register_without_auth(self, ext: str, timeout: float = 2.0) -> Optional[SipResponse]:
         """Send a REGISTER with no Authorization header; expect a 401 challenge."""
-        return sip_request(self.port, "REGISTER", user=ext, timeout=timeout)
+        return sip_request(self.port, "REGISTER", user=ext, host=self.host, timeout=timeout)
 
     def uri(self, ext: str) -> str:
-        return f"sip:{ext}@{HOST}:{self.port}"
+        return f"sip:{ext}@{self.hostref}:{self.port}"
 
     def __repr__(self) -> str:
         return f"Kamailio(port={self.port}, invite_auth={self.invite_auth}, running={self.running})"

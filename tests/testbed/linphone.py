@@ -22,6 +22,11 @@ Facts found on this machine (tests/test_linphone.py relies on each):
 * While it holds a call (``pause``) linphonec sends its play file as music on hold and records
   nothing; it records the DTMF tones it sends itself.
 * ``-d 5 -l FILE`` writes liblinphone's own log (SIP messages included) to ``debug.log``.
+* Over TLS (``transport="tls"``: ``reg_proxy=<sip:HOST:PORT;transport=tls>``, ``root_ca`` the test
+  CA, ``verify_server_certs``; ``verify_server_cn=0``: its mbedTLS matches a name, never the IP
+  address Kamailio is dialled by) with ``media_encryption=srtp``: liblinphone
+  offers ``RTP/AVP`` with ``a=crypto`` (SDES), or ``RTP/SAVP`` when it is mandatory
+  (``media_encryption_mandatory=1``).
 """
 
 from __future__ import annotations
@@ -51,12 +56,18 @@ class Linphone:
 
     def __init__(self, ext: str, password: str, kamailio_port: int, *, codecs: Sequence[str] = ("PCMU",),
                  autoanswer: bool = True, tone_hz: Optional[float] = None, source_rate: int = 16000,
-                 tone_dbfs: float = -13.0, source_seconds: float = 60.0, workdir=None):
+                 tone_dbfs: float = -13.0, source_seconds: float = 60.0, workdir=None, transport: str = "udp",
+                 root_ca=None, srtp: Optional[str] = None):
+        """``transport``: "udp" or "tls" (``kamailio_port`` is then Kamailio's TLS port, ``root_ca``
+        its CA); ``srtp``: None, "optional" (RTP/AVP with a=crypto) or "mandatory" (RTP/SAVP)."""
         self.ext = str(ext)
         self.password = password
         self.kamailio_port = kamailio_port
         self.codecs = tuple(codecs)
         self.autoanswer = autoanswer
+        self.transport = transport
+        self.root_ca = root_ca
+        self.srtp = srtp
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix=f"linphone-{self.ext}-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.home = self.workdir / "home"
@@ -80,19 +91,28 @@ class Linphone:
     def write_config(self) -> None:
         # supported without "gruu": Kamailio's registrar would hand out a GRUU that linphone puts in
         # its Contact (sip:EXT@127.0.0.1;gr=...), and in-dialog requests to it would go to port 5060
+        tls = self.transport == "tls"
+        secure = ""
+        if tls:
+            # its TLS (mbedTLS) matches the name against the CN and DNS names, never an IP address
+            secure += f"root_ca={self.root_ca}\nverify_server_certs=1\nverify_server_cn=0\n"
+        if self.srtp:
+            secure += (f"media_encryption=srtp\nmedia_encryption_mandatory={int(self.srtp == 'mandatory')}\n"
+                       "srtp_crypto_suites=AES_CM_128_HMAC_SHA1_80, AES_CM_128_HMAC_SHA1_32\n")
+        proxy = f"<sip:{HOST}:{self.kamailio_port}" + (";transport=tls>" if tls else ">")
         self.rc_path.write_text(f"""\
 [sip]
-sip_port={self.sip_port}
+sip_port={0 if tls else self.sip_port}
 sip_tcp_port=0
-sip_tls_port=0
+sip_tls_port={self.sip_port if tls else 0}
 default_proxy=0
 supported=replaces, outbound
-[rtp]
+{secure}[rtp]
 audio_rtp_port={self.rtp_port}
 [sound]
 echocancellation=0
 [proxy_0]
-reg_proxy=<sip:{HOST}:{self.kamailio_port}>
+reg_proxy={proxy}
 reg_identity=sip:{self.ext}@{HOST}
 reg_expires=60
 reg_sendregister=1

@@ -1,4 +1,5 @@
-"""A tiny UDP SIP client: enough to probe a proxy (OPTIONS) or poke it (unauthenticated REGISTER)."""
+"""A tiny UDP SIP client: enough to probe a proxy (OPTIONS) or poke it (unauthenticated REGISTER),
+over IPv4 or IPv6 (an IPv6 `host` is sent from ::1)."""
 
 from __future__ import annotations
 
@@ -44,25 +45,30 @@ def sip_request(port: int, method: str = "OPTIONS", user: str | None = None, *, 
     Provisional (1xx) responses are skipped.  ``user=None`` addresses the proxy itself
     (Request-URI without user part), as a keepalive OPTIONS does.
     """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    v6 = ":" in host
+    local = "::1" if v6 else HOST
+    local_ref = f"[{local}]" if v6 else local
+    host_ref = f"[{host}]" if v6 else host
+    sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        sock.bind((HOST, 0))
+        sock.bind((local, 0))
         lport = sock.getsockname()[1]
         branch = "z9hG4bK" + uuid.uuid4().hex[:16]
         tag = uuid.uuid4().hex[:8]
         callid = uuid.uuid4().hex + "@testbed"
         from_user = user or "probe"
-        ruri = f"sip:{host}:{port}" if (user is None or method == "REGISTER") else f"sip:{to_user or user}@{host}:{port}"
-        to_uri = f"sip:{to_user or from_user}@{host}:{port}"
+        ruri = f"sip:{host_ref}:{port}" if (user is None or method == "REGISTER") else \
+            f"sip:{to_user or user}@{host_ref}:{port}"
+        to_uri = f"sip:{to_user or from_user}@{host_ref}:{port}"
         msg = (
             f"{method} {ruri} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP {HOST}:{lport};branch={branch};rport\r\n"
+            f"Via: SIP/2.0/UDP {local_ref}:{lport};branch={branch};rport\r\n"
             f"Max-Forwards: 70\r\n"
-            f"From: <sip:{from_user}@{host}:{port}>;tag={tag}\r\n"
+            f"From: <sip:{from_user}@{host_ref}:{port}>;tag={tag}\r\n"
             f"To: <{to_uri}>\r\n"
             f"Call-ID: {callid}\r\n"
             f"CSeq: 1 {method}\r\n"
-            f"Contact: <sip:{from_user}@{HOST}:{lport}>\r\n"
+            f"Contact: <sip:{from_user}@{local_ref}:{lport}>\r\n"
             + (f"Expires: 60\r\n" if method == "REGISTER" else "")
             + extra_headers
             + "User-Agent: testbed-probe\r\n"
