@@ -25,6 +25,8 @@ from urllib.parse import urlsplit
 import yaml
 
 from . import iceservers, protocol, routing, tls
+from .cluster import config as cluster_config
+from .cluster.config import ClusterConfig
 from .iceservers import IceServer
 from .routing import AppRoute, Router, SipRoute
 
@@ -182,6 +184,7 @@ class Config:
     bridge: BridgeConfig | None = None
     router: Router = field(default_factory=Router)
     secrets: tuple[SecretOrigin, ...] = ()
+    cluster: ClusterConfig | None = None     # None: one node alone, state in memory
 
 
 # --- YAML with line numbers -------------------------------------------------------------
@@ -445,7 +448,7 @@ def loads(text: str, path: str = "<config>", env: dict[str, str] | None = None) 
     if not isinstance(root, _Map):
         raise ConfigError([f"{path}:1: the file must be a YAML mapping"])
     r = _Reader(path, dict(os.environ) if env is None else env)
-    r.unknown(root, "", {"log_level", "platform", "webrtc", "sip", "notifications", "bridge", "routes"})
+    r.unknown(root, "", {"log_level", "platform", "webrtc", "sip", "notifications", "bridge", "routes", "cluster"})
     log_level = r.get(root, "log_level", "log_level", _log_level, "info")
     platform = _platform(r, root)
     w = r.section(root, "webrtc", "webrtc", {"ice_addresses", "codecs", "receive_prefetch", "liveness_timeout",
@@ -463,6 +466,7 @@ def loads(text: str, path: str = "<config>", env: dict[str, str] | None = None) 
     notifications = _notifications(r, root) if root.get("notifications") is not None else None
     bridge = _bridge(r, root, platform) if root.get("bridge") is not None else None
     router = _routes(r, root, platform)
+    cluster = cluster_config.read(r, root, sip.bind_port if sip is not None else None)
     if bridge is not None and (sip is None or notifications is None):
         r.error(root, "bridge", "bridge", "the bridge needs the sip and notifications sections")
     if bridge is not None and platform.embedded:
@@ -470,7 +474,8 @@ def loads(text: str, path: str = "<config>", env: dict[str, str] | None = None) 
     if r.errors:
         raise ConfigError(r.errors)
     return Config(path=path, log_level=log_level, platform=platform, webrtc=webrtc, sip=sip,
-                  notifications=notifications, bridge=bridge, router=router, secrets=tuple(r.secrets))
+                  notifications=notifications, bridge=bridge, router=router, secrets=tuple(r.secrets),
+                  cluster=cluster)
 
 
 # PyYAML's wording -> what to fix; (problem fragment, message, report the context's line)

@@ -23,7 +23,7 @@ import contextlib
 import logging
 import socket
 import time
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Protocol
 
 from ..config import SipConfig
 from ..jitter import JitterBuffer
@@ -34,7 +34,7 @@ from . import sdp
 from .call import CallEnd, SipCall, SipResult
 from .dialog import Dialog
 from .incoming import IncomingCall
-from .journal import Journal, end_left_open
+from .journal import Journal, down_entry, end_left_open, invite_entry, ringing_entry, up_entry
 from .message import (METHODS, Request, SipMessage, SipParseError, bad_request, digest, new_branch,
                       new_tag, response)
 from .outgoing import OutgoingCall
@@ -51,6 +51,12 @@ log = logging.getLogger("bridge.sip")
 
 Addr = tuple[str, int]
 IncomingHandler = Callable[[IncomingCall], Awaitable[None]]
+
+
+class DialogSink(Protocol):
+    """Keeps the crash journal's entries (`bridge.sip.journal`): a file, or a mirror in Redis."""
+
+    def write(self, entry: dict) -> None: ...
 ACCEPT = "application/sdp, application/dtmf-relay, application/dtmf"
 
 
@@ -77,6 +83,9 @@ class UserAgent:
         self.calls: dict[str, SipCall] = {}
         self.counters: collections.Counter[str] = collections.Counter()
         self.journal = Journal(journal) if journal else None
+        # where each dialog event is written: the journal, and a cluster node's mirror in Redis
+        self.dialog_sinks: list[DialogSink] = [self.journal] if self.journal is not None else []
+        self.left_open: set[str] = set()            # Call-IDs the journal found open at start
         self.recovered = 0
         self._tasks: set[asyncio.Task] = set()
         self._proxy: list[Addr] = []
@@ -93,6 +102,7 @@ class UserAgent:
         recover: list[dict] = []
         if self.journal is not None:
             recover = self.journal.open()              # raises JournalError: refuse to start
+            self.left_open = {entry["call_id"] for entry in recover}
         await self.transport.open(self.cfg.bind_host, self.cfg.bind_port)
         self.local = self.transport.local
         with contextlib.suppress(ResolveError):
@@ -471,8 +481,7 @@ class UserAgent:
             del self.calls[call.call_id]
         self.counters["rtp_foreign"] += call.media.stats.foreign
         self._silence.pop(call.call_id, None)
-        if self.journal is not None:
-            self.journal.down(call.call_id)
+        self._journal(down_entry(call.call_id))
 
     # calling ---------------------------------------------------------------------------
 
@@ -517,15 +526,19 @@ class UserAgent:
 
     # the crash journal -------------------------------------------------------------------
 
+    def _journal(self, entry: dict) -> None:
+        for sink in self.dialog_sinks:
+            sink.write(entry)
+
     def journal_invite(self, call: OutgoingCall, invite: Request, dest: Addr) -> None:
-        if self.journal is not None:
-            self.journal.invite(call.call_id, invite.render(), dest)
+        if self.dialog_sinks:
+            self._journal(invite_entry(call.call_id, invite.render(), dest))
 
     def journal_ringing(self, call: IncomingCall) -> None:
-        if self.journal is not None and call.dialog is not None:
+        if self.dialog_sinks and call.dialog is not None:
             data = response(call.invite, 480, to_tag=call.dialog.local_tag)
-            self.journal.ringing(call.call_id, data, call.tx.addr)
+            self._journal(ringing_entry(call.call_id, data, call.tx.addr))
 
     def journal_up(self, call: SipCall) -> None:
-        if self.journal is not None and call.dialog is not None:
-            self.journal.up(call.dialog)
+        if self.dialog_sinks and call.dialog is not None:
+            self._journal(up_entry(call.dialog))

@@ -15,6 +15,7 @@ Fixtures:
   kamailio_noauth   started Kamailio, DEFAULT_USERS, INVITE proxy-auth off
   baresip_factory(ext, kamailio, *, password=None, answermode="auto", tone_hz=None,
                   source_wav=None, regint=10, start=True, wait_registered=True, **kw) -> Baresip
+  redis_server      started Redis (tests/testbed/redis.py), no persistence
   sipp              SippRunner: .invite_expect(kamailio, to_ext, expect, ...) -> SippResult,
                     .uas(kamailio, ext, code=603, reason="Decline") -> started SippUas,
                     .run(scenario, target_port, ...) -> SippResult
@@ -31,7 +32,7 @@ from .baresip import Baresip
 from .kamailio import DEFAULT_USERS, Kamailio
 from .sipp import SippResult, SippUas, run_sipp, sipp_invite_expect
 
-__all__ = ["kamailio_factory", "kamailio", "kamailio_noauth", "baresip_factory", "sipp", "SippRunner"]
+__all__ = ["kamailio_factory", "kamailio", "kamailio_noauth", "baresip_factory", "sipp", "SippRunner", "redis_server"]
 
 
 def _dump(title: str, text: str) -> None:
@@ -160,3 +161,13 @@ def sipp(tmp_path, kamailio_factory):
     for r in runner.results:
         if not r.ok:
             _dump(f"sipp run in {r.workdir}", r.describe())
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A started Redis on a free port (no persistence); stopped at teardown."""
+    from .redis import RedisServer
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    _dump(f"redis:{server.port} log tail", server.log_tail())
+    server.stop()
