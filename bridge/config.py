@@ -46,9 +46,13 @@ class Service:
     api_secret: str = field(repr=False)
     notify_cb_url: str | None = None
     call_event_cb_url: str | None = None
-    push_url: str | None = None         # embedded push as a signed POST (e.g. to the bridge)
+    push_urls: tuple[str, ...] = ()     # embedded push as a signed POST (to a bridge, or to each node in turn)
     push_secret: str | None = field(default=None, repr=False)
     one_call_per_user: bool = True      # a user in a call is BUSY (off for desk phones: the PBX decides)
+
+    @property
+    def push_url(self) -> str | None:
+        return self.push_urls[0] if self.push_urls else None
 
 
 @dataclass(frozen=True)
@@ -376,6 +380,15 @@ def http_url(value: Any) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{text!r} is not an http(s) URL")
     return text
+
+
+def _http_urls(value: Any) -> tuple[str, ...]:
+    """One http(s) URL, or a non-empty list of them (nodes of a cluster, tried in turn)."""
+    if isinstance(value, list):
+        if not value:
+            raise ValueError("must be an http(s) URL or a non-empty list of them")
+        return tuple(http_url(v) for v in value)
+    return (http_url(value),)
 
 
 def ip_list(value: Any) -> list[str]:
@@ -1040,13 +1053,13 @@ def _platform(r: _Reader, root: _Map) -> PlatformConfig:
         api_secret = r.secret(s, "api_secret", f"{keypath}.api_secret")
         if api_secret is not None and len(api_secret) < 32:
             r.error(s, "api_secret", f"{keypath}.api_secret", "must be at least 32 characters (HMAC-SHA256 key)")
-        push_url = r.get(s, "push_url", f"{keypath}.push_url", http_url)
+        push_urls = r.get(s, "push_url", f"{keypath}.push_url", _http_urls, ())
         services[sid] = Service(
             id=sid, api_key=api_key or "", api_secret=api_secret or "",
             notify_cb_url=r.get(s, "notify_cb_url", f"{keypath}.notify_cb_url", http_url),
             call_event_cb_url=r.get(s, "call_event_cb_url", f"{keypath}.call_event_cb_url", http_url),
-            push_url=push_url,
-            push_secret=r.secret(s, "push_secret", f"{keypath}.push_secret", required=bool(push_url)),
+            push_urls=push_urls,
+            push_secret=r.secret(s, "push_secret", f"{keypath}.push_secret", required=bool(push_urls)),
             one_call_per_user=r.get(s, "one_call_per_user", f"{keypath}.one_call_per_user", boolean, True),
         )
     seen: dict[str, str] = {}

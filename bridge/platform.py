@@ -21,6 +21,7 @@ import logging
 import math
 import time
 import uuid
+import zlib
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
@@ -303,10 +304,8 @@ class Platform:
                     params["app_svr_data"] = call.app_server_data
                 await callbacks.get(self.clients.session(service.id, "setup"), service.notify_cb_url,
                                     params, service.api_secret, self.cfg.callback_timeout)
-            elif service.push_url:
-                assert service.push_secret
-                await callbacks.post_json(self.clients.session(service.id, "setup"), service.push_url,
-                                          self._push(call), service.push_secret, self.cfg.callback_timeout)
+            elif service.push_urls:
+                await self._push_to_nodes(service, call)
             else:
                 sockets = self.listeners.get(call.callee)
                 if not sockets:
@@ -321,6 +320,25 @@ class Platform:
             return
         if call.state is not State.ENDED:
             await self._send(call.caller_ws, {"type": "wait_connected"})
+
+    async def _push_to_nodes(self, service: Service, call: PlatformCall) -> None:
+        """POST the push to the service's `push_url`s: starting at the one the call's sid hashes
+        to (calls spread over the nodes), then the next ones in turn while a node cannot take it
+        (no connection, no answer in time, 503 with Retry-After). The node that takes it answers
+        202; a node that finds another took it answers 202 `duplicate`."""
+        assert service.push_secret
+        urls = service.push_urls
+        first = zlib.crc32(call.sid.encode()) % len(urls)
+        order = urls[first:] + urls[:first]
+        for n, url in enumerate(order):
+            try:
+                await callbacks.post_json(self.clients.session(service.id, "setup"), url, self._push(call),
+                                          service.push_secret, self.cfg.callback_timeout)
+                return
+            except callbacks.CallbackError as exc:
+                if not exc.elsewhere or n + 1 == len(order) or call.state is State.ENDED:
+                    raise
+                log.info("call %s: push to %s failed (%s); trying %s", call.sid, url, safe(exc), order[n + 1])
 
     @staticmethod
     def _push(call: PlatformCall) -> dict:

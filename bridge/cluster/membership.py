@@ -37,6 +37,8 @@ class Membership:
         self._leftovers: list[dict[str, Any]] = []
         self.node.on_rejoined.append(self.limits.restore)
         self.node.on_beat.append(self.limits.retry)
+        self.node.on_beat.append(self._count)
+        self.cluster_calls = 0              # bridged calls across the cluster, at the last heartbeat
 
     @property
     def id(self) -> str:
@@ -68,6 +70,10 @@ class Membership:
         if leftovers:
             log.warning("cluster: ending %d SIP call(s) a previous run of node %s left open", len(leftovers), self.id)
             ua.spawn(end_left_open(ua, leftovers))
+
+    async def _count(self) -> None:
+        from .limits import bridge_scope
+        self.cluster_calls = await self.limits.total(bridge_scope())
 
     async def leave(self) -> None:
         await self.dialogs.stop()

@@ -86,6 +86,7 @@ class UserAgent:
         # where each dialog event is written: the journal, and a cluster node's mirror in Redis
         self.dialog_sinks: list[DialogSink] = [self.journal] if self.journal is not None else []
         self.left_open: set[str] = set()            # Call-IDs the journal found open at start
+        self.draining = False                       # OPTIONS answer 503: probes take this node out of the set
         self.recovered = 0
         self._tasks: set[asyncio.Task] = set()
         self._proxy: list[Addr] = []
@@ -356,8 +357,11 @@ class UserAgent:
             return
         if method == "INVITE":
             self._on_invite(msg, addr)
-        elif method == "OPTIONS":
-            self.reply_stateless(msg, addr, 200, headers=self.capabilities())
+        elif method == "OPTIONS":                      # a probe (Kamailio's dispatcher): draining is 503
+            if self.draining:
+                self.reply_stateless(msg, addr, 503, reason="Draining", headers=[("Retry-After", "30")])
+            else:
+                self.reply_stateless(msg, addr, 200, headers=self.capabilities())
         elif method in ("BYE", "PRACK", "UPDATE", "INFO"):
             self.reply_stateless(msg, addr, 481)
         else:

@@ -44,7 +44,7 @@ def kamailio_factory(tmp_path):
     made: list[Kamailio] = []
 
     def make(users: Optional[dict] = None, *, invite_auth: bool = True, port: Optional[int] = None,
-             start: bool = True, **kw) -> Kamailio:
+             start: bool = True, **kw) -> Kamailio:   # kw: debug, dispatcher (see Kamailio)
         k = Kamailio(port, users, invite_auth=invite_auth,
                      workdir=tmp_path / f"kamailio-{len(made)}", **kw)
         made.append(k)

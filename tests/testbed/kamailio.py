@@ -27,6 +27,9 @@ class Kamailio:
     - ``users``: static extension -> password table (htable filled at start).
       REGISTER is challenged with 401 (realm = To domain, i.e. "127.0.0.1");
       the auth user must equal the To user.
+    - ``dispatcher``: the SIP ports of bridge nodes on 127.0.0.1: calls to 7NNN go to them
+      through Kamailio's dispatcher (``WITH_DISPATCHER``; OPTIONS probing, failover), not to
+      the "bridge" user's binding.
     - ``invite_auth``: new INVITEs get a 407 proxy challenge (realm = From domain) and
       must authenticate as the From user (Kamailio define ``WITH_INVITE_AUTH``, passed with
       ``-A``).  With False, any INVITE is routed.
@@ -39,7 +42,8 @@ class Kamailio:
     """
 
     def __init__(self, port: Optional[int] = None, users: Optional[dict] = None, *,
-                 invite_auth: bool = True, workdir=None, debug: int = 2):
+                 invite_auth: bool = True, workdir=None, debug: int = 2,
+                 dispatcher: Optional[list[int]] = None):
         self.port = port or free_port()
         self.users = dict(DEFAULT_USERS if users is None else users)
         for k, v in self.users.items():
@@ -47,6 +51,7 @@ class Kamailio:
                 raise ValueError(f"unsupported user/password characters: {k!r}")
         self.invite_auth = invite_auth
         self.debug = debug
+        self.dispatcher = list(dispatcher) if dispatcher is not None else None   # bridge nodes' SIP ports
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix=f"kamailio-{self.port}-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.cfg_path = self.workdir / "kamailio.cfg"
@@ -71,6 +76,10 @@ class Kamailio:
                 "-w", str(self.workdir), "-m", "32", "-M", "8"]
         if self.invite_auth:
             argv += ["-A", "WITH_INVITE_AUTH"]
+        if self.dispatcher is not None:
+            listed = self.workdir / "dispatcher.list"
+            listed.write_text("".join(f"1 sip:{HOST}:{port}\n" for port in self.dispatcher))
+            argv += ["-A", "WITH_DISPATCHER", "-A", f'DISPATCHER_LIST="{listed}"']
         return argv
 
     # --- lifecycle --------------------------------------------------------------------
