@@ -235,8 +235,13 @@ class Bridge:
         if refused == Admission.DUPLICATE:        # a forked or failed-over copy another node took
             await sip.reject(482, "Taken By Another Node")
             return
+        # Retry-After: this node cannot take it, another may (Kamailio's dispatcher fails over);
+        # none: no node can (the cluster is at bridge.max_calls)
         if refused == Admission.UNAVAILABLE:
             await sip.reject(503, "Cluster State Unavailable", headers=[("Retry-After", "5")])
+            return
+        if refused == Admission.DRAINING:
+            await sip.reject(503, "Draining", headers=[("Retry-After", "30")])
             return
         if refused is not None:
             await sip.reject(503)
@@ -566,7 +571,10 @@ class DeskToAppCall(BridgedCall):
                         f"is at its limit of {decision.route.calls.limit} calls" if refused == "route_limit"
                         else "cannot count the call: the cluster's state is out of reach")
             self.result = refused
-            await sip.reject(503, "Cluster State Unavailable" if refused == "cluster_unavailable" else None)
+            if refused == "cluster_unavailable":
+                await sip.reject(503, "Cluster State Unavailable", headers=[("Retry-After", "5")])
+            else:
+                await sip.reject(503)             # the limit is the cluster's: no other node may take it
             return
         self.identity = (decision.user, f"{decision.user} (app)")
         self.phone = sip.caller.number

@@ -10,9 +10,14 @@ from __future__ import annotations
 import asyncio
 import time
 
+import aiohttp
+from aiohttp import web
+
+from bridge import callbacks
 from bridge.audio import RATE, tone_analysis
 from bridge.reasons import DisconnectReason as R
 from cluster import HEARTBEAT, LEASE, Cluster, start_cluster  # noqa: F401  (fixture)
+from conftest import free_port
 from parties import Party
 from testbed import wav_dominant_frequency
 from testbed.fixtures import baresip_factory, kamailio_factory, redis_server  # noqa: F401
@@ -60,3 +65,174 @@ async def test_calls_both_ways_land_on_different_nodes_with_audio(start_cluster,
     assert taken(cluster) == [1, 1, 1], (taken(cluster), cluster.logs())
     freq, snr = await blocking(wav_dominant_frequency, phone.recordings("dec")[0], 1.0)
     assert abs(freq - 440) < 9 and snr > 20, (freq, snr)
+
+
+async def test_app_calls_spread_over_the_nodes(start_cluster, baresip_factory):  # noqa: F811
+    cluster = await start_cluster()
+    phone = baresip_factory("2001", cluster.kamailio, tone_hz=700)
+    for n in range(8):                   # each call starts at the node its sid hashes to
+        alice = Party(cluster.url, "alice", tone=1000)
+        await alice.make_call(("desk-2001", "demo-desk"), cluster.token("alice"))
+        await asyncio.wait_for(alice.events.connected.wait(), 15)
+        if n == 0:
+            await asyncio.sleep(4)
+            freq, snr = heard(alice)
+            assert abs(freq - 700) < 14 and snr > 20, (freq, snr)
+        mark = phone.mark()
+        await alice.call.end_call()
+        await blocking(phone.wait_closed, 5, mark)
+        if sum(1 for t in taken(cluster) if t) >= 2:
+            break
+    assert sum(taken(cluster)) == n + 1 and sum(1 for t in taken(cluster) if t) >= 2, taken(cluster)
+
+
+async def test_a_push_retried_to_every_node_is_taken_once_and_rings_once(start_cluster, baresip_factory):  # noqa: F811
+    # the platform pushes to a relay that sends the same signed push to all three nodes at once,
+    # as a pusher retrying on every node (or a load balancer duplicating) would
+    answers: list[tuple[int, str]] = []
+    relay_port = free_port()
+    nodes: list[str] = []
+
+    async def fan_out(request: web.Request) -> web.Response:
+        body = await request.read()
+        headers = {k: request.headers[k] for k in (callbacks.TIMESTAMP, callbacks.SIGNATURE, "Content-Type")}
+        async with aiohttp.ClientSession() as http:
+            async def post(url: str) -> tuple[int, str]:
+                async with http.post(url, data=body, headers=headers) as r:
+                    return r.status, (await r.json()).get("status", "")
+            answers.extend(await asyncio.gather(*(post(u) for u in nodes)))
+        return web.json_response({"status": "relayed"}, status=202)
+    app = web.Application()
+    app.router.add_post("/push", fan_out)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", relay_port).start()
+    try:
+        def edit(d: dict) -> None:
+            nodes.extend(d["platform"]["services"]["demo-desk"]["push_url"])
+            d["platform"]["services"]["demo-desk"]["push_url"] = f"http://127.0.0.1:{relay_port}/push"
+        cluster = await start_cluster(edit=edit)
+        phone = baresip_factory("2001", cluster.kamailio, tone_hz=700)
+        alice = Party(cluster.url, "alice", tone=1000)
+        await alice.make_call(("desk-2001", "demo-desk"), cluster.token("alice"))
+        await asyncio.wait_for(alice.events.connected.wait(), 15)
+        assert sorted(answers) == [(202, "accepted"), (202, "duplicate"), (202, "duplicate")], answers
+        assert sorted(taken(cluster)) == [0, 0, 1]
+        await asyncio.sleep(1)
+        invites = cluster.kamailio.log_text().count("TESTBED INVITE proxy challenge")   # one per new INVITE
+        assert invites == 1, f"the phone was called {invites} times"
+        mark = phone.mark()
+        await alice.call.end_call()
+        await blocking(phone.wait_closed, 5, mark)
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_route_limit_holds_across_nodes(start_cluster, baresip_factory):  # noqa: F811
+    cluster = await start_cluster(edit=lambda d: d["routes"]["to_app"][0].update(max_calls=1))
+    first, second = baresip_factory("2002", cluster.kamailio), baresip_factory("2003", cluster.kamailio)
+    agent = Party(cluster.url, "agent-001")
+    async with agent.listener(cluster.token("agent-001")) as pushes:
+        await desk_calls_app(cluster, first, agent, pushes)           # node0 takes it: the route is full
+        mark = second.mark()
+        await blocking(second.dial, "7002")                            # round-robin: node1
+        closed = await blocking(second.wait_closed, 10, mark)
+        assert "Service Unavailable" in closed["param"], closed      # the node's 503 (a proxy passes on 500)
+        assert "route agents is at its limit of 1 calls" in cluster.nodes[1].log()
+        assert "TESTBED bridge node" not in cluster.kamailio.log_text(), "a cluster-wide limit is no failover"
+        mark = first.mark()
+        await agent.call.end_call()
+        await blocking(first.wait_closed, 5, mark)
+    await asyncio.sleep(0.3)
+    agent2 = Party(cluster.url, "agent-002")
+    async with agent2.listener(cluster.token("agent-002")) as pushes:
+        await desk_calls_app(cluster, second, agent2, pushes, "7002")   # the count was given back
+        mark = second.mark()
+        await agent2.call.end_call()
+        await blocking(second.wait_closed, 5, mark)
+    assert taken(cluster) == [1, 0, 1]                                   # node1 refused its one
+
+
+def node_of(cluster: Cluster, before: list[int]) -> int:
+    """The node that took the one call placed since `before = taken(cluster)`."""
+    grew = [i for i, (a, b) in enumerate(zip(before, taken(cluster))) if b > a]
+    assert len(grew) == 1, (before, taken(cluster))
+    return grew[0]
+
+
+async def test_kill_9_of_a_node_mid_call_ends_its_calls_and_new_calls_go_to_the_survivors(  # noqa: F811
+        start_cluster, baresip_factory):
+    cluster = await start_cluster()
+    k = cluster.kamailio
+    desk = baresip_factory("2001", k, tone_hz=700)
+    phones = [baresip_factory(ext, k) for ext in ("2002", "2003", "2004")]
+    alice = Party(cluster.url, "alice", tone=1000)
+    before = taken(cluster)
+    await alice.make_call(("desk-2001", "demo-desk"), cluster.token("alice"))
+    await asyncio.wait_for(alice.events.connected.wait(), 15)
+    victim = node_of(cluster, before)
+    # desk phone -> app: one call on each node (the dispatcher takes turns)
+    agents, listeners, on_node = [], [], {}
+    for n, phone in enumerate(phones):
+        agent = Party(cluster.url, f"agent-00{n + 1}")
+        listener = agent.listener(cluster.token(agent.user))
+        pushes = await listener.__aenter__()
+        listeners.append(listener)
+        before = taken(cluster)
+        await desk_calls_app(cluster, phone, agent, pushes, f"700{n + 1}")
+        on_node[node_of(cluster, before)] = (phone, agent)
+        agents.append(agent)
+    try:
+        assert sorted(on_node) == [0, 1, 2]
+        await asyncio.sleep(3)
+        freq, snr = heard(alice)
+        assert abs(freq - 700) < 14 and snr > 20, (freq, snr)
+        marks = {id(p): p.mark() for p in [desk, *phones]}
+        cluster.nodes[victim].kill()
+        killed = time.monotonic()
+        # the app users of the dead node: their calls end with a reason at once (the socket drops)
+        ended = await alice.ended(LEASE + HEARTBEAT + 2)
+        assert ended.reason is R.NETWORK_UNSTABLE, ended
+        lost_phone, lost_agent = on_node[victim]
+        assert (await lost_agent.ended(LEASE + HEARTBEAT + 2)).reason is R.NETWORK_UNSTABLE
+        # its desk phones: a survivor sends BYE once the lease expires
+        bound = LEASE + HEARTBEAT + 1.5
+        for phone in (desk, lost_phone):
+            await blocking(phone.wait_closed, bound, marks[id(phone)])
+        took = time.monotonic() - killed
+        assert took < bound, took
+        reaper_logs = "".join(n.log() for i, n in enumerate(cluster.nodes) if i != victim)
+        assert f"node node{victim} is dead" in reaper_logs and "ending 2 SIP call(s) of dead node" in reaper_logs
+        # the survivors' calls go on
+        for i, (phone, agent) in on_node.items():
+            if i != victim:
+                assert agent.call.state == "connected" and not phone.wait_event(
+                    "CALL_CLOSED", 0.1, marks[id(phone)]), f"node{i}'s call was hurt"
+                mark = phone.mark()
+                await agent.call.end_call()
+                await blocking(phone.wait_closed, 5, mark)
+    finally:
+        for listener in listeners:
+            await listener.__aexit__(None, None, None)
+    # new calls: once the dispatcher noticed (its probe times out: <= 1 s interval + 2 s timeout)
+    noticed = await cluster.noticed(cluster.nodes[victim], "down", 10)
+    print(f"kill -9: phones hung up after {took:.2f} s; the dispatcher noticed after {noticed + took:.2f} s")
+    survivors = [n for i, n in enumerate(cluster.nodes) if i != victim]
+    before = taken(cluster)
+    for n in range(4):
+        agent = Party(cluster.url, "agent-009")
+        async with agent.listener(cluster.token("agent-009")) as pushes:
+            await desk_calls_app(cluster, phones[0], agent, pushes, "7009")
+            mark = phones[0].mark()
+            await agent.call.end_call()
+            await blocking(phones[0].wait_closed, 5, mark)
+    for n in range(4):
+        bob = Party(cluster.url, "bob")
+        await bob.make_call(("desk-2001", "demo-desk"), cluster.token("bob"))
+        await asyncio.wait_for(bob.events.connected.wait(), 15)       # a push to the dead node moves on
+        mark = desk.mark()
+        await bob.call.end_call()
+        await blocking(desk.wait_closed, 5, mark)
+    after = taken(cluster)
+    assert after[victim] == before[victim] and sum(after) - sum(before) == 8
+    assert all(after[cluster.nodes.index(s)] > before[cluster.nodes.index(s)] for s in survivors)
