@@ -139,7 +139,7 @@ async def test_a_route_limit_holds_across_nodes(start_cluster, baresip_factory):
         closed = await blocking(second.wait_closed, 10, mark)
         assert "Service Unavailable" in closed["param"], closed      # the node's 503 (a proxy passes on 500)
         assert "route agents is at its limit of 1 calls" in cluster.nodes[1].log()
-        assert "TESTBED bridge node" not in cluster.kamailio.log_text(), "a cluster-wide limit is no failover"
+        assert "TESTBED a bridge node failed" not in cluster.kamailio.log_text(), "a cluster-wide limit is no failover"
         mark = first.mark()
         await agent.call.end_call()
         await blocking(first.wait_closed, 5, mark)
@@ -236,3 +236,57 @@ async def test_kill_9_of_a_node_mid_call_ends_its_calls_and_new_calls_go_to_the_
     after = taken(cluster)
     assert after[victim] == before[victim] and sum(after) - sum(before) == 8
     assert all(after[cluster.nodes.index(s)] > before[cluster.nodes.index(s)] for s in survivors)
+
+
+async def test_redis_unreachable_is_said_and_fails_new_calls_with_a_reason_then_recovers(  # noqa: F811
+        start_cluster, baresip_factory, redis_server):
+    cluster = await start_cluster(nodes=2)
+    desk = baresip_factory("2001", cluster.kamailio, tone_hz=700)
+    phone = baresip_factory("2002", cluster.kamailio)
+    alice = Party(cluster.url, "alice", tone=1000)
+    await alice.make_call(("desk-2001", "demo-desk"), cluster.token("alice"))
+    await asyncio.wait_for(alice.events.connected.wait(), 15)
+    redis_server.stop()
+    async with asyncio.timeout(5):
+        while True:
+            statuses = [await n.health() for n in cluster.nodes]
+            if all(status == 503 for status, _ in statuses):
+                break
+            await asyncio.sleep(0.1)
+    for _, body in statuses:
+        assert body["cluster"]["state"] == "unreachable" and body["role"] == "bridge", body
+        assert f"Redis at redis://127.0.0.1:{redis_server.port}" in body["cluster"]["problem"]
+    # a new app call: every node refuses the push (503 cluster_unavailable), the caller is told
+    bob = Party(cluster.url, "bob")
+    started = time.monotonic()
+    await bob.make_call(("desk-2002", "demo-desk"), cluster.token("bob"))
+    assert (await bob.ended(5)).reason is R.PUSH_ERROR
+    assert time.monotonic() - started < 3
+    # a desk call: each node answers 503 (Retry-After), the phone hears it at once
+    mark = phone.mark()
+    started = time.monotonic()
+    await blocking(phone.dial, "7001")
+    closed = await blocking(phone.wait_closed, 10, mark)
+    assert "Service Unavailable" in closed["param"] and time.monotonic() - started < 5, closed
+    assert all("invite" in n.log() and "refused: Redis at" in n.log() for n in cluster.nodes)   # failed over
+    # the call in progress goes on, and ends normally
+    freq, snr = heard(alice)
+    assert abs(freq - 700) < 14 and snr > 20, (freq, snr)
+    mark = desk.mark()
+    await alice.call.end_call()
+    await blocking(desk.wait_closed, 5, mark)
+    redis_server.start()
+    for node in cluster.nodes:
+        await node.ready(10)
+    await asyncio.sleep(2 * HEARTBEAT)
+    carol = Party(cluster.url, "carol")
+    await carol.make_call(("desk-2001", "demo-desk"), cluster.token("carol"))
+    await asyncio.wait_for(carol.events.connected.wait(), 15)
+    async with asyncio.timeout(3 * HEARTBEAT + 1):                 # gauges of the last heartbeat
+        while "bridge_cluster_calls 1.0" not in (metrics := await cluster.nodes[0].metrics()):
+            await asyncio.sleep(0.1)
+    assert "bridge_cluster_up 1.0" in metrics and "bridge_cluster_nodes 2.0" in metrics
+    assert "survivor ended this node's calls" not in "".join(n.log() for n in cluster.nodes)
+    mark = desk.mark()
+    await carol.call.end_call()
+    await blocking(desk.wait_closed, 5, mark)

@@ -210,3 +210,43 @@ def test_cluster_config_errors_name_file_line_and_key():
     assert "pw" not in repr(cfg.cluster)
     assert [s.source for s in cfg.secrets if s.keypath == "cluster.redis_url"] == ["env"]
     assert config.loads(base, "c.yaml", env={}).cluster is None   # no section: alone, in memory
+
+
+async def test_a_node_cut_off_past_its_lease_learns_it_was_reaped(nodes):
+    a, b = await nodes("a"), await nodes("b")
+    told: list[str] = []
+
+    async def reaped() -> None:
+        told.append("reaped")
+    a.node.on_reaped.append(reaped)
+    task = a.node._task                           # a's heartbeats stop (a stalled or cut-off process)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    async with asyncio.timeout(LEASE + 4 * BEAT + 1):
+        while b.node.reaped == 0:
+            await asyncio.sleep(0.05)
+    await a.node.beat()                           # a comes back
+    assert told == ["reaped"] and a.node.healthy
+    assert sorted(b.node.alive) == ["a", "b"] or (await b.node.beat(), sorted(b.node.alive))[1] == ["a", "b"]
+
+
+async def test_a_redis_restarted_empty_is_not_a_reaping_and_gets_the_state_back(nodes, redis_server):  # noqa: F811
+    a = await nodes("a")
+    told: list[str] = []
+
+    async def reaped() -> None:
+        told.append("reaped")
+    a.node.on_reaped.append(reaped)
+    a.dialogs.start()
+    a.dialogs.write({"op": "up", "call_id": "c1", "dialog": {"call_id": "c1"}})
+    assert await a.limits.take([("bridge", 5)]) is None
+    async with asyncio.timeout(2):
+        while not await dialogs.left_open(a.store, "a"):
+            await asyncio.sleep(0.05)
+    redis_server.stop()
+    redis_server.start()                          # empty: no persistence
+    async with asyncio.timeout(LEASE + 2):
+        while await _total(a) != 1 or not await dialogs.left_open(a.store, "a"):
+            await asyncio.sleep(0.05)
+    assert told == [], "a Redis that lost its data must not end this node's calls"
+    assert [e["call_id"] for e in await dialogs.left_open(a.store, "a")] == ["c1"]

@@ -6,7 +6,7 @@ own hash only, in the order the user agent journals (one writer task, pipelined)
 waits for it on the call's path: a write Redis misses is retried, in order, until it lands. When
 a node's lease expires, the node that claims its reaping (`reaper`) reads its hash with
 `left_open`, ends each call (`bridge.sip.journal.end_left_open`: BYE, CANCEL or 480) and drops
-the hash with `forget`.
+the hash with `forget`. A node whose lease Redis forgot writes its open dialogs back (`restore`).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ class DialogMirror:
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._writer: asyncio.Task | None = None
         self.failures = 0
+        self.open: dict[str, dict[str, Any]] = {}     # what the hash should hold: to write back (`restore`)
 
     def start(self) -> None:
         self._writer = asyncio.ensure_future(self._write_all())
@@ -42,12 +43,23 @@ class DialogMirror:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.store.cfg.redis_timeout * 2):
                         await self._queue.join()
-            self._writer.cancel()
-            await asyncio.gather(self._writer, return_exceptions=True)
+            while not self._writer.done():
+                self._writer.cancel()       # again if a Redis timeout swallowed the first request
+                await asyncio.wait([self._writer], timeout=self.store.cfg.heartbeat)
             self._writer = None
 
     def write(self, entry: dict[str, Any]) -> None:
+        if entry["op"] == "down":
+            self.open.pop(entry["call_id"], None)
+        else:
+            self.open[entry["call_id"]] = entry
         self._queue.put_nowait(entry)
+
+    async def restore(self) -> None:
+        """Write every open dialog again (Redis forgot them: restarted empty, or reaped us)."""
+        if self.open:
+            await self.store.run(self.store.client.hset(
+                self.key, mapping={c: json.dumps(e, separators=(",", ":")) for c, e in self.open.items()}))
 
     async def _write_all(self) -> None:
         while True:

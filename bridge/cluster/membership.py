@@ -36,6 +36,7 @@ class Membership:
         self.reaper: Reaper | None = None
         self._leftovers: list[dict[str, Any]] = []
         self.node.on_rejoined.append(self.limits.restore)
+        self.node.on_rejoined.append(self.dialogs.restore)
         self.node.on_beat.append(self.limits.retry)
         self.node.on_beat.append(self._count)
         self.cluster_calls = 0              # bridged calls across the cluster, at the last heartbeat

@@ -7,12 +7,16 @@ Keys (all under `bridge:`):
   node:<node>    what the node says about itself (SIP and HTTP addresses, pid, calls, state),
                  for `bridge cluster status`
   reap:<node>    the claim of the one survivor that ends a dead node's calls
+  reaped:<node>  the instance token a survivor reaped (so that a node cut off from Redis, not
+                 dead, learns its calls were ended; a Redis that lost its data is not a reaping)
 
 Promises: two live processes never hold one node id (a start waits out a predecessor's lease,
 up to one lease, and refuses if the id stays held); each dead node is reaped by one survivor at a
 time (a claim that expires, so a reaper that dies mid-way is replaced), within one lease and one
 heartbeat of its last renewal; a node that finds it was reaped while cut off from Redis (its
-lease expired and a survivor ended its calls) is told so (`on_reaped`) and joins again. Redis
+lease expired and a survivor ended its calls) is told so (`on_reaped`) and joins again; one
+whose lease Redis forgot (restarted empty) joins again and writes its state back
+(`on_rejoined`). Redis
 being unreachable never blocks the loop: the node says so (`state`, `problem`) and keeps trying.
 """
 
@@ -30,18 +34,19 @@ from .store import RedisDown, Store
 
 log = logging.getLogger("bridge.cluster")
 
-# KEYS: lease, nodes; ARGV: token, lease ms, node id.
-# 1: renewed; 2: re-taken (it had expired, nobody reaped us); 3: re-taken after being reaped; 0: held by another
+# KEYS: lease, nodes, reaped; ARGV: token, lease ms, node id.
+# 1: renewed; 2: taken (it had expired, or Redis forgot it: nobody reaped this instance);
+# 3: taken again after a survivor reaped this instance; 0: held by another process
 _RENEW = """
 local v = redis.call('GET', KEYS[1])
 if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
 if v then return 0 end
-local member = redis.call('SISMEMBER', KEYS[2], ARGV[3])
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[3])
-if member == 1 then return 2 end
-return 3
+if redis.call('GET', KEYS[3]) == ARGV[1] then return 3 end
+return 2
 """
+REAPED_TTL_MS = 3600 * 1000            # how long a reaped instance can still learn it was reaped
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
@@ -78,6 +83,7 @@ class Node:
         self._task: asyncio.Task | None = None
         self._last_renewal = 0.0
         self._joined = False               # the first renewal is a join, not a return
+        self._stopping = False
 
     @property
     def lease_key(self) -> str:
@@ -86,6 +92,10 @@ class Node:
     @property
     def nodes_key(self) -> str:
         return self.store.key("nodes")
+
+    @property
+    def _renew_keys(self) -> list[str]:
+        return [self.lease_key, self.nodes_key, self.store.key("reaped", self.id)]
 
     # life ------------------------------------------------------------------------------------
 
@@ -105,7 +115,7 @@ class Node:
         deadline = time.monotonic() + self.cfg.lease + self.cfg.heartbeat
         waited = False
         while True:
-            result = await self.store.run(self._renew(keys=[self.lease_key, self.nodes_key],
+            result = await self.store.run(self._renew(keys=self._renew_keys,
                                                       args=[self.token, self._lease_ms, self.id]))
             if result:
                 self._last_renewal = time.monotonic()
@@ -123,10 +133,11 @@ class Node:
 
     async def stop(self) -> None:
         """Leave the cluster: the lease and membership go at once (nothing left to reap)."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        self._stopping = True
+        while self._task is not None and not self._task.done():
+            self._task.cancel()             # again if a Redis timeout swallowed the first request
+            await asyncio.wait([self._task], timeout=self.cfg.heartbeat)
+        self._task = None
         try:
             await self.store.run(self._release(keys=[self.lease_key, self.nodes_key, self.store.key("node", self.id)],
                                                args=[self.token, self.id]))
@@ -141,7 +152,7 @@ class Node:
     # the heartbeat ---------------------------------------------------------------------------
 
     async def _beat(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.cfg.heartbeat)
             try:
                 await self.beat()
@@ -152,7 +163,7 @@ class Node:
 
     async def beat(self) -> None:
         """Renew the lease, publish this node's state, reap dead nodes. RedisDown."""
-        result = await self.store.run(self._renew(keys=[self.lease_key, self.nodes_key],
+        result = await self.store.run(self._renew(keys=self._renew_keys,
                                                   args=[self.token, self._lease_ms, self.id]))
         self._last_renewal = time.monotonic()
         if result == 0:
@@ -162,8 +173,9 @@ class Node:
         self._up()
         joined, self._joined = self._joined, True
         if result in (2, 3) and joined:
-            log.warning("cluster: node %s: the lease had expired (Redis out of reach too long); taken again%s",
-                        self.id, ", and a survivor had ended this node's calls" if result == 3 else "")
+            log.warning("cluster: node %s: %s; joined again", self.id,
+                        "the lease had expired (Redis out of reach too long) and a survivor ended this node's calls"
+                        if result == 3 else "Redis had forgotten the lease (expired, or Redis restarted empty)")
             for rejoined in self.on_rejoined:
                 await rejoined()
             if result == 3:
@@ -195,6 +207,9 @@ class Node:
         if not claimed:
             return
         log.warning("cluster: node %s is dead (its lease expired): ending its calls", dead)
+        token = await self.store.run(self.store.client.hget(self.store.key("node", dead), "token"))
+        if token:
+            await self.store.run(self.store.client.set(self.store.key("reaped", dead), token, px=REAPED_TTL_MS))
         for reap in self.on_dead:
             try:
                 await reap(dead)
