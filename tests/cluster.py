@@ -102,13 +102,15 @@ class Node(Daemon):
 
 class Cluster:
     def __init__(self, tmp_path: Path, kamailio_factory, redis_url: str, nodes: int = 3,
-                 edit: Callable[[dict], None] | None = None) -> None:
+                 edit: Callable[[dict], None] | None = None, register: bool = False) -> None:
+        """`register`: each node registers its own contact as the "bridge" user (Kamailio
+        forks a desk call to all of them) instead of being a dispatcher target."""
         self.tmp = tmp_path
         self.redis_url = redis_url
         self.sip_ports = [free_port() for _ in range(nodes)]
         self.notify_ports = [free_port() for _ in range(nodes)]
         self.kamailio = kamailio_factory({**DEFAULT_USERS, BRIDGE_USER: BRIDGE_PW}, invite_auth=True,
-                                         dispatcher=self.sip_ports)
+                                         dispatcher=None if register else self.sip_ports)
         self.data = base_config(free_port(), self.notify_ports, self.kamailio.port)
         if edit is not None:
             edit(self.data)
@@ -121,7 +123,8 @@ class Cluster:
             ndir = tmp_path / f"node{i}"
             ndir.mkdir()
             path = ndir / "config.yaml"
-            path.write_text(yaml.safe_dump(node_config(self.data, i, sip, notify, redis_url, ndir), sort_keys=False))
+            path.write_text(yaml.safe_dump(node_config(self.data, i, sip, notify, redis_url, ndir, register),
+                                           sort_keys=False))
             self.nodes.append(Node(path, sip))
 
     @property
@@ -161,11 +164,11 @@ class Cluster:
 
 @pytest.fixture
 async def start_cluster(tmp_path, kamailio_factory, redis_server):
-    """start_cluster(nodes=3, edit=None) -> a started Cluster (stopped at teardown, logs printed)."""
+    """start_cluster(nodes=3, edit=None, register=False) -> a started Cluster (stopped at teardown, logs printed)."""
     made: list[Cluster] = []
 
-    async def start(nodes: int = 3, edit: Callable[[dict], None] | None = None) -> Cluster:
-        c = Cluster(tmp_path, kamailio_factory, redis_server.url, nodes, edit)
+    async def start(nodes: int = 3, edit: Callable[[dict], None] | None = None, register: bool = False) -> Cluster:
+        c = Cluster(tmp_path, kamailio_factory, redis_server.url, nodes, edit, register)
         made.append(c)
         return await c.start()
     yield start

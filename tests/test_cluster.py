@@ -11,6 +11,7 @@ import asyncio
 import time
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from bridge import callbacks
@@ -36,11 +37,11 @@ def taken(cluster: Cluster) -> list[int]:
 
 
 async def desk_calls_app(cluster: Cluster, phone, agent: Party, pushes, number: str = "7001") -> None:
-    """The desk phone dials `number`; the listening app user takes the call."""
+    """The desk phone dials `number`; the listening app user takes the call (`agent`: a new Party
+    for each call, its `pushes` from a listener of the same user)."""
     mark = phone.mark()
     await blocking(phone.dial, number)
     push = await pushes.next(timeout=10)
-    agent.events = type(agent.events)()
     await agent.verify(push.cc_param)
     await asyncio.wait_for(agent.events.verified.wait(), 5)
     await agent.call.accept_call()
@@ -290,3 +291,98 @@ async def test_redis_unreachable_is_said_and_fails_new_calls_with_a_reason_then_
     mark = desk.mark()
     await carol.call.end_call()
     await blocking(desk.wait_closed, 5, mark)
+
+
+async def test_nodes_that_register_their_own_contacts_take_a_forked_desk_call_once(  # noqa: F811
+        start_cluster, baresip_factory):
+    cluster = await start_cluster(register=True)
+    for node in cluster.nodes:                           # three contacts for the one "bridge" account
+        await blocking(cluster.kamailio.wait_log, f"contact=<sip:bridge@127.0.0.1:{node.sip_port}>", 10)
+    phone = baresip_factory("2002", cluster.kamailio, tone_hz=700)
+    agent = Party(cluster.url, "agent-001", tone=440)
+    async with agent.listener(cluster.token("agent-001")) as pushes:
+        await desk_calls_app(cluster, phone, agent, pushes)   # Kamailio forks the INVITE to all three
+        with pytest.raises(TimeoutError):
+            await pushes.next(timeout=1)                       # the app user was rung once
+        logs = [n.log() for n in cluster.nodes]
+        assert sum("refused" not in lg and ": route agents: call agent-001" in lg for lg in logs) == 1, taken(cluster)
+        assert sum(lg.count("(incoming): ended rejected 482") for lg in logs) == 2   # the two losers
+        await asyncio.sleep(3)
+        freq, snr = heard(agent)
+        assert abs(freq - 700) < 14 and snr > 20, (freq, snr)
+        mark = phone.mark()
+        await agent.call.end_call()
+        await blocking(phone.wait_closed, 5, mark)
+    assert sorted(taken(cluster)) == [0, 0, 1]
+
+
+async def test_a_rolling_restart_under_load_loses_no_call(start_cluster, baresip_factory):  # noqa: F811
+    cluster = await start_cluster(edit=lambda d: d["bridge"].update(drain_timeout="20s"))
+    k = cluster.kamailio
+    callees = [baresip_factory(ext, k, tone_hz=700) for ext in ("2001", "2002")]
+    callers = [baresip_factory(ext, k, tone_hz=700) for ext in ("2003", "2004")]
+    done = asyncio.Event()
+    outcomes: list[tuple[str, str]] = []
+
+    async def app_calls_desk(n: int, phone) -> None:
+        while not done.is_set():
+            user = Party(cluster.url, f"caller-{n}", tone=1000)
+            try:
+                await user.make_call((f"desk-{phone.ext}", "demo-desk"), cluster.token(user.user))
+                await asyncio.wait_for(user.events.connected.wait(), 15)
+                await asyncio.sleep(2)
+                assert user.call.state == "connected"
+                mark = phone.mark()
+                await user.call.end_call()
+                await blocking(phone.wait_closed, 5, mark)
+                outcomes.append(("app->desk", "ok"))
+            except BaseException as exc:        # noqa: BLE001 - every failure is the finding
+                outcomes.append(("app->desk", f"{type(exc).__name__}: {exc} {user.events.names}"))
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                await asyncio.sleep(1)
+
+    async def desk_calls_app_loop(n: int, phone) -> None:
+        listening = Party(cluster.url, f"agent-10{n}")
+        async with listening.listener(cluster.token(listening.user)) as pushes:
+            while not done.is_set():
+                agent = Party(cluster.url, listening.user)
+                try:
+                    await desk_calls_app(cluster, phone, agent, pushes, f"710{n}")
+                    await asyncio.sleep(2)
+                    assert agent.call.state == "connected"
+                    mark = phone.mark()
+                    await agent.call.end_call()
+                    await blocking(phone.wait_closed, 5, mark)
+                    outcomes.append(("desk->app", "ok"))
+                except BaseException as exc:    # noqa: BLE001
+                    outcomes.append(("desk->app", f"{type(exc).__name__}: {exc}"))
+                    if isinstance(exc, asyncio.CancelledError):
+                        raise
+                    await asyncio.sleep(1)
+
+    load = [asyncio.ensure_future(app_calls_desk(n, p)) for n, p in enumerate(callees)]
+    load += [asyncio.ensure_future(desk_calls_app_loop(n, p)) for n, p in enumerate(callers)]
+    try:
+        await asyncio.sleep(3)
+        for node in cluster.nodes:                       # one node at a time: drain, stop, start again
+            mark = k.log_text()
+            drained_with = node.calls_taken()
+            started = time.monotonic()
+            rc = await asyncio.to_thread(node.stop)
+            assert rc == 0, (rc, node.log()[-1500:])
+            stopped = time.monotonic() - started
+            node.start()
+            await node.ready()
+            print(f"{node.id}: drained and stopped in {stopped:.1f} s after {drained_with} calls; back")
+            await asyncio.sleep(3)
+            assert len(k.log_text()) > len(mark)
+        await asyncio.sleep(2)
+    finally:
+        done.set()
+        await asyncio.wait(load, timeout=30)
+    failed = [o for o in outcomes if o[1] != "ok"]
+    assert not failed, failed
+    assert len(outcomes) >= 20, outcomes
+    assert all(n.calls_taken() > 0 for n in cluster.nodes)   # each restarted node takes calls again
+    print(f"rolling restart: {len(outcomes)} calls, none lost")
