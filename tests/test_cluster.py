@@ -8,6 +8,7 @@ every 1 s with a 2 s timeout) are `cluster.LEASE`/`HEARTBEAT` and `bridge/pbx/ka
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 
 import aiohttp
@@ -30,6 +31,16 @@ async def blocking(fn, *args, **kw):
 
 def heard(party: Party, seconds: float = 1.5) -> tuple[float, float]:
     return tone_analysis(party.heard.samples[-int(seconds * RATE):])
+
+
+async def cluster_status(cluster: Cluster) -> str:
+    """`bridge cluster status -c FILE` of a node's config: its output."""
+    proc = await asyncio.create_subprocess_exec(
+        shutil.which("bridge") or pytest.fail("the `bridge` command is not installed"), "cluster", "status",
+        "-c", str(cluster.nodes[0].path), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, out.decode()
+    return out.decode()
 
 
 def taken(cluster: Cluster) -> list[int]:
@@ -79,6 +90,11 @@ async def test_app_calls_spread_over_the_nodes(start_cluster, baresip_factory): 
             await asyncio.sleep(4)
             freq, snr = heard(alice)
             assert abs(freq - 700) < 14 and snr > 20, (freq, snr)
+            status = await cluster_status(cluster)
+            assert "3 live node(s), 0 dead" in status and "bridge: 1/200" in status, status
+            assert "route:to_sip:desk-phones: 1/50" in status, status
+            for node in cluster.nodes:
+                assert f"{node.id}  live" in status and f"127.0.0.1:{node.sip_port}" in status, status
         mark = phone.mark()
         await alice.call.end_call()
         await blocking(phone.wait_closed, 5, mark)
