@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import os
@@ -160,6 +161,8 @@ class Daemon:
 
     async def _start(self) -> None:
         cfg = self.cfg
+        if cfg.cluster is not None:
+            await self._join(cfg.cluster)
         if self.platform is not None:
             app = web.Application(client_max_size=webapp.MAX_BODY)
             self.platform.add_routes(app)
@@ -169,8 +172,6 @@ class Daemon:
                                p.tls)
         if cfg.bridge is not None:
             assert cfg.sip is not None and cfg.notifications is not None
-            if cfg.cluster is not None:
-                await self._join(cfg.cluster)
             self.ua = UserAgent(cfg.sip, self._on_incoming, journal=cfg.sip.journal)
             self.bridge = Bridge(cfg, self.ua, self.metrics, self.token_for, self.cluster)
             self.ua.on_replaces = self.bridge.on_replaces
@@ -188,17 +189,40 @@ class Daemon:
                                "notifications, /healthz, /metrics", n.tls)
 
     async def _join(self, cluster: ClusterConfig) -> None:
+        """Join the cluster as this process's roles: a bridge node, a platform node, or both."""
         from .cluster.membership import Membership
         from .cluster.node import NodeIdInUse
+        if self.cfg.bridge is None:                   # `bridge platform` beside a node of the same config
+            cluster = dataclasses.replace(cluster, node_id=f"{cluster.node_id}-platform")
         self.cluster = Membership(cluster)
         n = self.cfg.notifications
-        assert n is not None
-        self.cluster.node.info = {"role": self.role, "notifications": f"{n.host}:{n.port}"}
+        info = {"role": self.role, "platform": self.cfg.platform.public_url if self.platform else ""}
+        if self.cfg.bridge is not None and n is not None:
+            info["notifications"] = f"{n.host}:{n.port}"
         self.cluster.node.status = self._node_status
         try:
-            await self.cluster.join(self.cluster.node.info)
+            await self.cluster.join(info)
         except NodeIdInUse as exc:
             raise SystemExit(f"bridge: {exc}") from None
+        if self.platform is not None:
+            await self._link_platform()
+
+    async def _link_platform(self) -> None:
+        """This process serves the platform as one of several nodes: they share cc_param's key."""
+        from .cluster.signalling import Signalling
+        from .cluster.store import RedisDown
+        assert self.cluster is not None and self.platform is not None
+        if not any(s.keypath == "platform.cc_param_secret" for s in self.cfg.secrets):
+            raise SystemExit(f"bridge: {self.cfg.path}: platform.cc_param_secret: set it (or its _env variable): "
+                             "the platform nodes of a cluster must share it")
+        p = self.cfg.platform
+        link = Signalling(self.cluster.store, self.cluster.node, p.answer_timeout, p.max_call_time)
+        try:
+            await link.start()
+        except RedisDown as exc:
+            raise SystemExit(f"bridge: cannot subscribe to the platform nodes' channel: {exc}") from None
+        self.platform.join(link)
+        self.cluster.platform_link = link
 
     def _node_status(self) -> dict[str, str]:
         """What this node publishes on every heartbeat (`bridge cluster status`)."""
@@ -220,11 +244,11 @@ class Daemon:
             await self.bridge.drain(self.cfg.bridge.drain_timeout, self._hurry)
         if self.ua is not None:
             await self.ua.stop()
-        if self.cluster is not None:
-            await self.cluster.leave()
         for listener in reversed(self._listeners):
             await listener.stop()
         self._listeners.clear()
+        if self.cluster is not None:
+            await self.cluster.leave()
 
     def reload(self) -> None:
         """SIGHUP: load the config file again and take its routes; keep the old on errors."""

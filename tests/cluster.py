@@ -175,3 +175,36 @@ async def start_cluster(tmp_path, kamailio_factory, redis_server):
     for c in made:
         c.stop()
         print(c.logs())
+
+
+def platform_node_config(data: dict, i: int, redis_url: str) -> dict:
+    """One of several platform nodes (`bridge platform`): its own port and public URL, the
+    shared cc_param key, the cluster's Redis."""
+    node = yaml.safe_load(yaml.safe_dump(data))
+    port = free_port()
+    node["platform"].update({"listen": f"127.0.0.1:{port}", "public_url": f"http://127.0.0.1:{port}",
+                             "cc_param_secret": "cluster-test-cc-param-secret-0123456789"})
+    node["cluster"] = {"redis_url": redis_url, "node_id": f"p{i}", "lease": f"{LEASE}s",
+                       "heartbeat": f"{HEARTBEAT}s", "redis_timeout": "400ms"}
+    return node
+
+
+@pytest.fixture
+async def start_platforms(tmp_path, kamailio_factory, redis_server):
+    """start_platforms(n=2) -> n started `bridge platform` nodes sharing one Redis."""
+    made: list[PlatformProcess] = []
+
+    async def start(n: int = 2) -> list[PlatformProcess]:
+        data = base_config(free_port(), [free_port()], free_port())
+        for i in range(n):
+            pdir = tmp_path / f"platform{i}"
+            pdir.mkdir()
+            (pdir / "config.yaml").write_text(yaml.safe_dump(platform_node_config(data, i, redis_server.url)))
+            made.append(PlatformProcess(pdir / "config.yaml").start())
+        for p in made:
+            await p.ready()
+        return made
+    yield start
+    for p in made:
+        p.stop()
+        print(f"===== {p.path.parent.name} =====\n{p.log()[-4000:]}")

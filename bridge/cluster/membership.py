@@ -34,6 +34,7 @@ class Membership:
         self.limits = ClusterLimits(self.store, cfg.node_id)
         self.dialogs = DialogMirror(self.store, cfg.node_id)
         self.reaper: Reaper | None = None
+        self.platform_link: Any = None       # a platform node's `signalling.Signalling`
         self._leftovers: list[dict[str, Any]] = []
         self.node.on_rejoined.append(self.limits.restore)
         self.node.on_rejoined.append(self.dialogs.restore)
@@ -77,6 +78,8 @@ class Membership:
         self.cluster_calls = await self.limits.total(bridge_scope())
 
     async def leave(self) -> None:
+        if self.platform_link is not None:
+            await self.platform_link.stop()
         await self.dialogs.stop()
         await self.node.stop()
         await self.store.close()

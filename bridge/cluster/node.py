@@ -107,6 +107,7 @@ class Node:
             self._joined = True
             await self._publish()
             self._up()
+            await self._find_dead()
         except RedisDown as exc:
             self._down(exc)
         self._task = asyncio.ensure_future(self._beat())
