@@ -102,9 +102,10 @@ class Node(Daemon):
 
 class Cluster:
     def __init__(self, tmp_path: Path, kamailio_factory, redis_url: str, nodes: int = 3,
-                 edit: Callable[[dict], None] | None = None, register: bool = False) -> None:
+                 edit: Callable[[dict], None] | None = None, register: bool = False, platforms: int = 1) -> None:
         """`register`: each node registers its own contact as the "bridge" user (Kamailio
-        forks a desk call to all of them) instead of being a dispatcher target."""
+        forks a desk call to all of them) instead of being a dispatcher target. `platforms`: so
+        many platform nodes (one Redis); bridge node i uses platform i % platforms."""
         self.tmp = tmp_path
         self.redis_url = redis_url
         self.sip_ports = [free_port() for _ in range(nodes)]
@@ -114,17 +115,24 @@ class Cluster:
         self.data = base_config(free_port(), self.notify_ports, self.kamailio.port)
         if edit is not None:
             edit(self.data)
-        pdir = tmp_path / "platform"
-        pdir.mkdir()
-        (pdir / "config.yaml").write_text(yaml.safe_dump(self.data, sort_keys=False))
-        self.platform = PlatformProcess(pdir / "config.yaml")
+        self.platforms: list[PlatformProcess] = []
+        for i in range(platforms):
+            pdir = tmp_path / f"platform{i}"
+            pdir.mkdir()
+            pdata = platform_node_config(self.data, i, redis_url) if platforms > 1 else self.data
+            (pdir / "config.yaml").write_text(yaml.safe_dump(pdata, sort_keys=False))
+            self.platforms.append(PlatformProcess(pdir / "config.yaml"))
+        self.platform = self.platforms[0]
+        ws_urls = [p.cfg.platform.ws_url for p in self.platforms]
         self.nodes: list[Node] = []
         for i, (sip, notify) in enumerate(zip(self.sip_ports, self.notify_ports)):
             ndir = tmp_path / f"node{i}"
             ndir.mkdir()
             path = ndir / "config.yaml"
-            path.write_text(yaml.safe_dump(node_config(self.data, i, sip, notify, redis_url, ndir, register),
-                                           sort_keys=False))
+            data = node_config(self.data, i, sip, notify, redis_url, ndir, register)
+            data["platform"]["public_url"] = self.platforms[i % platforms].platform_url
+            data["bridge"]["trusted_platforms"] = ws_urls
+            path.write_text(yaml.safe_dump(data, sort_keys=False))
             self.nodes.append(Node(path, sip))
 
     @property
@@ -135,10 +143,12 @@ class Cluster:
         return self.platform.token(user, service)
 
     async def start(self) -> "Cluster":
-        self.platform.start()
+        for p in self.platforms:
+            p.start()
         for node in self.nodes:
             node.start()
-        await self.platform.ready()
+        for p in self.platforms:
+            await p.ready()
         for node in self.nodes:
             await node.ready()
         return self
@@ -154,21 +164,23 @@ class Cluster:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
-        self.platform.stop()
+        for p in self.platforms:
+            p.stop()
 
     def logs(self) -> str:
-        parts = [f"===== platform =====\n{self.platform.log()[-3000:]}"]
+        parts = [f"===== {p.path.parent.name} =====\n{p.log()[-3000:]}" for p in self.platforms]
         parts += [f"===== {n.id} =====\n{n.log()[-4000:]}" for n in self.nodes]
         return "\n".join(parts)
 
 
 @pytest.fixture
 async def start_cluster(tmp_path, kamailio_factory, redis_server):
-    """start_cluster(nodes=3, edit=None, register=False) -> a started Cluster (stopped at teardown, logs printed)."""
+    """start_cluster(nodes=3, edit=None, register=False, platforms=1) -> a started Cluster (stopped at teardown, logs printed)."""
     made: list[Cluster] = []
 
-    async def start(nodes: int = 3, edit: Callable[[dict], None] | None = None, register: bool = False) -> Cluster:
-        c = Cluster(tmp_path, kamailio_factory, redis_server.url, nodes, edit, register)
+    async def start(nodes: int = 3, edit: Callable[[dict], None] | None = None, register: bool = False,
+                    platforms: int = 1) -> Cluster:
+        c = Cluster(tmp_path, kamailio_factory, redis_server.url, nodes, edit, register, platforms)
         made.append(c)
         return await c.start()
     yield start

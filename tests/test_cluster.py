@@ -60,7 +60,9 @@ async def desk_calls_app(cluster: Cluster, phone, agent: Party, pushes, number: 
 
 
 async def test_calls_both_ways_land_on_different_nodes_with_audio(start_cluster, baresip_factory):  # noqa: F811
-    cluster = await start_cluster()
+    # three bridge nodes on two platform nodes: node1 makes its calls on platform1, where the
+    # app user listens only on platform0 (a push handed over, a leg relayed between them)
+    cluster = await start_cluster(platforms=2)
     phone = baresip_factory("2002", cluster.kamailio, tone_hz=700)
     # desk phone -> app: the dispatcher takes turns among the nodes
     for n in range(3):
@@ -75,8 +77,26 @@ async def test_calls_both_ways_land_on_different_nodes_with_audio(start_cluster,
             await agent.call.end_call()
             await blocking(phone.wait_closed, 5, mark)
     assert taken(cluster) == [1, 1, 1], (taken(cluster), cluster.logs())
+    assert "relaying the leg to p1-platform" in cluster.platforms[0].log()
     freq, snr = await blocking(wav_dominant_frequency, phone.recordings("dec")[0], 1.0)
     assert abs(freq - 440) < 9 and snr > 20, (freq, snr)
+    # app -> desk phone: alice on platform1 (the push hashes to a node: two nodes at least)
+    desk = baresip_factory("2001", cluster.kamailio, tone_hz=700)
+    before = taken(cluster)
+    for n in range(8):
+        alice = Party(cluster.platforms[1].platform_url, "alice", tone=1000)
+        await alice.make_call(("desk-2001", "demo-desk"), cluster.token("alice"))
+        await asyncio.wait_for(alice.events.connected.wait(), 15)
+        if n == 0:
+            await asyncio.sleep(4)
+            freq, snr = heard(alice)
+            assert abs(freq - 700) < 14 and snr > 20, (freq, snr)
+        mark = desk.mark()
+        await alice.call.end_call()
+        await blocking(desk.wait_closed, 5, mark)
+        if sum(1 for a, b in zip(before, taken(cluster)) if b > a) >= 2:
+            break
+    assert sum(1 for a, b in zip(before, taken(cluster)) if b > a) >= 2, taken(cluster)
 
 
 async def test_app_calls_spread_over_the_nodes(start_cluster, baresip_factory):  # noqa: F811
