@@ -159,8 +159,17 @@ class Bridge:
             return Admission.UNAVAILABLE, []
         return None, [bridge_scope()]
 
-    async def count_on(self, call: "BridgedCall", route: Route) -> str | None:
-        """Count `call` on its route (locally, and across the cluster); the refusal's result, or None."""
+    async def count_on(self, call: "BridgedCall", route: Route, what: str) -> str | None:
+        """Count `call` (`what` in the log) on its route, locally and across the cluster; the
+        refusal's result (logged), or None."""
+        refused = await self._count_on(call, route)
+        if refused is not None:
+            log.warning("%s: route %s %s", what, route.name,
+                        f"is at its limit of {route.calls.limit} calls" if refused == "route_limit"
+                        else "cannot count the call: the cluster's state is out of reach")
+        return refused
+
+    async def _count_on(self, call: "BridgedCall", route: Route) -> str | None:
         if not route.calls.acquire():
             return "route_limit"
         if self.cluster is not None:
@@ -485,11 +494,8 @@ class AppToDeskCall(BridgedCall):
             self.result = "no_route"
             await self.app.end_call(reason=R.SERVICE_INVALID_ID)
             return
-        refused = await bridge.count_on(self, decision.route)
+        refused = await bridge.count_on(self, decision.route, f"call {p.sid}")
         if refused is not None:
-            log.warning("call %s: route %s %s", p.sid, decision.route.name,
-                        f"is at its limit of {decision.route.calls.limit} calls" if refused == "route_limit"
-                        else "cannot count the call: the cluster's state is out of reach")
             self.result = refused
             await self.app.end_call(reason=R.SERVICE_BUSY if refused == "route_limit" else R.SERVICE_INTERNAL_ERROR)
             return
@@ -565,11 +571,8 @@ class DeskToAppCall(BridgedCall):
             self.result = "no_route"
             await sip.reject(404)
             return
-        refused = await bridge.count_on(self, decision.route)
+        refused = await bridge.count_on(self, decision.route, f"SIP call {sip.call_id}")
         if refused is not None:
-            log.warning("SIP call %s: route %s %s", sip.call_id, decision.route.name,
-                        f"is at its limit of {decision.route.calls.limit} calls" if refused == "route_limit"
-                        else "cannot count the call: the cluster's state is out of reach")
             self.result = refused
             if refused == "cluster_unavailable":
                 await sip.reject(503, "Cluster State Unavailable", headers=[("Retry-After", "5")])

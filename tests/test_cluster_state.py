@@ -250,3 +250,21 @@ async def test_a_redis_restarted_empty_is_not_a_reaping_and_gets_the_state_back(
             await asyncio.sleep(0.05)
     assert told == [], "a Redis that lost its data must not end this node's calls"
     assert [e["call_id"] for e in await dialogs.left_open(a.store, "a")] == ["c1"]
+
+
+def test_push_url_takes_a_list_of_nodes_and_names_a_bad_one():
+    base = open(config.__file__.replace("bridge/config.py", "config.yaml")).read()
+    one = "push_url: http://127.0.0.1:8081/v1/notifications"
+    assert one in base
+    listed = base.replace(one, "push_url: [http://10.0.0.11:8081/v1/notifications, http://10.0.0.12:8081/v1/notifications]")
+    cfg = config.loads(listed, "c.yaml", env={})
+    desk = cfg.platform.services["demo-desk"]
+    assert desk.push_urls == ("http://10.0.0.11:8081/v1/notifications", "http://10.0.0.12:8081/v1/notifications")
+    assert desk.push_url == desk.push_urls[0]
+    line = base[:base.index(one)].count("\n") + 1
+    for bad, message in (("push_url: []", "must be an http(s) URL or a non-empty list"),
+                         ("push_url: [http://10.0.0.11:8081/x, ftp://10.0.0.12/x]", "is not an http(s) URL")):
+        with pytest.raises(config.ConfigError) as exc:
+            config.loads(base.replace(one, bad), "c.yaml", env={})
+        assert f"c.yaml:{line}: platform.services.demo-desk.push_url: " in str(exc.value), exc.value
+        assert message in str(exc.value)
