@@ -18,7 +18,7 @@ import logging
 import time
 import wave
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -36,10 +36,24 @@ from .sdk import Call, CallDelegate, MakeCallParams, StartFailError, VerifyCallP
 from .sip import CallFailed, IncomingCall, Referral, SipCall, SipResult, UserAgent
 from .sip.uri import hostport
 
+if TYPE_CHECKING:
+    from .cluster.membership import Membership
+
 log = logging.getLogger("bridge.call")
 
 # SIP results after which the next fallback target is tried
 HUNT_ON = (SipResult.BUSY, SipResult.NO_ANSWER, SipResult.NOT_FOUND, SipResult.UNAVAILABLE)
+# results of calls refused before anyone rang: their claim goes back, so that another node may take them
+UNRUNG = ("no_route", "route_limit", "cluster_unavailable")
+
+
+class Admission:
+    """Why a new call is refused (None in `Bridge.admit`: it is taken)."""
+
+    DUPLICATE = "duplicate"            # another node (or this one) took it already
+    BUSY = "busy"                      # bridge.max_calls reached, across the cluster
+    DRAINING = "draining"
+    UNAVAILABLE = "cluster_unavailable"   # Redis out of reach: nobody can say who takes it
 
 
 @dataclass(frozen=True)
@@ -102,9 +116,10 @@ class Bridge:
     """All bridged calls of the daemon: starts them, counts them, drains them."""
 
     def __init__(self, cfg: Config, ua: UserAgent, metrics: Metrics,
-                 token_for: Callable[[str, str], str]) -> None:
+                 token_for: Callable[[str, str], str], cluster: "Membership | None" = None) -> None:
         assert cfg.bridge is not None
         self.cfg = cfg
+        self.cluster = cluster              # None: one node alone, counting and claiming in memory
         self.router: Router = cfg.router
         self.ua = ua
         self.metrics = metrics
@@ -155,6 +170,79 @@ class Bridge:
         self._seen_sids[sid] = now
         return False
 
+    async def admit(self, kind: str, ident: str) -> tuple[str | None, list[str]]:
+        """May this node take a new call (`kind` push by sid, or invite by Call-ID)? Returns the
+        refusal (an `Admission`, None: taken) and the cluster scopes the call now holds. Alone:
+        the draining and `bridge.max_calls` checks and the seen-sid memory, as ever. In a
+        cluster: one claim of the call and one count in the cluster-wide `bridge` scope, each
+        given back if the other fails."""
+        assert self.cfg.bridge is not None
+        if self.draining:
+            return Admission.DRAINING, []
+        if self.cluster is None:
+            if self.full():
+                return Admission.BUSY, []
+            if kind == "push" and self.seen(ident):
+                return Admission.DUPLICATE, []
+            return None, []
+        from .cluster.limits import bridge_scope
+        from .cluster.store import RedisDown
+        claims, limits = self.cluster.claims, self.cluster.limits
+        try:
+            if not await claims.take(kind, ident):
+                return Admission.DUPLICATE, []
+            if await limits.take([(bridge_scope(), self.cfg.bridge.max_calls)]) is not None:
+                await claims.give_back(kind, ident)
+                return Admission.BUSY, []
+        except RedisDown as exc:
+            log.warning("%s %s refused: %s", kind, safe(ident), exc)
+            return Admission.UNAVAILABLE, []
+        return None, [bridge_scope()]
+
+    async def count_on(self, call: "BridgedCall", route: Route, what: str) -> str | None:
+        """Count `call` (`what` in the log) on its route, locally and across the cluster; the
+        refusal's result (logged), or None."""
+        refused = await self._count_on(call, route)
+        if refused is not None:
+            log.warning("%s: route %s %s", what, route.name,
+                        f"is at its limit of {route.calls.limit} calls" if refused == "route_limit"
+                        else "cannot count the call: the cluster's state is out of reach")
+        return refused
+
+    async def _count_on(self, call: "BridgedCall", route: Route) -> str | None:
+        if not route.calls.acquire():
+            return "route_limit"
+        if self.cluster is not None:
+            from .cluster.limits import route_scope
+            from .cluster.store import RedisDown
+            scope = route_scope("to_sip" if isinstance(call, AppToDeskCall) else "to_app", route.name)
+            try:
+                full = await self.cluster.limits.take([(scope, route.calls.limit)])
+            except RedisDown as exc:
+                log.warning("%s: route %s: %s", call.name, route.name, exc)
+                route.calls.release()
+                return "cluster_unavailable"
+            if full is not None:
+                route.calls.release()
+                return "route_limit"
+            call.held.append(scope)
+        call.route = route
+        return None
+
+    async def give_back(self, call: "BridgedCall") -> None:
+        """What a call took in the cluster: its counts, and its claim if nobody was rung."""
+        if self.cluster is None:
+            return
+        held, call.held = call.held, []
+        if held:
+            await self.cluster.limits.give_back(held)
+        if call.claim is not None and call.result in UNRUNG:
+            from .cluster.store import RedisDown
+            try:
+                await self.cluster.claims.give_back(*call.claim)
+            except RedisDown:
+                pass                          # it expires by itself (cluster.claim_ttl)
+
     def spawn(self, coro, what: str) -> asyncio.Task:
         """A background step of a call (a DTMF send...): kept, and its failure logged, not lost."""
         task = asyncio.ensure_future(coro)
@@ -185,14 +273,39 @@ class Bridge:
                 log.error("bridged call failed", exc_info=t.exception())
         task.add_done_callback(done)
 
-    def notify(self, push: Notification) -> None:
-        self.start(AppToDeskCall(self, push))
+    def notify(self, push: Notification, held: list[str] | None = None) -> None:
+        call = AppToDeskCall(self, push)
+        call.held = list(held or [])
+        call.claim = ("push", push.param.sid) if self.cluster is not None else None
+        self.start(call)
 
     async def on_incoming(self, sip: IncomingCall) -> None:
-        if self.draining or self.full():
+        refused, held = await self.admit("invite", sip.call_id)
+        if refused == Admission.DUPLICATE:        # a forked or failed-over copy another node took
+            await sip.reject(482, "Taken By Another Node")
+            return
+        # Retry-After: this node cannot take it, another may (Kamailio's dispatcher fails over);
+        # none: no node can (the cluster is at bridge.max_calls)
+        if refused == Admission.UNAVAILABLE:
+            await sip.reject(503, "Cluster State Unavailable", headers=[("Retry-After", "5")])
+            return
+        if refused == Admission.DRAINING:
+            await sip.reject(503, "Draining", headers=[("Retry-After", "30")])
+            return
+        if refused is not None:
             await sip.reject(503)
             return
-        self.start(DeskToAppCall(self, sip))
+        call = DeskToAppCall(self, sip)
+        call.held = held
+        call.claim = ("invite", sip.call_id) if self.cluster is not None else None
+        self.start(call)
+
+    async def drop_all(self) -> None:
+        """A survivor ended this node's calls while it was cut off from Redis: end them here too."""
+        log.warning("ending %d call(s) a survivor already ended (this node was cut off from the cluster)",
+                    len(self.calls))
+        for call in list(self.calls):
+            call.stop()
 
     async def on_replaces(self, new: IncomingCall, old: SipCall) -> None:
         """An INVITE with Replaces names the SIP leg of one of our calls: it takes that leg's place."""
@@ -206,6 +319,7 @@ class Bridge:
         """Take no new calls; let active ones finish for up to `timeout` (or until `cut` is
         set), then end them."""
         self.draining = True
+        self.ua.draining = True
         if self.calls:
             log.info("draining %d call(s) for up to %.0f s", len(self.calls), timeout)
             waits = [asyncio.ensure_future(asyncio.wait(list(self._tasks)))]    # cancelling it cancels no call
@@ -243,6 +357,8 @@ class BridgedCall:
         self.phone: str | None = None       # the desk phone's number (what transfer routes match)
         self.record = CallRecord(self.direction, time.time())
         self._on_hold_music: asyncio.Task | None = None   # music on hold while the app user holds
+        self.held: list[str] = []           # cluster scopes this call is counted in
+        self.claim: tuple[str, str] | None = None   # its claim in the cluster (kind, id)
 
     def stop(self) -> None:
         """End this call now (daemon shutting down)."""
@@ -414,6 +530,7 @@ class BridgedCall:
         if self.route is not None:
             self.route.calls.release()
             self.route = None
+        await self.bridge.give_back(self)
         if self.app.state not in ("idle", "disconnected"):
             await self.app.end_call()
         if self.sip is not None and not self.sip.ended.done():
@@ -477,13 +594,11 @@ class AppToDeskCall(BridgedCall):
             self.result = "no_route"
             await self.app.end_call(reason=R.SERVICE_INVALID_ID)
             return
-        if not decision.route.calls.acquire():
-            log.warning("call %s: route %s is at its limit of %s calls", p.sid, decision.route.name,
-                        decision.route.calls.limit)
-            self.result = "route_limit"
-            await self.app.end_call(reason=R.SERVICE_BUSY)
+        refused = await bridge.count_on(self, decision.route, f"call {p.sid}")
+        if refused is not None:
+            self.result = refused
+            await self.app.end_call(reason=R.SERVICE_BUSY if refused == "route_limit" else R.SERVICE_INTERNAL_ERROR)
             return
-        self.route = decision.route
         self.identity = (decision.caller_id, decision.display_name)
         self.record.route, self.record.sip_from = decision.route.name, decision.caller_id
         self.sip_to_app.ringback = lambda rate: bridge.ringbacks.get(
@@ -564,11 +679,14 @@ class DeskToAppCall(BridgedCall):
             self.result = "no_route"
             await sip.reject(404)
             return
-        if not decision.route.calls.acquire():
-            self.result = "route_limit"
-            await sip.reject(503)
+        refused = await bridge.count_on(self, decision.route, f"SIP call {sip.call_id}")
+        if refused is not None:
+            self.result = refused
+            if refused == "cluster_unavailable":
+                await sip.reject(503, "Cluster State Unavailable", headers=[("Retry-After", "5")])
+            else:
+                await sip.reject(503)             # the limit is the cluster's: no other node may take it
             return
-        self.route = decision.route
         self.record.route = decision.route.name
         self.record.app_caller = f"{decision.caller_user}@{decision.caller_service}"
         self.record.app_callee = f"{decision.user}@{decision.service}"

@@ -40,7 +40,14 @@ _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 
 
 class CallbackError(Exception):
-    """The callback could not be delivered or the app server answered a failure."""
+    """The callback could not be delivered or the app server answered a failure.
+
+    `elsewhere`: another node may take it (no connection, no answer in time, or a 503 with
+    `Retry-After`: draining or full), as opposed to a refusal of the request itself."""
+
+    def __init__(self, message: str, *, elsewhere: bool = False) -> None:
+        super().__init__(message)
+        self.elsewhere = elsewhere
 
 
 def signature(secret: str, timestamp: str, payload: bytes | str) -> str:
@@ -123,6 +130,7 @@ async def post_json(session: aiohttp.ClientSession, url: str, payload: Mapping, 
         async with session.post(url, data=body, headers=headers, allow_redirects=False,
                                 timeout=aiohttp.ClientTimeout(total=timeout)) as response:
             if not 200 <= response.status < 300:
-                raise CallbackError(f"{url} answered {response.status}")
+                busy = response.status == 503 and "Retry-After" in response.headers
+                raise CallbackError(f"{url} answered {response.status}", elsewhere=busy)
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise CallbackError(f"{url} unreachable: {type(exc).__name__}") from None
+        raise CallbackError(f"{url} unreachable: {type(exc).__name__}", elsewhere=True) from None

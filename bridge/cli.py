@@ -63,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     sip_trace(p)
     command("check-config", "validate the config file and print every error with file, line and key")
 
+    p = command("cluster", "the cluster in Redis (`cluster:` section): `status` lists the nodes, their leases "
+                           "and calls, and the calls counted against each limit")
+    p.add_argument("action", choices=["status"])
+
     p = command("route", "print the routing decision for a call, without calling")
     p.add_argument("--from", dest="caller", type=_user_at_service, metavar="USER@SERVICE",
                    help="app caller (with --to: app -> desk phone)")
@@ -147,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(doctor.run(cfg))
         if args.command == "route":
             return _route(cfg, args)
+        if args.command == "cluster":
+            from .cluster import status
+            return asyncio.run(status.run(cfg))
         if args.command == "token":
             print(_token(cfg, args.service, args.user))
             return 0

@@ -26,6 +26,8 @@ from urllib.parse import urlsplit
 import yaml
 
 from . import iceservers, protocol, routing, tls
+from .cluster import config as cluster_config
+from .cluster.config import ClusterConfig
 from .iceservers import IceServer
 from .routing import AppRoute, Router, SipRoute
 
@@ -47,9 +49,13 @@ class Service:
     api_secret: str = field(repr=False)
     notify_cb_url: str | None = None
     call_event_cb_url: str | None = None
-    push_url: str | None = None         # embedded push as a signed POST (e.g. to the bridge)
+    push_urls: tuple[str, ...] = ()     # embedded push as a signed POST (to a bridge, or to each node in turn)
     push_secret: str | None = field(default=None, repr=False)
     one_call_per_user: bool = True      # a user in a call is BUSY (off for desk phones: the PBX decides)
+
+    @property
+    def push_url(self) -> str | None:
+        return self.push_urls[0] if self.push_urls else None
 
 
 @dataclass(frozen=True)
@@ -224,6 +230,7 @@ class Config:
     bridge: BridgeConfig | None = None
     router: Router = field(default_factory=Router)
     secrets: tuple[SecretOrigin, ...] = ()
+    cluster: ClusterConfig | None = None     # None: one node alone, state in memory
 
 
 # --- YAML with line numbers -------------------------------------------------------------
@@ -450,6 +457,15 @@ def http_url(value: Any) -> str:
     return text
 
 
+def _http_urls(value: Any) -> tuple[str, ...]:
+    """One http(s) URL, or a non-empty list of them (nodes of a cluster, tried in turn)."""
+    if isinstance(value, list):
+        if not value:
+            raise ValueError("must be an http(s) URL or a non-empty list of them")
+        return tuple(http_url(v) for v in value)
+    return (http_url(value),)
+
+
 def ip_list(value: Any) -> list[str]:
     if not isinstance(value, list):
         raise ValueError("must be a list of IP addresses")
@@ -520,7 +536,7 @@ def loads(text: str, path: str = "<config>", env: dict[str, str] | None = None) 
     if not isinstance(root, _Map):
         raise ConfigError([f"{path}:1: the file must be a YAML mapping"])
     r = _Reader(path, dict(os.environ) if env is None else env)
-    r.unknown(root, "", {"log_level", "platform", "webrtc", "sip", "notifications", "bridge", "routes"})
+    r.unknown(root, "", {"log_level", "platform", "webrtc", "sip", "notifications", "bridge", "routes", "cluster"})
     log_level = r.get(root, "log_level", "log_level", _log_level, "info")
     platform = _platform(r, root)
     w = r.section(root, "webrtc", "webrtc", {"ice_addresses", "codecs", "receive_prefetch", "liveness_timeout",
@@ -538,6 +554,7 @@ def loads(text: str, path: str = "<config>", env: dict[str, str] | None = None) 
     notifications = _notifications(r, root) if root.get("notifications") is not None else None
     bridge = _bridge(r, root, platform) if root.get("bridge") is not None else None
     router = _routes(r, root, platform)
+    cluster = cluster_config.read(r, root, sip.bind_port if sip is not None else None)
     if bridge is not None and (sip is None or notifications is None):
         r.error(root, "bridge", "bridge", "the bridge needs the sip and notifications sections")
     if bridge is not None and platform.embedded:
@@ -545,7 +562,8 @@ def loads(text: str, path: str = "<config>", env: dict[str, str] | None = None) 
     if r.errors:
         raise ConfigError(r.errors)
     return Config(path=path, log_level=log_level, platform=platform, webrtc=webrtc, sip=sip,
-                  notifications=notifications, bridge=bridge, router=router, secrets=tuple(r.secrets))
+                  notifications=notifications, bridge=bridge, router=router, secrets=tuple(r.secrets),
+                  cluster=cluster)
 
 
 # PyYAML's wording -> what to fix; (problem fragment, message, report the context's line)
@@ -1167,13 +1185,13 @@ def _platform(r: _Reader, root: _Map) -> PlatformConfig:
         api_secret = r.secret(s, "api_secret", f"{keypath}.api_secret")
         if api_secret is not None and len(api_secret) < 32:
             r.error(s, "api_secret", f"{keypath}.api_secret", "must be at least 32 characters (HMAC-SHA256 key)")
-        push_url = r.get(s, "push_url", f"{keypath}.push_url", http_url)
+        push_urls = r.get(s, "push_url", f"{keypath}.push_url", _http_urls, ())
         services[sid] = Service(
             id=sid, api_key=api_key or "", api_secret=api_secret or "",
             notify_cb_url=r.get(s, "notify_cb_url", f"{keypath}.notify_cb_url", http_url),
             call_event_cb_url=r.get(s, "call_event_cb_url", f"{keypath}.call_event_cb_url", http_url),
-            push_url=push_url,
-            push_secret=r.secret(s, "push_secret", f"{keypath}.push_secret", required=bool(push_url)),
+            push_urls=push_urls,
+            push_secret=r.secret(s, "push_secret", f"{keypath}.push_secret", required=bool(push_urls)),
             one_call_per_user=r.get(s, "one_call_per_user", f"{keypath}.one_call_per_user", boolean, True),
         )
     seen: dict[str, str] = {}

@@ -4,30 +4,40 @@ account and the bridged calls.
 Signals: SIGTERM/SIGINT drain (no new calls; active ones may finish until `drain_timeout`),
 and say so with the number of calls; a second SIGTERM/SIGINT ends the calls at once. SIGHUP reloads the routes (a broken file keeps the old ones and logs why). systemd is told
 READY, RELOADING, STOPPING, STATUS (active calls) and WATCHDOG.
+
+With `cluster:` the bridge is a node of a cluster (`bridge.cluster`): it joins before it takes
+SIP (waiting out a killed predecessor's lease), mirrors its dialogs in Redis, reaps dead nodes,
+and leaves after its calls are over. Redis out of reach: /healthz says so (503) and new calls
+are refused with a reason, never left hanging.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import os
 import resource
 import signal
 import time
-from typing import Awaitable, Callable
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 import uvloop
 from aiohttp import web
 
 from . import config, httpguard, ice, production, rtcjitter, systemd, tls, token, webapp
 from .bridgedcall import Bridge
+from .cluster.config import ClusterConfig
 from .config import Config
 from .metrics import Metrics
 from .notifications import NotificationServer
 from .platform import Platform
 from .sip import JournalError, UserAgent
+
+if TYPE_CHECKING:
+    from .cluster.membership import Membership
 
 log = logging.getLogger("bridge.daemon")
 
@@ -42,6 +52,7 @@ class Daemon:
                          if cfg.platform.embedded else None)
         self.ua: UserAgent | None = None
         self.bridge: Bridge | None = None
+        self.cluster: Membership | None = None
         self._stop = asyncio.Event()
         self._hurry = asyncio.Event()              # a second stop signal: end the calls now
         self._listeners: list[httpguard.Listener] = []
@@ -56,8 +67,13 @@ class Daemon:
         reg = f", SIP {self.ua.registration.state}" if self.ua else ""
         return f"{bridged} bridged calls, {platform} platform calls{reg}"
 
+    @property
+    def role(self) -> str:
+        parts = (["bridge"] if self.cfg.bridge is not None else []) + (["platform"] if self.platform else [])
+        return "+".join(parts) or "none"
+
     def health(self) -> tuple[bool, dict]:
-        detail: dict = {"pid": os.getpid(), "platform": "embedded" if self.platform else "remote",
+        detail: dict = {"pid": os.getpid(), "role": self.role, "platform": "embedded" if self.platform else "remote",
                         "draining": bool(self.bridge and self.bridge.draining)}
         ok = True
         if self.ua is not None:
@@ -68,6 +84,11 @@ class Daemon:
             detail["bridged_calls"] = len(self.bridge.calls)
         if self.platform is not None:
             detail["platform_calls"] = self.platform.active_calls
+        if self.cluster is not None:
+            detail["cluster"] = self.cluster.health()
+            ok = ok and self.cluster.node.healthy
+        else:
+            detail["cluster"] = None                # alone: state in memory
         return ok and not detail["draining"], detail
 
     async def _listen(self, app: web.Application, name: str, host: str, port: int,
@@ -140,6 +161,8 @@ class Daemon:
 
     async def _start(self) -> None:
         cfg = self.cfg
+        if cfg.cluster is not None:
+            await self._join(cfg.cluster)
         if self.platform is not None:
             app = web.Application(client_max_size=webapp.MAX_BODY)
             self.platform.add_routes(app)
@@ -150,18 +173,64 @@ class Daemon:
         if cfg.bridge is not None:
             assert cfg.sip is not None and cfg.notifications is not None
             self.ua = UserAgent(cfg.sip, self._on_incoming, journal=cfg.sip.journal)
-            self.bridge = Bridge(cfg, self.ua, self.metrics, self.token_for)
+            self.bridge = Bridge(cfg, self.ua, self.metrics, self.token_for, self.cluster)
             self.ua.on_replaces = self.bridge.on_replaces
             self.metrics.watch_sip(self.ua.counters)
             try:
                 await self.ua.start()
             except JournalError as exc:
                 raise SystemExit(f"bridge: {exc}") from None
+            if self.cluster is not None:
+                self.cluster.serve(self.ua, self.bridge.drop_all)
             server = NotificationServer(cfg.notifications, self.bridge, self.metrics, self.health,
                                         self.refresh_gauges)
             n = cfg.notifications
             await self._listen(server.app(), "notifications", n.host, n.port, n.http,
                                "notifications, /healthz, /metrics", n.tls)
+
+    async def _join(self, cluster: ClusterConfig) -> None:
+        """Join the cluster as this process's roles: a bridge node, a platform node, or both."""
+        from .cluster.membership import Membership
+        from .cluster.node import NodeIdInUse
+        if self.cfg.bridge is None:                   # `bridge platform` beside a node of the same config
+            cluster = dataclasses.replace(cluster, node_id=f"{cluster.node_id}-platform")
+        self.cluster = Membership(cluster)
+        n = self.cfg.notifications
+        info = {"role": self.role, "platform": self.cfg.platform.public_url if self.platform else ""}
+        if self.cfg.bridge is not None and n is not None:
+            info["notifications"] = f"{n.host}:{n.port}"
+        self.cluster.node.status = self._node_status
+        try:
+            await self.cluster.join(info)
+        except NodeIdInUse as exc:
+            raise SystemExit(f"bridge: {exc}") from None
+        if self.platform is not None:
+            await self._link_platform()
+
+    async def _link_platform(self) -> None:
+        """This process serves the platform as one of several nodes: they share cc_param's key."""
+        from .cluster.signalling import Signalling
+        from .cluster.store import RedisDown
+        assert self.cluster is not None and self.platform is not None
+        if not any(s.keypath == "platform.cc_param_secret" for s in self.cfg.secrets):
+            raise SystemExit(f"bridge: {self.cfg.path}: platform.cc_param_secret: set it (or its _env variable): "
+                             "the platform nodes of a cluster must share it")
+        p = self.cfg.platform
+        link = Signalling(self.cluster.store, self.cluster.node, p.answer_timeout, p.max_call_time)
+        try:
+            await link.start()
+        except RedisDown as exc:
+            raise SystemExit(f"bridge: cannot subscribe to the platform nodes' channel: {exc}") from None
+        self.platform.join(link)
+        self.cluster.platform_link = link
+
+    def _node_status(self) -> dict[str, str]:
+        """What this node publishes on every heartbeat (`bridge cluster status`)."""
+        status = {"calls": str(len(self.bridge.calls) if self.bridge else 0),
+                  "draining": "1" if self.bridge is not None and self.bridge.draining else "0"}
+        if self.ua is not None and self.ua.local[1]:
+            status["sip"] = f"{self.cfg.sip.contact_host if self.cfg.sip else ''}:{self.ua.local[1]}"
+        return status
 
     async def _on_incoming(self, call) -> None:
         assert self.bridge is not None
@@ -178,6 +247,8 @@ class Daemon:
         for listener in reversed(self._listeners):
             await listener.stop()
         self._listeners.clear()
+        if self.cluster is not None:
+            await self.cluster.leave()
 
     def reload(self) -> None:
         """SIGHUP: load the config file again and take its routes; keep the old on errors."""
@@ -206,6 +277,8 @@ class Daemon:
             self.metrics.platform_calls.set(self.platform.active_calls)
         for listener in self._listeners:
             self.metrics.http_connections.labels(listener.guard.name).set(listener.guard.open)
+        if self.cluster is not None:
+            self.metrics.cluster(self.cluster)
 
     async def _report(self) -> None:
         while True:

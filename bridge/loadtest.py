@@ -472,38 +472,124 @@ class _Delegate(CallDelegate):
 # --- the bridge process ------------------------------------------------------------------------
 
 class BridgeProbe:
-    """/healthz, /metrics and /proc/<pid> of the bridge under test."""
+    """/healthz, /metrics and /proc/<pid> of the bridge under test: one daemon, or every live
+    node of its cluster (`cluster:` in the config: the nodes' addresses from Redis, their CPU
+    and memory summed, their metrics merged, and Redis's own cost of the run)."""
 
     def __init__(self, cfg: Config) -> None:
         n = cfg.notifications
         assert n is not None
+        self.cfg = cfg
         self.base = f"http://{n.host}:{n.port}"
+        self.bases = [self.base]
         self.headers = {"Authorization": f"Bearer {n.admin_token}"} if n.admin_token else {}
         self.pid: int | None = None
+        self.pids: list[int] = []
         self._session: aiohttp.ClientSession | None = None
+        self._store: Any = None
+        self._redis_before: dict | None = None
+        self._redis_before_t = 0.0
 
     async def __aenter__(self) -> "BridgeProbe":
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+        if self.cfg.cluster is not None:
+            from .cluster.store import RedisDown, Store
+            self._store = Store(self.cfg.cluster)
+            try:
+                self.bases = await self._nodes()
+                self._redis_before = await self._redis_cost()
+                self._redis_before_t = time.monotonic()
+            except RedisDown as exc:
+                await self.__aexit__()
+                raise LoadTestError(f"the cluster's Redis: {exc}") from None
+            if not self.bases:
+                await self.__aexit__()
+                raise LoadTestError("no live bridge node in the cluster (bridge cluster status)")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         if self._session is not None:
             await self._session.close()
+        if self._store is not None:
+            await self._store.close()
+
+    async def _nodes(self) -> list[str]:
+        """The notification listeners of the cluster's live bridge nodes."""
+        store = self._store
+        bases = []
+        for node in sorted(await store.run(store.client.smembers(store.key("nodes")))):
+            info = await store.run(store.client.hgetall(store.key("node", node)))
+            alive = await store.run(store.client.exists(store.key("lease", node)))
+            if alive and info.get("notifications"):
+                bases.append(f"http://{info['notifications']}")
+        return bases
+
+    async def _redis_cost(self) -> dict:
+        """Redis's commands so far and its CPU seconds (INFO commandstats, INFO cpu)."""
+        stats = await self._store.run(self._store.client.info("commandstats"))
+        cpu = await self._store.run(self._store.client.info("cpu"))
+        return {"calls": sum(int(v["calls"]) for v in stats.values()),
+                "usec": sum(int(v["usec"]) for v in stats.values()),
+                "cpu_s": float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"])}
+
+    async def redis_idle(self) -> None:
+        """Mark the end of the idle baseline: the nodes' heartbeats alone cost Redis this much."""
+        if self._redis_before is not None:
+            self._redis_idle = (await self._redis_cost(), time.monotonic())
+            self._redis_started = self._redis_before_t
+
+    async def redis_delta(self) -> dict | None:
+        """What the run cost Redis (commands, their time inside Redis, its CPU), and that less
+        the heartbeats' share (the idle baseline's rate over the run): the calls' own cost."""
+        if self._redis_before is None:
+            return None
+        after, t_after = await self._redis_cost(), time.monotonic()
+        total = {k: after[k] - self._redis_before[k] for k in after}
+        out = {k: round(v, 6) for k, v in total.items()} | {"nodes": len(self.bases)}
+        idle, t_idle = getattr(self, "_redis_idle", (None, None))
+        if idle is not None and t_idle > self._redis_before_t:
+            rate = {k: (idle[k] - self._redis_before[k]) / (t_idle - self._redis_before_t) for k in idle}
+            out["calls_only"] = {k: round(total[k] - rate[k] * (t_after - self._redis_before_t), 6) for k in total}
+            out["heartbeat_per_s"] = {k: round(v, 6) for k, v in rate.items()}
+        return out
 
     async def health(self) -> tuple[int, dict]:
+        """The one daemon's /healthz; for a cluster, every node's, merged (the pids, calls summed)."""
         assert self._session is not None
-        async with self._session.get(self.base + "/healthz", headers=self.headers) as r:
-            return r.status, await r.json(content_type=None)
+        answers = []
+        for base in self.bases:
+            async with self._session.get(base + "/healthz", headers=self.headers) as r:
+                answers.append((r.status, await r.json(content_type=None)))
+        if len(answers) == 1:
+            return answers[0]
+        status = max(s for s, _ in answers)
+        merged = dict(answers[0][1])
+        merged["pids"] = [h.get("pid") for _, h in answers]
+        merged["bridged_calls"] = sum(h.get("bridged_calls", 0) for _, h in answers)
+        merged["nodes"] = len(answers)
+        return status, merged
 
-    async def metrics(self) -> str:
+    async def metrics(self) -> dict:
+        """The bridge's metrics (`parse_metrics`); a cluster's nodes' summed."""
         assert self._session is not None
-        async with self._session.get(self.base + "/metrics", headers=self.headers) as r:
-            if r.status != 200:
-                raise LoadTestError(f"GET {self.base}/metrics answered {r.status}")
-            return await r.text()
+        parsed = []
+        for base in self.bases:
+            async with self._session.get(base + "/metrics", headers=self.headers) as r:
+                if r.status != 200:
+                    raise LoadTestError(f"GET {base}/metrics answered {r.status}")
+                parsed.append(parse_metrics(await r.text()))
+        return merge_metrics(parsed)
 
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def procs_sample(pids: list[int]) -> tuple[float, float, int] | None:
+    """`proc_sample` summed over the bridge's processes (the nodes of a cluster on this host)."""
+    samples = [proc_sample(pid) for pid in pids]
+    if any(s is None for s in samples):
+        return None
+    return (sum(s[0] for s in samples if s), sum(s[1] for s in samples if s), sum(s[2] for s in samples if s))
 
 
 def proc_sample(pid: int) -> tuple[float, float, int] | None:
@@ -541,6 +627,20 @@ def parse_metrics(text: str) -> dict:
                 out["frames"].setdefault(s.labels["direction"], {})[s.labels["outcome"]] = s.value
             elif s.name == "bridge_calls_total":
                 out["calls"][f'{s.labels["direction"]}/{s.labels["result"]}'] = s.value
+    return out
+
+
+def merge_metrics(parsed: list[dict]) -> dict:
+    """Several nodes' `parse_metrics`, summed (histograms bucket by bucket)."""
+    def add(into: dict, other: dict) -> None:
+        for k, v in other.items():
+            if isinstance(v, dict):
+                add(into.setdefault(k, {}), v)
+            else:
+                into[k] = into.get(k, 0) + v
+    out: dict = {"setup": {}, "frames": {}, "calls": {}, "loop_lag": {}}
+    for p in parsed:
+        add(out, p)
     return out
 
 
@@ -699,12 +799,14 @@ class LoadTest:
             if status != 200 or "pid" not in health:
                 raise LoadTestError(f"the bridge is not healthy ({status}): {health}")
             probe.pid = int(health["pid"])
-            before = parse_metrics(await probe.metrics())
+            probe.pids = [int(p) for p in health.get("pids", [probe.pid])]
+            before = await probe.metrics()
             self.ua = await self._register_far_end()
             self.t_zero = loop.time()
             sampler = asyncio.ensure_future(self._sample(probe))
             try:
                 await asyncio.sleep(2.0)                  # baseline RSS/CPU before any call
+                await probe.redis_idle()
                 first_call = loop.time()
                 calls = [asyncio.ensure_future(self._call(i, first_call + i / args.ramp))
                          for i in range(args.calls)]
@@ -730,7 +832,8 @@ class LoadTest:
                 await self.ua.stop()
                 for t in list(self._tasks):
                     t.cancel()
-            after = parse_metrics(await probe.metrics())
+            after = await probe.metrics()
+            redis_cost = await probe.redis_delta()
         if not args.quiet:
             print(file=sys.stderr, flush=True)
         print("analysing (latency, frames, PESQ) ...", file=sys.stderr, flush=True)
@@ -738,9 +841,18 @@ class LoadTest:
         codec = next((r.codec for r in self.records.values() if r.codec), g711.PCMU)
         if args.pesq_calls > 0:   # the same speech through the SIP leg's codec alone: the best the path can score
             self.pesq_ceiling = {
-                "app_to_sip": _pesq(self.app_program.speech8k, _codec_alone(codec, self.app_program.speech8k))["mos"],
-                "sip_to_app": _pesq(self.far_program.speech8k, _codec_alone(codec, self.far_program.speech8k))["mos"]}
-        return self._report(started_at, probe.pid, health, metrics_delta(before, after), analysis)
+                "app_to_sip": _pesq(self.app_program.speech8k,
+                                    _codec_alone(codec, self.app_program.speech8k))["mos"],
+                "sip_to_app": _pesq(self.far_program.speech8k,
+                                    _codec_alone(codec, self.far_program.speech8k))["mos"]}
+        report = self._report(started_at, probe.pid, health, metrics_delta(before, after), analysis)
+        if redis_cost is not None:
+            calls = max(1, len(self.records))
+            own = redis_cost.get("calls_only", redis_cost)          # the heartbeats' share taken out
+            report["cluster"] = {**redis_cost, "redis_commands_per_call": round(own["calls"] / calls, 1),
+                                 "redis_usec_per_call": round(own["usec"] / calls, 1),
+                                 "redis_cpu_ms_per_call": round(1000 * own["cpu_s"] / calls, 2)}
+        return report
 
     # --- the far end -------------------------------------------------------------------------
     def _index_of(self, call: IncomingCall) -> int | None:
@@ -892,7 +1004,8 @@ class LoadTest:
         assert loop is not None and probe.pid is not None
         lag = asyncio.ensure_future(self._lag_monitor())
         tty = sys.stderr.isatty()
-        prev = proc_sample(probe.pid)
+        pids = probe.pids or [probe.pid]
+        prev = procs_sample(pids)
         me_prev = proc_sample(os.getpid())
         t_prev = loop.time()
         last_line = 0.0
@@ -900,7 +1013,7 @@ class LoadTest:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stop_sampling.wait(), 1.0)
             now = loop.time()
-            cur, me = proc_sample(probe.pid), proc_sample(os.getpid())
+            cur, me = procs_sample(pids), proc_sample(os.getpid())
             dt = now - t_prev
             if cur is None or prev is None or me is None or me_prev is None or dt <= 0:
                 break
@@ -1401,6 +1514,13 @@ def format_table(report: dict) -> str:
                  f"{_fmt(bp['loop_lag_ms'].get('p99'))} ms")
     lines.append(f"load test process: CPU mean {_fmt(lt['cpu_pct'].get('mean'))} %, loop lag p99 "
                  f"{_fmt(lt['loop_lag_ms'].get('p99'))} ms, late send ticks {lt['late_send_ticks']}/{lt['send_ticks']}")
+    cl = report.get("cluster")
+    if cl:
+        beat = cl.get("heartbeat_per_s", {})
+        lines.append(f"cluster: {cl['nodes']} bridge nodes (CPU and RSS above: their sum); Redis per call "
+                     f"{cl['redis_commands_per_call']} commands, {cl['redis_usec_per_call']} us inside Redis, "
+                     f"{cl['redis_cpu_ms_per_call']} ms of its CPU (heartbeats apart: "
+                     f"{_fmt(beat.get('calls'))} commands/s, {_fmt(beat.get('usec'))} us/s)")
     lines.append("")
     lines.append("targets:")
     for t in report["targets"]:

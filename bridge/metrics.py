@@ -58,6 +58,26 @@ class Metrics:
             "call_event (lost after its retries)", ["kind"], registry=r)
         self.http_connections = Gauge("bridge_http_connections", "Open HTTP connections per listener",
                                       ["listener"], registry=r)
+        self._cluster: tuple[Gauge, ...] | None = None      # registered only on a node of a cluster
+
+    def cluster(self, member) -> None:
+        """The cluster gauges, from this node's last heartbeat (`bridge.cluster.membership`)."""
+        if self._cluster is None:
+            r = self.registry
+            self._cluster = (
+                Gauge("bridge_cluster_up", "1 while this node holds its lease in Redis", registry=r),
+                Gauge("bridge_cluster_nodes", "Live nodes of the cluster (leases held)", registry=r),
+                Gauge("bridge_cluster_calls", "Bridged calls across the cluster (the bridge.max_calls count)",
+                      registry=r),
+                Gauge("bridge_cluster_reaped_nodes", "Dead nodes whose calls this node ended", registry=r),
+                Gauge("bridge_cluster_reaped_calls", "SIP calls of dead nodes this node ended", registry=r))
+        up, nodes, calls, reaped, ended = self._cluster
+        health = member.health()
+        up.set(1 if member.node.healthy else 0)
+        nodes.set(len(health["live_nodes"]))
+        calls.set(member.cluster_calls)
+        reaped.set(health["reaped_nodes"])
+        ended.set(health["dead_node_calls_ended"])
 
     def watch_sip(self, counters: Tally[str]) -> None:
         """Export the SIP user agent's own tallies (refused, malformed, media timeouts...)."""

@@ -5,7 +5,12 @@ app_call_type}, signed like every request between bridge parts (see `callbacks`)
 X-Bridge-Timestamp and X-Bridge-Signature = v1=HMAC-SHA256(secret, "<timestamp>.<body>").
 It answers 202 at once and the call proceeds in the background. Unsigned, stale, replayed or
 malformed requests get a 4xx with {"error", "message"} and never start a call; a second
-notification for the same call is acknowledged (202, "duplicate") and ignored. Bodies are at
+notification for the same call is acknowledged (202, "duplicate") and ignored, by every node
+of a cluster (`bridge.cluster.claim`: the call's sid is claimed once). A 503 (draining, full,
+or the cluster's Redis out of reach) carries `Retry-After`: a pusher with a list of nodes
+tries the next. Each node refuses a signature it saw (409); across nodes the claim of the sid
+is what stops a replayed push, so a pusher may send the same signed request to the next node
+after a 503. Bodies are at
 most 8 KiB (413); the listener's timeouts, caps and error shape are `httpguard`'s.
 
 The same server answers GET /healthz and GET /metrics (bearer `admin_token` if configured,
@@ -25,7 +30,7 @@ from typing import Callable
 from aiohttp import web
 
 from . import callbacks, ccparam, protocol
-from .bridgedcall import Bridge, Notification
+from .bridgedcall import Admission, Bridge, Notification
 from .config import NotificationsConfig
 from .httpguard import error_response as _error
 from .logsafe import safe
@@ -98,16 +103,20 @@ class NotificationServer:
         if param.platform_url.rstrip("/") not in self.bridge.cfg.bridge.trusted_platforms:  # type: ignore[union-attr]
             log.info("notification refused: cc_param names an untrusted platform %s", safe(param.platform_url, 100))
             return _error(403, "untrusted_platform", "cc_param names a platform this bridge does not trust")
-        if self.bridge.draining:
-            return _error(503, "draining", "the bridge is shutting down; try another node")
-        if self.bridge.full():
-            return _error(503, "busy", "the bridge is at its call limit")
-        if self.bridge.seen(param.sid):
+        refused, held = await self.bridge.admit("push", param.sid)
+        if refused == Admission.DRAINING:
+            return _retry_elsewhere(_error(503, "draining", "the bridge is shutting down; try another node"))
+        if refused == Admission.BUSY:
+            return _retry_elsewhere(_error(503, "busy", "the bridge is at its call limit"))
+        if refused == Admission.UNAVAILABLE:
+            return _retry_elsewhere(_error(503, "cluster_unavailable", "the cluster's shared state (Redis) is out "
+                                           "of reach: this node cannot tell whether another took the call"))
+        if refused == Admission.DUPLICATE:
             return web.json_response({"status": "duplicate", "sid": param.sid}, status=202)
         log.info("notification: call %s from %s@%s for %s@%s", param.sid, param.caller_user,
                  param.caller_service, param.callee_user, param.callee_service)
         self.bridge.notify(Notification(data["cc_param"], data["app_callee_uid"], data["app_callee_sid"],
-                                        "audio", param))
+                                        "audio", param), held)
         return web.json_response({"status": "accepted", "sid": param.sid}, status=202)
 
     def _replayed(self, signature: str) -> bool:
@@ -142,3 +151,9 @@ class NotificationServer:
             return _error(401, "unauthorized", "admin token required")
         self.refresh()
         return web.Response(body=self.metrics.text(), content_type="text/plain", charset="utf-8")
+
+
+def _retry_elsewhere(response: web.Response) -> web.Response:
+    """A 503 a pusher with a list of nodes moves on from (`Retry-After`, RFC 9110 10.2.3)."""
+    response.headers["Retry-After"] = "1"
+    return response

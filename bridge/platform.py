@@ -6,6 +6,11 @@ STUN/TURN servers of `webrtc.ice_servers` (TURN credentials minted for that user
 the caller asks first (`ice_servers`, with its access token), the callee gets them in `verified`.
 A client without a valid token (or cc_param) gets none.
 
+Alone (the default), all of it is in this process's memory. On a node of a cluster
+(`cluster:`), `cluster` links the platform nodes (`bridge.cluster.signalling`): each call stays
+on the node its caller reached, and what the others need goes through Redis: who is busy, who
+listens where (pushes), and the legs of callees that reached another node.
+
 Callbacks go out through `callbacks.Clients`: per service, one connection pool for call setup
 (Notify callback, push POST) and one for Call Events, so an app server that hangs holds only
 its own pool. Every background task that fails is logged with its call's sid and counted.
@@ -21,8 +26,9 @@ import logging
 import math
 import time
 import uuid
+import zlib
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from typing import TYPE_CHECKING, AsyncIterator
 
 import aiohttp
 from aiohttp import web
@@ -34,6 +40,9 @@ from .logsafe import failure, safe
 from .metrics import Metrics
 from .protocol import ProtocolError
 from .reasons import Disconnected, DisconnectReason as R, Source
+
+if TYPE_CHECKING:
+    from .cluster.signalling import LinkedSocket, Signalling
 
 log = logging.getLogger("bridge.platform")
 
@@ -96,6 +105,13 @@ class Platform:
         self._tasks: set[asyncio.Task] = set()
         self.clients = callbacks.Clients(cfg.callback_ca)
         self.accepting = True
+        self.cluster: "Signalling | None" = None      # None: alone, everything in memory
+
+    def join(self, cluster: "Signalling") -> None:
+        """Serve as one of several platform nodes (see the module's docstring)."""
+        self.cluster = cluster
+        cluster.on_attach = self._attached
+        cluster.on_push = self._pushed_here
 
     # --- life ------------------------------------------------------------------------
 
@@ -167,6 +183,8 @@ class Platform:
         if not self.accepting:
             await self._disconnect(ws, Disconnected(Source.CLOUD_SERVER, R.SERVICE_MAINTENANCE))
             return ws
+        if first["type"] == "verify_call" and self.cluster is not None and await self._elsewhere(ws, first, messages):
+            return ws
         handler = {"make_call": self._make_call, "verify_call": self._verify_call,
                    "listen": self._listen}[first["type"]]
         try:
@@ -176,6 +194,37 @@ class Platform:
             if not ws.closed:
                 await ws.close(code=aiohttp.WSCloseCode.INTERNAL_ERROR, message=b"internal error")
         return ws
+
+    async def _elsewhere(self, ws: web.WebSocketResponse, first: dict, messages) -> bool:
+        """A callee whose call lives on another platform node: carry its leg there (True)."""
+        assert self.cluster is not None
+        from .cluster.store import RedisDown
+        try:
+            sid = ccparam.verify(first["cc_param"], self.cfg.cc_param_secret).sid
+        except ccparam.CcParamError:
+            return False                          # refused here, as ever
+        if sid in self.calls:
+            return False
+        try:
+            home = await self.cluster.home_of(sid)
+        except RedisDown as exc:
+            log.warning("verifyCall for call %s: %s", sid, exc)
+            await self._disconnect(ws, Disconnected(Source.CLOUD_SERVER, R.SERVICE_INTERNAL_ERROR))
+            return True
+        if home is None or home == self.cluster.id:
+            return False
+        log.info("call %s: its callee reached this node; relaying the leg to %s", sid, home)
+        await self.cluster.relay(ws, first, messages, home)
+        return True
+
+    async def _attached(self, sock: "LinkedSocket", msg: dict) -> None:
+        """The home node's side of a relayed callee: the leg runs as if its socket were here."""
+        try:
+            await self._verify_call(sock, msg, sock.messages())  # type: ignore[arg-type]
+        except Exception as exc:
+            log.error("relayed verify_call failed: %s", failure(exc))
+        finally:
+            await sock.close()
 
     async def _ice_servers(self, ws: web.WebSocketResponse, msg: dict, messages) -> dict | None:
         """A caller's first step: the servers for its call, then its make_call. A bad token gets
@@ -257,6 +306,8 @@ class Platform:
                             caller_ws=ws, tracked=False)
         self.calls[call.sid] = call
         refusal = self._refusal(msg, caller, callee)
+        if refusal is None and self.cluster is not None:
+            refusal = await self._shared_refusal(call)
         if refusal is not None:
             await self._send(ws, {"type": "call_made", "sid": call.sid})
             await self.end(call, Source.CLOUD_SERVER, refusal)
@@ -282,6 +333,21 @@ class Platform:
                 await self._send(ws, _error("unexpected", f"{m['type']} is not a caller's message"))
         await self.end(call, Source.CALLER, R.NETWORK_UNSTABLE)
 
+    async def _shared_refusal(self, call: PlatformCall) -> R | None:
+        """On a node of a cluster: BUSY if the callee is in a call on another node; else the call
+        is recorded in Redis (its home, its users). Redis out of reach: SERVICE_INTERNAL_ERROR."""
+        assert self.cluster is not None
+        from .cluster.store import RedisDown
+        try:
+            if self.services[call.callee.service].one_call_per_user and await self.cluster.busy(str(call.callee)):
+                return R.BUSY
+            await self.cluster.call_made(call.sid, str(call.caller), str(call.callee),
+                                         [str(call.caller), str(call.callee)])
+        except RedisDown as exc:
+            log.warning("call %s: refused: %s", call.sid, exc)
+            return R.SERVICE_INTERNAL_ERROR
+        return None
+
     def _refusal(self, msg: dict, caller: User, callee: User) -> R | None:
         refusal = self._token_refusal(msg["token"], caller, "makeCall")
         if refusal is not None:
@@ -303,16 +369,14 @@ class Platform:
                     params["app_svr_data"] = call.app_server_data
                 await callbacks.get(self.clients.session(service.id, "setup"), service.notify_cb_url,
                                     params, service.api_secret, self.cfg.callback_timeout)
-            elif service.push_url:
-                assert service.push_secret
-                await callbacks.post_json(self.clients.session(service.id, "setup"), service.push_url,
-                                          self._push(call), service.push_secret, self.cfg.callback_timeout)
+            elif service.push_urls:
+                await self._push_to_nodes(service, call)
             else:
                 sockets = self.listeners.get(call.callee)
-                if not sockets:
-                    raise callbacks.CallbackError(f"{call.callee} has no connected session")
                 push = {"type": "push", **self._push(call)}
-                for ws in list(sockets):
+                if not sockets and not await self._push_elsewhere(call, push):
+                    raise callbacks.CallbackError(f"{call.callee} has no connected session")
+                for ws in list(sockets or ()):
                     await self._send(ws, push)
         except callbacks.CallbackError as exc:
             log.info("call %s: push failed: %s", call.sid, safe(exc))
@@ -321,6 +385,43 @@ class Platform:
             return
         if call.state is not State.ENDED:
             await self._send(call.caller_ws, {"type": "wait_connected"})
+
+    async def _push_to_nodes(self, service: Service, call: PlatformCall) -> None:
+        """POST the push to the service's `push_url`s: starting at the one the call's sid hashes
+        to (calls spread over the nodes), then the next ones in turn while a node cannot take it
+        (no connection, no answer in time, 503 with Retry-After). The node that takes it answers
+        202; a node that finds another took it answers 202 `duplicate`."""
+        assert service.push_secret
+        urls = service.push_urls
+        first = zlib.crc32(call.sid.encode()) % len(urls)
+        order = urls[first:] + urls[:first]
+        for n, url in enumerate(order):
+            try:
+                await callbacks.post_json(self.clients.session(service.id, "setup"), url, self._push(call),
+                                          service.push_secret, self.cfg.callback_timeout)
+                return
+            except callbacks.CallbackError as exc:
+                if not exc.elsewhere or n + 1 == len(order) or call.state is State.ENDED:
+                    raise
+                log.info("call %s: push to %s failed (%s); trying %s", call.sid, url, safe(exc), order[n + 1])
+
+    async def _push_elsewhere(self, call: PlatformCall, push: dict) -> bool:
+        """The callee listens on other platform nodes (a cluster): hand them the push."""
+        if self.cluster is None:
+            return False
+        from .cluster.store import RedisDown
+        try:
+            return await self.cluster.push_elsewhere(str(call.callee), push)
+        except RedisDown as exc:
+            log.warning("call %s: %s", call.sid, exc)
+            return False
+
+    async def _pushed_here(self, user: str, push: dict) -> bool:
+        """A push another node handed over for a user listening on this node."""
+        sockets = next((s for u, s in self.listeners.items() if str(u) == user), set())
+        for ws in list(sockets):
+            await self._send(ws, push)
+        return bool(sockets)
 
     @staticmethod
     def _push(call: PlatformCall) -> dict:
@@ -408,6 +509,7 @@ class Platform:
             return
         self.listeners.setdefault(me, set()).add(ws)
         log.info("%s listening for calls", me)
+        await self._listening(me, +1)
         try:
             await self._send(ws, {"type": "listening"})
             async for m in messages:
@@ -417,6 +519,17 @@ class Platform:
             sockets.discard(ws)
             if not sockets:
                 self.listeners.pop(me, None)
+            await self._listening(me, -1)
+
+    async def _listening(self, me: User, delta: int) -> None:
+        """Tell the other platform nodes (a cluster) where `me` listens for pushes."""
+        if self.cluster is None:
+            return
+        from .cluster.store import RedisDown
+        try:
+            await self.cluster.listening(str(me), delta)
+        except RedisDown as exc:
+            log.warning("%s: pushes from other nodes may not find this session: %s", me, exc)
 
     # --- ending -----------------------------------------------------------------------
 
@@ -441,6 +554,8 @@ class Platform:
                     if not sids:
                         del self.active[user]
         log.info("call %s %s -> %s: ended %s", call.sid, call.caller, call.callee, call.ended)
+        if self.cluster is not None and call.tracked:
+            self._spawn(self.cluster.call_ended(call.sid, [str(call.caller), str(call.callee)]), call.sid)
         for ws in (call.caller_ws, call.callee_ws):
             if ws is not None and not ws.closed:
                 await self._send(ws, {"type": "disconnected", **call.ended.to_json()})

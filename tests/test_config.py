@@ -139,7 +139,7 @@ def test_a_stray_top_level_key_is_named_plainly():
     with pytest.raises(config.ConfigError) as exc:
         config.loads(text, "c.yaml", env={})
     assert exc.value.errors == [f"c.yaml:{line}: routez: unknown top-level key (did you mean routes? expected one "
-                                "of: bridge, log_level, notifications, platform, routes, sip, webrtc)"], exc.value.errors
+                                "of: bridge, cluster, log_level, notifications, platform, routes, sip, webrtc)"], exc.value.errors
 
 
 def test_route_command_prints_the_decision():

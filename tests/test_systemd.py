@@ -45,6 +45,20 @@ def test_unit_file_verifies(tmp_path):
                         for d in docs), docs
 
 
+def test_the_template_unit_for_n_nodes_verifies(tmp_path):
+    analyze = shutil.which("systemd-analyze") or pytest.fail("systemd-analyze is missing (Debian systemd)")
+    exe = shutil.which("bridge") or pytest.fail("the `bridge` command is not installed: run tests/run")
+    text = (ROOT / "systemd" / "bridge@.service").read_text().replace("/opt/bridge/.venv/bin/bridge", exe)
+    for name in ("bridge@.service", "bridge@3.service"):
+        unit = tmp_path / name
+        unit.write_text(text)
+        run = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True)
+        assert run.returncode == 0 and not run.stderr.strip(), run.stderr
+    for line in ("Type=notify", "-c /etc/bridge/node-%i.yaml", "StateDirectory=bridge/node-%i",
+                 "NoNewPrivileges=yes", "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX AF_NETLINK"):
+        assert line in text, line
+
+
 def test_sd_notify_ready_watchdog_status_stopping(tmp_path):
     path = str(tmp_path / "notify.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

@@ -147,9 +147,10 @@ class IncomingCall(SipCall):
             return
         super().on_ack(msg)
 
-    async def reject(self, code: int = 486) -> None:
+    async def reject(self, code: int = 486, reason: str | None = None,
+                     headers: list[tuple[str, str]] | None = None) -> None:
         if self.state in ("new", "ringing"):
-            self._respond(code)
+            self._respond(code, reason=reason, headers=headers)
             self._finish(CallEnd(result_of(code), code, "local"))
 
     async def hangup(self) -> None:

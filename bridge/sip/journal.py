@@ -10,6 +10,10 @@ power cut ends the calls anyway). After a crash the next start reads what is sti
 ends it: BYE for confirmed dialogs, CANCEL for INVITEs still ringing at the far end, 480 for
 calls the PBX was still ringing at us; then the file starts afresh. An exclusive lock keeps
 two processes from sharing one journal.
+
+The entries are plain dicts (`invite_entry`, `ringing_entry`, `up_entry`, `down_entry`), so
+that another sink (a cluster node's mirror in Redis, `bridge.cluster.dialogs`) can keep the
+same ones, and `end_left_open` ends them whoever kept them.
 """
 
 from __future__ import annotations
@@ -37,6 +41,35 @@ class JournalError(RuntimeError):
     """The journal cannot be opened (unwritable, or in use by another process)."""
 
 
+def invite_entry(call_id: str, request: bytes, dest: tuple[str, int]) -> dict[str, Any]:
+    return {"op": "invite", "call_id": call_id, "request": request.decode("utf-8", "replace"), "dest": list(dest)}
+
+
+def ringing_entry(call_id: str, response: bytes, dest: tuple[str, int]) -> dict[str, Any]:
+    return {"op": "ringing", "call_id": call_id, "response": response.decode("utf-8", "replace"),
+            "dest": list(dest)}
+
+
+def up_entry(dialog: Dialog) -> dict[str, Any]:
+    data = asdict(dialog)
+    data.pop("credentials", None)                          # nothing secret on disk
+    data["peers"] = sorted(dialog.peers)
+    return {"op": "up", "call_id": dialog.call_id, "dialog": data}
+
+
+def down_entry(call_id: str) -> dict[str, Any]:
+    return {"op": "down", "call_id": call_id}
+
+
+def still_open(open_calls: dict[str, dict[str, Any]], entry: dict[str, Any]) -> None:
+    """Fold one entry into the calls left open: `down` closes, `up` wins over the earlier ones."""
+    call_id, op = entry["call_id"], entry["op"]
+    if op == "down":
+        open_calls.pop(call_id, None)
+    elif op == "up" or call_id not in open_calls or open_calls[call_id]["op"] != "up":
+        open_calls[call_id] = entry
+
+
 class Journal:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
@@ -59,20 +92,15 @@ class Journal:
         open_calls: dict[str, dict[str, Any]] = {}
         for line in handle:
             try:
-                entry = json.loads(line)
-                call_id, op = entry["call_id"], entry["op"]
+                still_open(open_calls, json.loads(line))
             except (ValueError, KeyError, TypeError):
                 continue                                   # a torn last line after a crash
-            if op == "down":
-                open_calls.pop(call_id, None)
-            elif op == "up" or call_id not in open_calls or open_calls[call_id]["op"] != "up":
-                open_calls[call_id] = entry
         handle.seek(0)
         handle.truncate()
         self._file = handle
         return list(open_calls.values())
 
-    def _write(self, entry: dict[str, Any]) -> None:
+    def write(self, entry: dict[str, Any]) -> None:
         if self._file is None:
             return
         try:
@@ -82,23 +110,6 @@ class Journal:
             self.write_errors += 1
             if self.write_errors == 1:
                 log.error("SIP crash journal %s: cannot write: %s", self.path, exc)
-
-    def invite(self, call_id: str, request: bytes, dest: tuple[str, int]) -> None:
-        self._write({"op": "invite", "call_id": call_id, "request": request.decode("utf-8", "replace"),
-                     "dest": list(dest)})
-
-    def ringing(self, call_id: str, response: bytes, dest: tuple[str, int]) -> None:
-        self._write({"op": "ringing", "call_id": call_id, "response": response.decode("utf-8", "replace"),
-                     "dest": list(dest)})
-
-    def up(self, dialog: Dialog) -> None:
-        data = asdict(dialog)
-        data.pop("credentials", None)                      # nothing secret on disk
-        data["peers"] = sorted(dialog.peers)
-        self._write({"op": "up", "call_id": dialog.call_id, "dialog": data})
-
-    def down(self, call_id: str) -> None:
-        self._write({"op": "down", "call_id": call_id})
 
     def close(self) -> None:
         if self._file is not None:

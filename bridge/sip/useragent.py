@@ -31,7 +31,7 @@ import contextlib
 import logging
 import socket
 import time
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Protocol
 
 from .. import inet
 from ..config import SipConfig
@@ -43,7 +43,7 @@ from . import sdp
 from .call import CallEnd, SipCall, SipResult
 from .dialog import Dialog
 from .incoming import IncomingCall
-from .journal import Journal, end_left_open
+from .journal import Journal, down_entry, end_left_open, invite_entry, ringing_entry, up_entry
 from .message import (METHODS, Request, SipMessage, SipParseError, bad_request, digest, new_branch,
                       new_tag, response)
 from .outgoing import OutgoingCall
@@ -62,6 +62,12 @@ log = logging.getLogger("bridge.sip")
 
 Addr = tuple[str, int]
 IncomingHandler = Callable[[IncomingCall], Awaitable[None]]
+
+
+class DialogSink(Protocol):
+    """Keeps the crash journal's entries (`bridge.sip.journal`): a file, or a mirror in Redis."""
+
+    def write(self, entry: dict) -> None: ...
 ACCEPT = "application/sdp, application/dtmf-relay, application/dtmf"
 
 
@@ -99,6 +105,10 @@ class UserAgent:
         self.ports = PortPool(cfg.rtp_low, cfg.rtp_high, cfg.rtp_host)
         self.calls: dict[str, SipCall] = {}
         self.journal = Journal(journal) if journal else None
+        # where each dialog event is written: the journal, and a cluster node's mirror in Redis
+        self.dialog_sinks: list[DialogSink] = [self.journal] if self.journal is not None else []
+        self.left_open: set[str] = set()            # Call-IDs the journal found open at start
+        self.draining = False                       # OPTIONS answer 503: probes take this node out of the set
         self.recovered = 0
         self._tasks: set[asyncio.Task] = set()
         self._proxy: list[Addr] = []
@@ -115,6 +125,7 @@ class UserAgent:
         recover: list[dict] = []
         if self.journal is not None:
             recover = self.journal.open()              # raises JournalError: refuse to start
+            self.left_open = {entry["call_id"] for entry in recover}
         await self.transport.open(self.cfg.bind_host, self.cfg.bind_port)
         self.local = self.transport.local
         with contextlib.suppress(ResolveError):
@@ -394,8 +405,11 @@ class UserAgent:
             return
         if method == "INVITE":
             self._on_invite(msg, addr)
-        elif method == "OPTIONS":
-            self.reply_stateless(msg, addr, 200, headers=self.capabilities())
+        elif method == "OPTIONS":                      # a probe (Kamailio's dispatcher): draining is 503
+            if self.draining:
+                self.reply_stateless(msg, addr, 503, reason="Draining", headers=[("Retry-After", "30")])
+            else:
+                self.reply_stateless(msg, addr, 200, headers=self.capabilities())
         elif method in ("BYE", "PRACK", "UPDATE", "INFO"):
             self.reply_stateless(msg, addr, 481)
         else:
@@ -527,8 +541,7 @@ class UserAgent:
             log.warning("call %s: %d SRTP packet(s) did not authenticate and were dropped", call.call_id,
                         call.media.stats.srtp_failed)
         self._silence.pop(call.call_id, None)
-        if self.journal is not None:
-            self.journal.down(call.call_id)
+        self._journal(down_entry(call.call_id))
 
     # calling ---------------------------------------------------------------------------
 
@@ -575,15 +588,19 @@ class UserAgent:
 
     # the crash journal -------------------------------------------------------------------
 
+    def _journal(self, entry: dict) -> None:
+        for sink in self.dialog_sinks:
+            sink.write(entry)
+
     def journal_invite(self, call: OutgoingCall, invite: Request, dest: Addr) -> None:
-        if self.journal is not None:
-            self.journal.invite(call.call_id, redact(invite.render()), dest)
+        if self.dialog_sinks:
+            self._journal(invite_entry(call.call_id, redact(invite.render()), dest))
 
     def journal_ringing(self, call: IncomingCall) -> None:
-        if self.journal is not None and call.dialog is not None:
+        if self.dialog_sinks and call.dialog is not None:
             data = response(call.invite, 480, to_tag=call.dialog.local_tag)
-            self.journal.ringing(call.call_id, data, call.tx.addr)
+            self._journal(ringing_entry(call.call_id, data, call.tx.addr))
 
     def journal_up(self, call: SipCall) -> None:
-        if self.journal is not None and call.dialog is not None:
-            self.journal.up(call.dialog)
+        if self.dialog_sinks and call.dialog is not None:
+            self._journal(up_entry(call.dialog))

@@ -16,6 +16,7 @@ Fixtures:
   baresip_factory(ext, kamailio, *, password=None, answermode="auto", tone_hz=None,
                   source_wav=None, regint=10, start=True, wait_registered=True, **kw) -> Baresip
   linphone_factory(ext, kamailio, *, codecs=("PCMU",), tone_hz=None, autoanswer=True, **kw) -> Linphone
+  redis_server      started Redis (tests/testbed/redis.py), no persistence
   sipp              SippRunner: .invite_expect(kamailio, to_ext, expect, ...) -> SippResult,
                     .uas(kamailio, ext, code=603, reason="Decline") -> started SippUas,
                     .run(scenario, target_port, ...) -> SippResult
@@ -35,7 +36,7 @@ from .proc import stop_all
 from .sipp import SippResult, SippUas, run_sipp, sipp_invite_expect
 
 __all__ = ["kamailio_factory", "kamailio", "kamailio_noauth", "baresip_factory", "linphone_factory", "sipp",
-           "SippRunner"]
+           "SippRunner", "redis_server"]
 
 
 def _dump(title: str, text: str) -> None:
@@ -47,7 +48,7 @@ def kamailio_factory(tmp_path):
     made: list[Kamailio] = []
 
     def make(users: Optional[dict] = None, *, invite_auth: bool = True, port: Optional[int] = None,
-             start: bool = True, **kw) -> Kamailio:
+             start: bool = True, **kw) -> Kamailio:   # kw: debug, dispatcher (see Kamailio)
         k = Kamailio(port, users, invite_auth=invite_auth,
                      workdir=tmp_path / f"kamailio-{len(made)}", **kw)
         made.append(k)
@@ -188,3 +189,13 @@ def sipp(tmp_path, kamailio_factory):
     for r in runner.results:
         if not r.ok:
             _dump(f"sipp run in {r.workdir}", r.describe())
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A started Redis on a free port (no persistence); stopped at teardown."""
+    from .redis import RedisServer
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    _dump(f"redis:{server.port} log tail", server.log_tail())
+    server.stop()

@@ -33,6 +33,9 @@ class Kamailio:
     - ``users``: static extension -> password table (htable filled at start).
       REGISTER is challenged with 401 (realm = To domain, i.e. "127.0.0.1");
       the auth user must equal the To user.
+    - ``dispatcher``: the SIP ports of bridge nodes on 127.0.0.1: calls to 7NNN go to them
+      through Kamailio's dispatcher (``WITH_DISPATCHER``; OPTIONS probing, failover), not to
+      the "bridge" user's binding.
     - ``invite_auth``: new INVITEs get a 407 proxy challenge (realm = From domain) and
       must authenticate as the From user (Kamailio define ``WITH_INVITE_AUTH``, passed with
       ``-A``).  With False, any INVITE is routed.
@@ -46,7 +49,7 @@ class Kamailio:
 
     def __init__(self, port: Optional[int] = None, users: Optional[dict] = None, *,
                  invite_auth: bool = True, workdir=None, debug: int = 2, host: str = HOST,
-                 tls: Optional[ServerCert] = None):
+                 tls: Optional[ServerCert] = None, dispatcher: Optional[list[int]] = None):
         self.port = port or free_port()
         self.tls = tls
         self.tls_port = free_port() if tls is not None else None
@@ -56,6 +59,7 @@ class Kamailio:
                 raise ValueError(f"unsupported user/password characters: {k!r}")
         self.invite_auth = invite_auth
         self.debug = debug
+        self.dispatcher = list(dispatcher) if dispatcher is not None else None   # bridge nodes' SIP ports
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix=f"kamailio-{self.port}-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.cfg_path = self.workdir / "kamailio.cfg"
@@ -101,6 +105,10 @@ require_certificate = no
         if self.tls is not None:
             argv += ["-l", f"tls:{self.hostref}:{self.tls_port}", "-A", "WITH_TLS",
                      "-A", f'TLS_CONFIG="{self.workdir / "tls.cfg"}"']
+        if self.dispatcher is not None:
+            listed = self.workdir / "dispatcher.list"
+            listed.write_text("".join(f"1 sip:{self.hostref}:{port}\n" for port in self.dispatcher))
+            argv += ["-A", "WITH_DISPATCHER", "-A", f'DISPATCHER_LIST="{listed}"']
         return argv
 
     # --- lifecycle --------------------------------------------------------------------
