@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
-    from ..config import _Map, _Reader
+    from ..config.reader import Map, Reader
 
 NODE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -67,7 +67,7 @@ def default_node_id(sip_port: int | None) -> str:
     return f"{host}-{sip_port}" if sip_port else host
 
 
-def _given(c: "_Map") -> str:
+def _given(c: "Map") -> str:
     """The key the URL came from (where an error about it points)."""
     for key in ("redis_url_env", "redis_url_file", "redis_url"):
         if key in c and (key != "redis_url_env" or "redis_url" not in c):
@@ -75,7 +75,7 @@ def _given(c: "_Map") -> str:
     return "redis_url"
 
 
-def _record_secret(r: "_Reader", c: "_Map", url: str) -> None:
+def _record_secret(r: "Reader", c: "Map", url: str) -> None:
     from ..config import SecretOrigin
     env_name = c.get("redis_url_env")
     source = ("file" if "redis_url_file" in c else
@@ -85,7 +85,7 @@ def _record_secret(r: "_Reader", c: "_Map", url: str) -> None:
                                   env_name if isinstance(env_name, str) else None, url))
 
 
-def read(r: "_Reader", root: "_Map", sip_port: int | None) -> ClusterConfig | None:
+def read(r: "Reader", root: "Map", sip_port: int | None) -> ClusterConfig | None:
     """The `cluster:` section (None when absent); errors go to `r` with file, line and key."""
     from ..config import duration
     if root.get("cluster") is None:
