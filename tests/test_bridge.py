@@ -436,7 +436,8 @@ async def test_bad_notifications_never_start_a_call(start_bridge, kamailio):
     assert "TESTBED INVITE" not in kamailio.log_text()
 
 
-async def test_a_pbx_that_requires_100rel_reaches_an_app_user(start_bridge, kamailio, sipp):  # noqa: F811
+async def test_a_pbx_that_requires_100rel_reaches_an_app_user_and_may_update_the_early_session(  # noqa: F811
+        start_bridge, kamailio, sipp):
     bridge = await start_bridge()
     agent = Party(bridge.platform_url, "agent-001")
     async with agent.listener(bridge.token("agent-001")) as pushes:
@@ -453,6 +454,8 @@ async def test_a_pbx_that_requires_100rel_reaches_an_app_user(start_bridge, kama
     ringing = [m for m in received if "SIP/2.0 180" in m]
     assert ringing and all("Require: 100rel" in m and re.search(r"RSeq: \d+", m) for m in ringing), ringing
     assert any("SIP/2.0 200" in m and "CSeq: 3 PRACK" in m for m in received), "the PRACK was answered"
+    updated = [m for m in received if "SIP/2.0 200" in m and "CSeq: 4 UPDATE" in m]
+    assert updated and "a=recvonly" in updated[0] and "m=audio" in updated[0], updated   # early UPDATE answered
 
 
 async def test_dtmf_as_sip_info_to_a_desk_phone(start_bridge, kamailio, baresip_factory):  # noqa: F811
