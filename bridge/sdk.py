@@ -178,6 +178,7 @@ CODEC_NAMES = ("opus", "G722", "PCMU", "PCMA")
 LIVENESS_TIMEOUT = 8.0     # seconds of silence from the peer (media and consent) that end a call
 WS_CLOSE_TIMEOUT = 2.0     # seconds to wait for the platform's close frame when a call ends
 ICE_SERVERS_TIMEOUT = 10.0  # seconds for the platform to answer a caller's ice_servers
+PC_CLOSE_TIMEOUT = 5.0     # seconds for the peer connection to close (aiortc) when a call ends
 ICE_TRANSPORT_POLICIES = {"all": RTCIceTransportPolicy.ALL, "relay": RTCIceTransportPolicy.RELAY}
 
 
@@ -661,8 +662,9 @@ class Call:
             self._gate.stop()
         if self._liveness is not None:
             await self._liveness.stop()
-        if self._pc is not None:
-            await self._pc.close()
+        if self._pc is not None:       # bounded: aiortc's own close (ICE failed), once cancelled, never ends
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._pc.close(), PC_CLOSE_TIMEOUT)
         for task in self._drains:     # a receiver that never started never ends its track
             task.cancel()
         # told before the signalling socket closes: an unreachable platform must not delay it

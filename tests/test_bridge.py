@@ -454,8 +454,13 @@ async def test_a_pbx_that_requires_100rel_reaches_an_app_user_and_may_update_the
     ringing = [m for m in received if "SIP/2.0 180" in m]
     assert ringing and all("Require: 100rel" in m and re.search(r"RSeq: \d+", m) for m in ringing), ringing
     assert any("SIP/2.0 200" in m and "CSeq: 3 PRACK" in m for m in received), "the PRACK was answered"
-    updated = [m for m in received if "SIP/2.0 200" in m and "CSeq: 4 UPDATE" in m]
-    assert updated and "a=recvonly" in updated[0] and "m=audio" in updated[0], updated   # early UPDATE answered
+    # the UPDATEs (a message's body follows its headers after the blank line)
+    replies = {cseq: next(i for i, m in enumerate(received) if f"CSeq: {cseq} UPDATE" in m) for cseq in (4, 5, 6)}
+    early_refresh, early_offer, offer = (received[replies[c]] for c in (4, 5, 6))
+    assert "SIP/2.0 200" in early_refresh and "Content-Length: 0" in early_refresh, early_refresh
+    assert "SIP/2.0 500" in early_offer and re.search(r"Retry-After: \d+", early_offer), early_offer
+    assert "SIP/2.0 200" in offer and "application/sdp" in offer, offer      # the answered call takes it
+    assert "a=recvonly" in received[replies[6] + 1], received[replies[6] + 1]
 
 
 async def test_dtmf_as_sip_info_to_a_desk_phone(start_bridge, kamailio, baresip_factory):  # noqa: F811

@@ -9,6 +9,10 @@ with our offer, and the ACK carries the answer.
 Reliable provisional responses (RFC 3262): when the INVITE requires 100rel (or supports it and
 `sip.reliable_provisionals: required`), the 180 carries `Require: 100rel` and an `RSeq`, and is
 resent (T1, doubling) until its PRACK; no PRACK within 64*T1 ends the call with 500.
+
+UPDATE in the early dialog (RFC 3311): without SDP (a session refresh) it gets 200; with an
+offer it gets 500 and a Retry-After of 0-10 s (5.2), since the bridge answers the INVITE's offer
+(or makes its own) only in the 200: the PBX may offer again once the call is answered.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from . import sdp
 from .call import CallEnd, CallFailed, SipCall, SipResult, result_of
 from .dialog import Dialog
 from .message import Party, SipMessage, new_tag
-from .transaction import InviteServerTransaction
+from .transaction import InviteServerTransaction, ServerTransaction
 
 if TYPE_CHECKING:
     from .useragent import UserAgent
@@ -158,6 +162,12 @@ class IncomingCall(SipCall):
             await self._bye()
         else:
             await self.reject(480)
+
+    def _reoffer(self, msg: SipMessage, tx: ServerTransaction) -> None:
+        if self.state in ("new", "ringing") and msg.body_bytes:       # an offer before ours is answered
+            self.ua.reply(tx, 500, reason="Offer Pending", headers=[("Retry-After", str(random.randint(0, 10)))])
+            return
+        super()._reoffer(msg, tx)
 
     def remote_cancel(self) -> None:
         if self.state in ("new", "ringing"):
