@@ -92,7 +92,7 @@ class Signalling:
         self.on_push: Deliver | None = None
         self._pubsub: Any = None
         self._reader: asyncio.Task | None = None
-        node.on_dead.append(self._forget_node)
+        node.on_dead["platform"] = self._forget_node
         node.on_beat.append(self._drop_dead_homes)
 
     def _channel(self, node: str) -> str:
