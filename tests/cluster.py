@@ -78,6 +78,17 @@ class PlatformProcess(Daemon):
                 pytest.fail(f"the platform did not come up within {timeout} s\n{self.log()[-3000:]}")
             await asyncio.sleep(0.1)
 
+    async def health(self) -> tuple[int, dict]:
+        """GET /healthz on the platform listener (a `bridge platform` has no other)."""
+        async with aiohttp.ClientSession() as http:
+            async with http.get(self.platform_url + "/healthz") as r:
+                return r.status, await r.json()
+
+    async def metrics(self) -> str:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(self.platform_url + "/metrics") as r:
+                return await r.text()
+
 
 class Node(Daemon):
     """One bridge node: `bridge run` with a `cluster:` section."""
