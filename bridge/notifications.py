@@ -9,7 +9,8 @@ notification for the same call is acknowledged (202, "duplicate") and ignored, b
 of a cluster (`bridge.cluster.claim`: the call's sid is claimed once). A 503 (draining, full,
 or the cluster's Redis out of reach) carries `Retry-After`: a pusher with a list of nodes
 tries the next. Each node refuses a signature it saw (409); across nodes the claim of the sid
-is what stops a replayed push, so a pusher may send the same signed request to the next node
+is what stops a replayed push (202 `duplicate`: the claim lasts as long as the signature can be
+accepted, 2 x replay_window), so a pusher may send the same signed request to the next node
 after a 503. Bodies are at
 most 8 KiB (413); the listener's timeouts, caps and error shape are `httpguard`'s.
 

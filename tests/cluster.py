@@ -40,6 +40,8 @@ def base_config(platform_port: int, notify_ports: list[int], kamailio_port: int)
 
 def node_config(data: dict, i: int, sip_port: int, notify_port: int, redis_url: str, workdir: Path,
                 register: bool = False) -> dict:
+    """Node i's config: `data` (a `cluster:` section in it keeps its other keys) with its own
+    ports, RTP slice, journal, Redis and node id."""
     node = yaml.safe_load(yaml.safe_dump(data))
     node["platform"]["embedded"] = False
     node["bridge"]["trusted_platforms"] = [node["platform"]["public_url"].replace("http", "ws", 1) + "/v1/ws"]
@@ -47,8 +49,8 @@ def node_config(data: dict, i: int, sip_port: int, notify_port: int, redis_url: 
     low = 33000 + 300 * i                             # each node its own slice of the RTP range
     node["sip"].update({"listen": f"127.0.0.1:{sip_port}", "register": register,
                         "rtp_ports": f"{low}-{low + 299}", "journal": str(workdir / "sip-dialogs.jsonl")})
-    node["cluster"] = {"redis_url": redis_url, "node_id": f"node{i}", "lease": f"{LEASE}s",
-                       "heartbeat": f"{HEARTBEAT}s", "redis_timeout": "400ms"}
+    node["cluster"] = {**(data.get("cluster") or {}), "redis_url": redis_url, "node_id": f"node{i}",
+                       "lease": f"{LEASE}s", "heartbeat": f"{HEARTBEAT}s", "redis_timeout": "400ms"}
     return node
 
 
@@ -130,7 +132,8 @@ class Cluster:
         for i in range(platforms):
             pdir = tmp_path / f"platform{i}"
             pdir.mkdir()
-            pdata = platform_node_config(self.data, i, redis_url) if platforms > 1 else self.data
+            alone = {k: v for k, v in self.data.items() if k != "cluster"}     # one platform: no cluster
+            pdata = platform_node_config(self.data, i, redis_url) if platforms > 1 else alone
             (pdir / "config.yaml").write_text(yaml.safe_dump(pdata, sort_keys=False))
             self.platforms.append(PlatformProcess(pdir / "config.yaml"))
         self.platform = self.platforms[0]
