@@ -6,17 +6,21 @@ to all nodes (a `push_url` list). Everything on 127.0.0.1, on free ports."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable
+from typing import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import pytest
 import yaml
+from aiohttp import web
+
+from bridge import callbacks
 
 from conftest import free_port
 from stack import BRIDGE_PW, BRIDGE_USER, ROOT, Daemon
@@ -234,3 +238,38 @@ async def start_platforms(tmp_path, kamailio_factory, redis_server):
     for p in made:
         p.stop()
         print(f"===== {p.path.parent.name} =====\n{p.log()[-4000:]}")
+
+
+class PushRelay:
+    """An HTTP server between the platform and the bridge nodes: the platform's pushes for desk
+    users reach `handle(request)` instead of the nodes; `nodes` are the nodes' push URLs and
+    `edit` the config edit that puts the relay in their place (pass it to start_cluster)."""
+
+    def __init__(self, handle: Callable[[web.Request], Awaitable[web.Response]]) -> None:
+        self.handle = handle
+        self.nodes: list[str] = []
+        self.port = free_port()
+
+    def edit(self, d: dict) -> None:
+        desk = d["platform"]["services"]["demo-desk"]
+        self.nodes.extend(desk["push_url"])
+        desk["push_url"] = f"http://127.0.0.1:{self.port}/push"
+
+    @staticmethod
+    async def signed(request: web.Request) -> tuple[bytes, dict[str, str]]:
+        """The push as signed by the platform: its body and the headers that carry the signature."""
+        keep = (callbacks.TIMESTAMP, callbacks.SIGNATURE, "Content-Type")
+        return await request.read(), {k: request.headers[k] for k in keep}
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator["PushRelay"]:
+        app = web.Application()
+        app.router.add_post("/push", self.handle)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", self.port).start()
+        try:
+            yield self
+        finally:
+            await runner.cleanup()
+

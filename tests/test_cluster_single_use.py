@@ -10,11 +10,9 @@ import asyncio
 import aiohttp
 from aiohttp import web
 
-from bridge import callbacks
 from bridge.audio import RATE, tone_analysis
 from bridge.reasons import DisconnectReason as R, Source
-from cluster import start_cluster, start_platforms  # noqa: F401  (fixtures)
-from conftest import free_port
+from cluster import PushRelay, start_cluster, start_platforms  # noqa: F401  (fixtures)
 from parties import Party
 from testbed.fixtures import baresip_factory, kamailio_factory, redis_server  # noqa: F401
 
@@ -72,26 +70,19 @@ async def test_a_signed_push_replayed_to_another_node_after_claim_ttl_is_a_dupli
     # signed request goes to node1 and node2, after cluster.claim_ttl (1 s) but well within
     # notifications.replay_window: neither may take the call again
     first: list[tuple[bytes, dict]] = []
-    nodes: list[str] = []
-    recorder_port = free_port()
 
     async def record(request: web.Request) -> web.Response:
-        body = await request.read()
-        headers = {k: request.headers[k] for k in (callbacks.TIMESTAMP, callbacks.SIGNATURE, "Content-Type")}
+        body, headers = await relay.signed(request)
         first.append((body, headers))
         async with aiohttp.ClientSession() as http:
-            async with http.post(nodes[0], data=body, headers=headers) as r:
+            async with http.post(relay.nodes[0], data=body, headers=headers) as r:
                 return web.Response(status=r.status, body=await r.read(), content_type="application/json")
-    app = web.Application()
-    app.router.add_post("/push", record)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", recorder_port).start()
-    try:
-        def edit(d: dict) -> None:
-            nodes.extend(d["platform"]["services"]["demo-desk"]["push_url"])
-            d["platform"]["services"]["demo-desk"]["push_url"] = f"http://127.0.0.1:{recorder_port}/push"
-            d["cluster"] = {"claim_ttl": "1s"}
+    relay = PushRelay(record)
+
+    def edit(d: dict) -> None:
+        relay.edit(d)
+        d["cluster"] = {"claim_ttl": "1s"}
+    async with relay.running():
         cluster = await start_cluster(edit=edit)
         phone = baresip_factory("2001", cluster.kamailio, tone_hz=700)
         alice = Party(cluster.url, "alice", tone=1000)
@@ -101,7 +92,7 @@ async def test_a_signed_push_replayed_to_another_node_after_claim_ttl_is_a_dupli
         body, headers = first[0]
         answers = []
         async with aiohttp.ClientSession() as http:
-            for url in nodes[1:]:
+            for url in relay.nodes[1:]:
                 async with http.post(url, data=body, headers=headers) as r:
                     answers.append((r.status, (await r.json()).get("status")))
         assert answers == [(202, "duplicate"), (202, "duplicate")], answers
@@ -112,5 +103,3 @@ async def test_a_signed_push_replayed_to_another_node_after_claim_ttl_is_a_dupli
         mark = phone.mark()
         await alice.call.end_call()
         await asyncio.to_thread(phone.wait_closed, 5, mark)
-    finally:
-        await runner.cleanup()
