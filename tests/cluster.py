@@ -50,9 +50,9 @@ def node_config(data: dict, i: int, sip_port: int, notify_port: int, redis_url: 
     node["platform"]["embedded"] = False
     node["bridge"]["trusted_platforms"] = [node["platform"]["public_url"].replace("http", "ws", 1) + "/v1/ws"]
     node["notifications"]["listen"] = f"127.0.0.1:{notify_port}"
-    low = 33000 + 300 * i                             # each node its own slice of the RTP range
+    low = 33000 + 330 * i                             # each node its own slice: 165 calls, 3 in 33000-33989
     node["sip"].update({"listen": f"127.0.0.1:{sip_port}", "register": register,
-                        "rtp_ports": f"{low}-{low + 299}", "journal": str(workdir / "sip-dialogs.jsonl")})
+                        "rtp_ports": f"{low}-{low + 329}", "journal": str(workdir / "sip-dialogs.jsonl")})
     node["cluster"] = {**(data.get("cluster") or {}), "redis_url": redis_url, "node_id": f"node{i}",
                        "lease": f"{LEASE}s", "heartbeat": f"{HEARTBEAT}s", "redis_timeout": "400ms"}
     return node
@@ -272,4 +272,3 @@ class PushRelay:
             yield self
         finally:
             await runner.cleanup()
-
