@@ -12,16 +12,16 @@ Keys (all under `bridge:`):
   reaped:<node>  the instance token a survivor reaped (so that a node cut off from Redis, not
                  dead, learns its calls were ended; a Redis that lost its data is not a reaping)
 
-Promises: two live processes never hold one node id (a start waits out a predecessor's lease,
-up to one lease, and refuses if the id stays held); each part of a dead node is reaped by one
+Promises: two live processes never hold one node id (a start waits out a predecessor's lease, up
+to one lease, and refuses if the id stays held); each part of a dead node is reaped by one
 survivor that can (a bridge node's dialogs by a bridge node, a platform node's calls by a
-platform node), one at a time (a claim that expires, so a reaper that dies mid-way is
-replaced), within one lease and one heartbeat of its last renewal; a dead node stays listed
-until every part it left was ended (a bridge node that joins later ends what nobody could); a node that finds it was reaped while cut off from Redis (its
-lease expired and a survivor ended its calls) is told so (`on_reaped`) and joins again; one
-whose lease Redis forgot (restarted empty) joins again and writes its state back
-(`on_rejoined`). Redis
-being unreachable never blocks the loop: the node says so (`state`, `problem`) and keeps trying.
+platform node), one at a time (a claim that expires, so a reaper that dies mid-way is replaced),
+within one lease and one heartbeat of its last renewal; a dead node stays listed until every
+part it left was ended (a bridge node that joins later ends what nobody could); a node that
+finds it was reaped while cut off from Redis (its lease expired and a survivor ended its calls)
+is told so (`on_reaped`) and joins again; one whose lease Redis forgot (restarted empty) joins
+again and writes its state back (`on_rejoined`). Redis being unreachable never blocks the loop:
+the node says so (`state`, `problem`) and keeps trying.
 """
 
 from __future__ import annotations
