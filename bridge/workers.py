@@ -15,7 +15,8 @@ Redis, and one platform serves them all. The parent passes SIGTERM, SIGINT and S
 worker (each drains its own calls), starts again a worker that ends while it is not stopping
 (the new one waits out the old one's lease), stops them all if a worker exits with an error
 within `EARLY` seconds of its start (a config or port problem, which a restart would repeat),
-and exits when every worker has, with the worst status. systemd: one unit per host running
+and exits when every worker has, with the worst status. A worker dies with the parent (even a
+`kill -9` of it: PR_SET_PDEATHSIG). systemd: one unit per host running
 `bridge run --workers N` (READY comes from the parent once the workers started; no WatchdogSec:
 the workers' watchdogs are theirs), or `bridge@.service`, one unit per node.
 """
@@ -32,6 +33,7 @@ import time
 
 from . import systemd
 from .config import Config
+from .supervisor import die_with_parent
 
 log = logging.getLogger("bridge.workers")
 
@@ -75,7 +77,7 @@ def run(path: str, n: int, log_level: str | None, sip_trace: bool = False) -> in
 
     def start(k: int) -> tuple[subprocess.Popen, float]:
         cmd = [sys.executable, "-m", "bridge", "run", "-c", path, "--worker", f"{k}/{n}", *extra]
-        return subprocess.Popen(cmd, env=env), time.monotonic()
+        return subprocess.Popen(cmd, env=env, preexec_fn=die_with_parent), time.monotonic()
 
     workers = {k: start(k) for k in range(n)}
     stopping = False

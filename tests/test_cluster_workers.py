@@ -59,6 +59,15 @@ async def health(port: int, timeout: float = 20, not_pid: int | None = None) -> 
             await asyncio.sleep(0.2)
 
 
+def running(pid: int) -> bool:
+    """Alive, not a zombie waiting for init to reap it."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 async def calls_taken(port: int) -> float:
     async with aiohttp.ClientSession() as http:
         async with http.get(f"http://127.0.0.1:{port}/metrics") as r:
@@ -82,8 +91,8 @@ async def test_bridge_run_workers_runs_n_nodes_on_consecutive_ports(
     path = tmp_path / "node.yaml"
     path.write_text(yaml.safe_dump(node, sort_keys=False))
     log = open(tmp_path / "workers.log", "w")
-    parent = subprocess.Popen([shutil.which("bridge") or pytest.fail("no bridge command"), "run", "-c", str(path),
-                               "--workers", "2"], stdout=log, stderr=subprocess.STDOUT)
+    command = [shutil.which("bridge") or pytest.fail("no bridge command"), "run", "-c", str(path), "--workers", "2"]
+    parent = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     try:
         await platform.ready()
         for k in range(2):                                   # each worker: its ports, its node id
@@ -113,6 +122,13 @@ async def test_bridge_run_workers_runs_n_nodes_on_consecutive_ports(
         store = redis.from_url(redis_server.url, decode_responses=True)
         assert await store.smembers("bridge:nodes") == set(), "a worker did not leave the cluster"
         await store.aclose()
+        # kill -9 of the parent: its workers die with it, none is left behind
+        parent = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        pids = [(await health(notify + k))["pid"] for k in range(2)]
+        parent.kill()
+        parent.wait(5)
+        await asyncio.sleep(1)
+        assert [pid for pid in pids if running(pid)] == [], "workers outlived their parent"
     finally:
         if parent.poll() is None:
             parent.kill()
