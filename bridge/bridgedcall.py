@@ -188,8 +188,10 @@ class Bridge:
         from .cluster.limits import bridge_scope
         from .cluster.store import RedisDown
         claims, limits = self.cluster.claims, self.cluster.limits
+        # a push's signature is accepted up to replay_window either side of its timestamp
+        hold = 2 * self.cfg.notifications.replay_window if kind == "push" and self.cfg.notifications else None
         try:
-            if not await claims.take(kind, ident):
+            if not await claims.take(kind, ident, hold):
                 return Admission.DUPLICATE, []
             if await limits.take([(bridge_scope(), self.cfg.bridge.max_calls)]) is not None:
                 await claims.give_back(kind, ident)

@@ -27,6 +27,13 @@ def _user_at_service(text: str) -> tuple[str, str]:
     return user, service
 
 
+def _worker(text: str) -> tuple[int, int]:
+    k, _, n = text.partition("/")
+    if not (k.isdigit() and n.isdigit() and int(k) < int(n)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not K/N")
+    return int(k), int(n)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bridge", description=__doc__)
     parser.add_argument("--version", action="version", version=f"bridge {__version__}")
@@ -45,7 +52,12 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--sip-trace", action="store_true",
                        help="log every SIP message sent and received (as the config key sip.trace: true)")
 
-    sip_trace(command("run", "run the daemon (embedded platform and bridge) in the foreground"))
+    p = command("run", "run the daemon (embedded platform and bridge) in the foreground")
+    sip_trace(p)
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="run N nodes of the config's cluster, one process each (ports + 0 .. N-1; see "
+                        "bridge/workers.py)")
+    p.add_argument("--worker", type=_worker, help=argparse.SUPPRESS)    # K/N: one of them (set by --workers)
     command("platform", "run only the call platform")
     from . import demo, deskphone
     p = command("demo", "run a whole local system: a Kamailio PBX, a baresip desk phone 2001 and the daemon",
@@ -135,6 +147,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.config}: OK ({len(cfg.platform.services)} services, {len(cfg.router.to_sip)} "
                   f"app->SIP, {len(cfg.router.to_app)} SIP->app and {len(cfg.router.transfer)} transfer routes)")
             return 0
+        if args.command == "run" and (args.workers != 1 or args.worker):
+            from . import workers
+            n = args.worker[1] if args.worker else args.workers
+            refused = workers.problems(cfg, n) if n > 1 else ["--workers takes 2 or more"]
+            if refused:
+                print(f"bridge: {args.config}: cannot run {n} workers:\n  " + "\n  ".join(refused), file=sys.stderr)
+                return 2
+            if not args.worker:
+                return workers.run(args.config, n, args.log_level, args.sip_trace)
+            cfg = workers.worker_config(cfg, *args.worker)
         if args.command in ("run", "platform"):
             from . import daemon
             if args.command == "platform":

@@ -8,7 +8,8 @@ READY, RELOADING, STOPPING, STATUS (active calls) and WATCHDOG.
 With `cluster:` the bridge is a node of a cluster (`bridge.cluster`): it joins before it takes
 SIP (waiting out a killed predecessor's lease), mirrors its dialogs in Redis, reaps dead nodes,
 and leaves after its calls are over. Redis out of reach: /healthz says so (503) and new calls
-are refused with a reason, never left hanging.
+are refused with a reason, never left hanging. /healthz and /metrics (`admin`) are on the
+notification listener, or on the platform listener of a `bridge platform` process.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import uvloop
 from aiohttp import web
 
 from . import config, httpguard, ice, production, rtcjitter, systemd, tls, token, webapp
+from .admin import AdminEndpoints
 from .bridgedcall import Bridge
 from .cluster.config import ClusterConfig
 from .config import Config
@@ -167,6 +169,9 @@ class Daemon:
             app = web.Application(client_max_size=webapp.MAX_BODY)
             self.platform.add_routes(app)
             webapp.add_routes(app, cfg.platform)      # /sdk/planetkit.js, /dialer, /v1/dev/token
+            if cfg.bridge is None:                    # `bridge platform`: no notification listener
+                admin_token = cfg.notifications.admin_token if cfg.notifications else None
+                AdminEndpoints(admin_token, self.health, self.metrics, self.refresh_gauges).add_routes(app)
             p = cfg.platform
             await self._listen(app, "platform", p.host, p.port, p.http, f"platform (public URL {p.public_url})",
                                p.tls)

@@ -9,18 +9,17 @@ notification for the same call is acknowledged (202, "duplicate") and ignored, b
 of a cluster (`bridge.cluster.claim`: the call's sid is claimed once). A 503 (draining, full,
 or the cluster's Redis out of reach) carries `Retry-After`: a pusher with a list of nodes
 tries the next. Each node refuses a signature it saw (409); across nodes the claim of the sid
-is what stops a replayed push, so a pusher may send the same signed request to the next node
+is what stops a replayed push (202 `duplicate`: the claim lasts as long as the signature can be
+accepted, 2 x replay_window), so a pusher may send the same signed request to the next node
 after a 503. Bodies are at
 most 8 KiB (413); the listener's timeouts, caps and error shape are `httpguard`'s.
 
-The same server answers GET /healthz and GET /metrics (bearer `admin_token` if configured,
-else loopback clients only).
+The same server answers GET /healthz and GET /metrics (`admin`: bearer `admin_token` if
+configured, else loopback clients only).
 """
 
 from __future__ import annotations
 
-import hmac
-import ipaddress
 import json
 import logging
 import re
@@ -30,6 +29,7 @@ from typing import Callable
 from aiohttp import web
 
 from . import callbacks, ccparam, protocol
+from .admin import AdminEndpoints, Health
 from .bridgedcall import Admission, Bridge, Notification
 from .config import NotificationsConfig
 from .httpguard import error_response as _error
@@ -44,19 +44,17 @@ CALL_ID = re.compile(r"[a-zA-Z0-9-]{1,64}")
 
 class NotificationServer:
     def __init__(self, cfg: NotificationsConfig, bridge: Bridge, metrics: Metrics,
-                 health: Callable[[], tuple[bool, dict]], refresh: Callable[[], None] = lambda: None) -> None:
-        self.refresh = refresh
+                 health: Health, refresh: Callable[[], None] = lambda: None) -> None:
         self.cfg = cfg
         self.bridge = bridge
         self.metrics = metrics
-        self.health = health
+        self.admin = AdminEndpoints(cfg.admin_token, health, metrics, refresh)
         self._signatures: dict[str, float] = {}
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY)
         app.router.add_post("/v1/notifications", self._notification)
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/metrics", self._metrics)
+        self.admin.add_routes(app)
         return app
 
     # --- notifications ------------------------------------------------------------------
@@ -128,29 +126,6 @@ class NotificationServer:
             return True
         self._signatures[signature] = now
         return False
-
-    # --- health and metrics -----------------------------------------------------------------
-
-    def _allowed(self, request: web.Request) -> bool:
-        if self.cfg.admin_token:
-            given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
-            return hmac.compare_digest(given, f"Bearer {self.cfg.admin_token}".encode())
-        try:
-            return ipaddress.ip_address(request.remote or "").is_loopback
-        except ValueError:
-            return False
-
-    async def _healthz(self, request: web.Request) -> web.Response:
-        if not self._allowed(request):
-            return _error(401, "unauthorized", "admin token required")
-        ok, detail = self.health()
-        return web.json_response({"ok": ok, **detail}, status=200 if ok else 503)
-
-    async def _metrics(self, request: web.Request) -> web.Response:
-        if not self._allowed(request):
-            return _error(401, "unauthorized", "admin token required")
-        self.refresh()
-        return web.Response(body=self.metrics.text(), content_type="text/plain", charset="utf-8")
 
 
 def _retry_elsewhere(response: web.Response) -> web.Response:

@@ -9,7 +9,8 @@ A client without a valid token (or cc_param) gets none.
 Alone (the default), all of it is in this process's memory. On a node of a cluster
 (`cluster:`), `cluster` links the platform nodes (`bridge.cluster.signalling`): each call stays
 on the node its caller reached, and what the others need goes through Redis: who is busy, who
-listens where (pushes), and the legs of callees that reached another node.
+listens where (pushes), the legs of callees that reached another node, and app servers' REST
+requests (`/v1/calls/{sid}` answered by the call's home node, whichever node they reach).
 
 Callbacks go out through `callbacks.Clients`: per service, one connection pool for call setup
 (Notify callback, push POST) and one for Call Events, so an app server that hangs holds only
@@ -112,6 +113,7 @@ class Platform:
         self.cluster = cluster
         cluster.on_attach = self._attached
         cluster.on_push = self._pushed_here
+        cluster.on_rest = self._rest_here
 
     # --- life ------------------------------------------------------------------------
 
@@ -602,28 +604,48 @@ class Platform:
 
     # --- REST for app servers -----------------------------------------------------------
 
-    async def _rest_auth(self, request: web.Request) -> tuple[Service, PlatformCall]:
+    def _rest_key(self, request: web.Request) -> token.ServiceKey:
         key = self.keys.get(request.headers.get(callbacks.API_KEY, ""))
         if key is None:
             raise _json_error(web.HTTPUnauthorized, "unauthorized", f"unknown or missing {callbacks.API_KEY}")
         problem = callbacks.check(key.api_secret, request.headers, f"{request.method} {request.raw_path}")
         if problem:
             raise _json_error(web.HTTPUnauthorized, "unauthorized", problem)
-        call = self.calls.get(request.match_info["sid"])
-        if call is None or key.service_id not in (call.caller.service, call.callee.service):
-            raise _json_error(web.HTTPNotFound, "unknown_call", "no active call with this sid")
-        return self.services[key.service_id], call
+        return key
 
     async def _rest_get(self, request: web.Request) -> web.Response:
-        _, call = await self._rest_auth(request)
-        return web.json_response({"sid": call.sid, "state": call.state.value,
-                                  "from": str(call.caller), "to": str(call.callee),
-                                  "setup_time": call.setup_time, "start_time": call.start_time or None})
+        return await self._rest(request, "get")
 
     async def _rest_delete(self, request: web.Request) -> web.Response:
-        _, call = await self._rest_auth(request)
-        await self.end(call, Source.APP_SERVER, R.NORMAL if call.state is State.CONNECTED else R.CANCEL)
-        return web.json_response({"sid": call.sid, "state": "ended"})
+        return await self._rest(request, "delete")
+
+    async def _rest(self, request: web.Request, op: str) -> web.Response:
+        """An app server's request for one of its service's calls, answered by the call's home
+        node: this one, or (a cluster) the one Redis names, over the platform nodes' channel."""
+        key, sid = self._rest_key(request), request.match_info["sid"]
+        if sid not in self.calls and self.cluster is not None:
+            from .cluster.store import RedisDown
+            try:
+                home = await self.cluster.home_of(sid)
+                if home is not None and home != self.cluster.id:
+                    status, body = await self.cluster.ask_home(home, sid, op, key.service_id)
+                    return web.json_response(body, status=status)
+            except (RedisDown, TimeoutError) as exc:
+                log.warning("REST %s of call %s: its home node did not answer: %s", op, safe(sid), exc or "timeout")
+                raise _json_error(web.HTTPServiceUnavailable, "home_unreachable",
+                                  "the platform node of this call does not answer; try again") from None
+        status, body = await self._rest_here(sid, op, key.service_id)
+        return web.json_response(body, status=status)
+
+    async def _rest_here(self, sid: str, op: str, service_id: str) -> tuple[int, dict]:
+        call = self.calls.get(sid)
+        if call is None or service_id not in (call.caller.service, call.callee.service):
+            return 404, {"error": "unknown_call", "message": "no active call with this sid"}
+        if op == "delete":
+            await self.end(call, Source.APP_SERVER, R.NORMAL if call.state is State.CONNECTED else R.CANCEL)
+            return 200, {"sid": call.sid, "state": "ended"}
+        return 200, {"sid": call.sid, "state": call.state.value, "from": str(call.caller), "to": str(call.callee),
+                     "setup_time": call.setup_time, "start_time": call.start_time or None}
 
 
 def _error(code: str, message: str) -> dict:

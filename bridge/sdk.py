@@ -280,6 +280,7 @@ class Call:
         self._first: asyncio.Future | None = None
         self._connected: asyncio.Future | None = None
         self._done = asyncio.Event()
+        self._released = asyncio.Event()   # set last: peer connection, socket and session closed
 
     # --- the seed's API ----------------------------------------------------------------
 
@@ -360,11 +361,13 @@ class Call:
             raise RuntimeError(f"call not connected: {self.disconnected or 'timeout'}")
 
     async def end_call(self, timeout: float = 3.0, reason: DisconnectReason | None = None) -> Disconnected | None:
-        """Hang up (decline before accepting, cancel before an answer); returns how it ended.
+        """Hang up (decline before accepting, cancel before an answer); returns how it ended, once
+        the call's media and signalling are closed.
 
         `reason` is bridge's extension: say why (e.g. BUSY), from protocol.END_REASONS.
         """
         if self.state in ("idle", "disconnected"):
+            await self._until_released(timeout)
             return self.disconnected
         message: dict = {"type": "end_call"}
         if reason is not None:
@@ -379,6 +382,7 @@ class Call:
                 reason = DisconnectReason.NORMAL if connected else (
                     DisconnectReason.CANCEL if self.role is Source.CALLER else DisconnectReason.DECLINE)
             await self._finish(Disconnected(self.role or Source.CALLER, reason))
+        await self._until_released(timeout)
         return self.disconnected
 
     def mute_my_audio(self, muted: bool) -> None:
@@ -432,10 +436,19 @@ class Call:
         rtcjitter.tap(receivers[0], sink)
 
     async def wait_disconnected(self, timeout: float | None = None) -> Disconnected:
+        """How the call ended, once it ended and its media and signalling are closed."""
         async with asyncio.timeout(timeout):
             await self._done.wait()
+        await self._until_released(timeout)
         assert self.disconnected is not None
         return self.disconnected
+
+    async def _until_released(self, timeout: float | None) -> None:
+        """Let the ending (`_finish`, in whichever task saw it) close what it holds."""
+        if self._done.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._released.wait()
 
     # --- internals ---------------------------------------------------------------------
 
@@ -669,10 +682,13 @@ class Call:
             task.cancel()
         # told before the signalling socket closes: an unreachable platform must not delay it
         self._emit("evt_disconnected", param)
-        if self._ws is not None:
-            await self._ws.close()
-        if self._session is not None:
-            await self._session.close()
+        try:
+            if self._ws is not None:
+                await self._ws.close()
+        finally:
+            if self._session is not None:
+                await self._session.close()
+            self._released.set()
 
     def _emit(self, name: str, *args: Any) -> None:
         handler: Callable | None = getattr(self._delegate, name, None)

@@ -49,7 +49,7 @@ shutil.rmtree(work, ignore_errors=True)
 """
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child, before exec: SIGKILL when the parent dies."""
     with contextlib.suppress(Exception):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -82,7 +82,7 @@ class Supervisor:
         out = open(log, "wb")
         self._logs.append(out)
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                cwd=self.work, start_new_session=True, preexec_fn=_die_with_parent)
+                                cwd=self.work, start_new_session=True, preexec_fn=die_with_parent)
         self.children.append(proc)
         self._tell(f"add {proc.pid}")
         return proc

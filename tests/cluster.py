@@ -6,17 +6,21 @@ to all nodes (a `push_url` list). Everything on 127.0.0.1, on free ports."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable
+from typing import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import pytest
 import yaml
+from aiohttp import web
+
+from bridge import callbacks
 
 from conftest import free_port
 from stack import BRIDGE_PW, BRIDGE_USER, ROOT, Daemon
@@ -40,15 +44,17 @@ def base_config(platform_port: int, notify_ports: list[int], kamailio_port: int)
 
 def node_config(data: dict, i: int, sip_port: int, notify_port: int, redis_url: str, workdir: Path,
                 register: bool = False) -> dict:
+    """Node i's config: `data` (a `cluster:` section in it keeps its other keys) with its own
+    ports, RTP slice, journal, Redis and node id."""
     node = yaml.safe_load(yaml.safe_dump(data))
     node["platform"]["embedded"] = False
     node["bridge"]["trusted_platforms"] = [node["platform"]["public_url"].replace("http", "ws", 1) + "/v1/ws"]
     node["notifications"]["listen"] = f"127.0.0.1:{notify_port}"
-    low = 33000 + 300 * i                             # each node its own slice of the RTP range
+    low = 33000 + 330 * i                             # each node its own slice: 165 calls, 3 in 33000-33989
     node["sip"].update({"listen": f"127.0.0.1:{sip_port}", "register": register,
-                        "rtp_ports": f"{low}-{low + 299}", "journal": str(workdir / "sip-dialogs.jsonl")})
-    node["cluster"] = {"redis_url": redis_url, "node_id": f"node{i}", "lease": f"{LEASE}s",
-                       "heartbeat": f"{HEARTBEAT}s", "redis_timeout": "400ms"}
+                        "rtp_ports": f"{low}-{low + 329}", "journal": str(workdir / "sip-dialogs.jsonl")})
+    node["cluster"] = {**(data.get("cluster") or {}), "redis_url": redis_url, "node_id": f"node{i}",
+                       "lease": f"{LEASE}s", "heartbeat": f"{HEARTBEAT}s", "redis_timeout": "400ms"}
     return node
 
 
@@ -77,6 +83,17 @@ class PlatformProcess(Daemon):
             if time.monotonic() > deadline:
                 pytest.fail(f"the platform did not come up within {timeout} s\n{self.log()[-3000:]}")
             await asyncio.sleep(0.1)
+
+    async def health(self) -> tuple[int, dict]:
+        """GET /healthz on the platform listener (a `bridge platform` has no other)."""
+        async with aiohttp.ClientSession() as http:
+            async with http.get(self.platform_url + "/healthz") as r:
+                return r.status, await r.json()
+
+    async def metrics(self) -> str:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(self.platform_url + "/metrics") as r:
+                return await r.text()
 
 
 class Node(Daemon):
@@ -119,7 +136,8 @@ class Cluster:
         for i in range(platforms):
             pdir = tmp_path / f"platform{i}"
             pdir.mkdir()
-            pdata = platform_node_config(self.data, i, redis_url) if platforms > 1 else self.data
+            alone = {k: v for k, v in self.data.items() if k != "cluster"}     # one platform: no cluster
+            pdata = platform_node_config(self.data, i, redis_url) if platforms > 1 else alone
             (pdir / "config.yaml").write_text(yaml.safe_dump(pdata, sort_keys=False))
             self.platforms.append(PlatformProcess(pdir / "config.yaml"))
         self.platform = self.platforms[0]
@@ -220,3 +238,37 @@ async def start_platforms(tmp_path, kamailio_factory, redis_server):
     for p in made:
         p.stop()
         print(f"===== {p.path.parent.name} =====\n{p.log()[-4000:]}")
+
+
+class PushRelay:
+    """An HTTP server between the platform and the bridge nodes: the platform's pushes for desk
+    users reach `handle(request)` instead of the nodes; `nodes` are the nodes' push URLs and
+    `edit` the config edit that puts the relay in their place (pass it to start_cluster)."""
+
+    def __init__(self, handle: Callable[[web.Request], Awaitable[web.Response]]) -> None:
+        self.handle = handle
+        self.nodes: list[str] = []
+        self.port = free_port()
+
+    def edit(self, d: dict) -> None:
+        desk = d["platform"]["services"]["demo-desk"]
+        self.nodes.extend(desk["push_url"])
+        desk["push_url"] = f"http://127.0.0.1:{self.port}/push"
+
+    @staticmethod
+    async def signed(request: web.Request) -> tuple[bytes, dict[str, str]]:
+        """The push as signed by the platform: its body and the headers that carry the signature."""
+        keep = (callbacks.TIMESTAMP, callbacks.SIGNATURE, "Content-Type")
+        return await request.read(), {k: request.headers[k] for k in keep}
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator["PushRelay"]:
+        app = web.Application()
+        app.router.add_post("/push", self.handle)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", self.port).start()
+        try:
+            yield self
+        finally:
+            await runner.cleanup()

@@ -15,11 +15,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from bridge import callbacks
 from bridge.audio import RATE, tone_analysis
 from bridge.reasons import DisconnectReason as R
-from cluster import HEARTBEAT, LEASE, Cluster, start_cluster  # noqa: F401  (fixture)
-from conftest import free_port
+from cluster import HEARTBEAT, LEASE, Cluster, PushRelay, start_cluster  # noqa: F401  (fixture)
 from parties import Party
 from testbed import wav_dominant_frequency
 from testbed.fixtures import baresip_factory, kamailio_factory, redis_server  # noqa: F401
@@ -127,28 +125,18 @@ async def test_a_push_retried_to_every_node_is_taken_once_and_rings_once(start_c
     # the platform pushes to a relay that sends the same signed push to all three nodes at once,
     # as a pusher retrying on every node (or a load balancer duplicating) would
     answers: list[tuple[int, str]] = []
-    relay_port = free_port()
-    nodes: list[str] = []
 
     async def fan_out(request: web.Request) -> web.Response:
-        body = await request.read()
-        headers = {k: request.headers[k] for k in (callbacks.TIMESTAMP, callbacks.SIGNATURE, "Content-Type")}
+        body, headers = await relay.signed(request)
         async with aiohttp.ClientSession() as http:
             async def post(url: str) -> tuple[int, str]:
                 async with http.post(url, data=body, headers=headers) as r:
                     return r.status, (await r.json()).get("status", "")
-            answers.extend(await asyncio.gather(*(post(u) for u in nodes)))
+            answers.extend(await asyncio.gather(*(post(u) for u in relay.nodes)))
         return web.json_response({"status": "relayed"}, status=202)
-    app = web.Application()
-    app.router.add_post("/push", fan_out)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", relay_port).start()
-    try:
-        def edit(d: dict) -> None:
-            nodes.extend(d["platform"]["services"]["demo-desk"]["push_url"])
-            d["platform"]["services"]["demo-desk"]["push_url"] = f"http://127.0.0.1:{relay_port}/push"
-        cluster = await start_cluster(edit=edit)
+    relay = PushRelay(fan_out)
+    async with relay.running():
+        cluster = await start_cluster(edit=relay.edit)
         phone = baresip_factory("2001", cluster.kamailio, tone_hz=700)
         alice = Party(cluster.url, "alice", tone=1000)
         await alice.make_call(("desk-2001", "demo-desk"), cluster.token("alice"))
@@ -161,8 +149,6 @@ async def test_a_push_retried_to_every_node_is_taken_once_and_rings_once(start_c
         mark = phone.mark()
         await alice.call.end_call()
         await blocking(phone.wait_closed, 5, mark)
-    finally:
-        await runner.cleanup()
 
 
 async def test_a_route_limit_holds_across_nodes(start_cluster, baresip_factory):  # noqa: F811

@@ -1,12 +1,16 @@
 """Several platform nodes serve one service (`bridge platform` processes on one Redis): a caller
-on one node and a callee on another talk as if on one node; busy is known across nodes; a home
-node that dies ends the legs other nodes relay to it. SDK users with audio checked by FFT."""
+on one node and a callee on another talk as if on one node; busy is known across nodes; an app
+server's REST requests reach a call from any node; a home node that dies ends the legs other
+nodes relay to it. SDK users with audio checked by FFT."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
+import aiohttp
+
+from bridge import callbacks
 from bridge.audio import RATE, tone_analysis
 from bridge.reasons import DisconnectReason as R, Source
 from cluster import HEARTBEAT, LEASE, start_platforms  # noqa: F401  (fixture)
@@ -61,6 +65,41 @@ async def test_the_legs_relayed_to_a_dead_platform_node_end_with_a_reason(start_
     a.proc.kill()                                              # kill -9 of the call's home node
     a.proc.wait(5)
     started = time.monotonic()
+    status, body = await rest(b, "GET", alice.call.sid)        # its record is there, its node is not
+    assert status == 503 and body["error"] == "home_unreachable", body
     ended = await bob.ended(LEASE + 2 * HEARTBEAT + 2)
     assert ended.reason is R.SERVICE_MAINTENANCE and time.monotonic() - started < LEASE + 2 * HEARTBEAT + 1.5
     assert "platform node p0-platform died" in b.log()
+    await asyncio.sleep(2 * HEARTBEAT)
+    assert (await rest(b, "GET", alice.call.sid))[0] == 404   # reaped: the call is gone
+
+
+async def rest(node, method: str, sid: str, service: str = "demo-app") -> tuple[int, dict]:
+    """An app server's signed request to /v1/calls/{sid} on platform node `node`."""
+    s = node.cfg.platform.services[service]
+    path = f"/v1/calls/{sid}"
+    headers = {callbacks.API_KEY: s.api_key, **callbacks.signed_headers(s.api_secret, f"{method} {path}")}
+    async with aiohttp.ClientSession() as http:
+        async with http.request(method, node.platform_url + path, headers=headers) as r:
+            return r.status, await r.json()
+
+
+async def test_an_app_servers_rest_requests_reach_a_call_from_any_platform_node(start_platforms):  # noqa: F811
+    a, b = await start_platforms(2)
+    alice, bob = await call_across(a, b)                     # homed on node a
+    sid = alice.call.sid
+    for node in (a, b):
+        status, body = await rest(node, "GET", sid)
+        assert status == 200 and (body["sid"], body["state"]) == (sid, "connected"), body
+        assert (body["from"], body["to"]) == ("alice@demo-app", "bob@demo-app") and body["start_time"], body
+    assert await rest(b, "GET", "no-such-call") == (404, {"error": "unknown_call", "message": "no active call with "
+                                                           "this sid"})
+    assert (await rest(b, "GET", sid, service="demo-desk"))[0] == 404     # another service's call
+    status, body = await rest(b, "DELETE", sid)              # ended by its home node, asked on node b
+    assert (status, body) == (200, {"sid": sid, "state": "ended"}), body
+    for party in (alice, bob):
+        ended = await party.ended(5)
+        assert (ended.reason, ended.source) == (R.NORMAL, Source.APP_SERVER), (party.user, ended)
+    for node in (a, b):
+        assert (await rest(node, "GET", sid))[0] == 404
+

@@ -32,9 +32,9 @@ def cluster_cfg(url: str, node: str, **kw) -> ClusterConfig:
 async def nodes(redis_server):  # noqa: F811
     made: list[Membership] = []
 
-    async def make(name: str, **kw) -> Membership:
+    async def make(name: str, role: str | None = None, **kw) -> Membership:
         m = Membership(cluster_cfg(redis_server.url, name, **kw))
-        await m.join({"sip": name})
+        await m.join({"sip": name, **({"role": role} if role else {})})
         made.append(m)
         return m
     yield make
@@ -91,7 +91,7 @@ async def test_a_dead_nodes_calls_are_released_when_its_lease_expires_and_it_is_
     a, b, c = await nodes("a"), await nodes("b"), await nodes("c")
     reaped: list[tuple[str, str]] = []
     for m in (b, c):
-        m.node.on_dead.append(lambda dead, me=m.id: _note(reaped, me, dead))
+        m.node.on_dead["dialogs"] = lambda dead, me=m.id: _note(reaped, me, dead)
     scope = [("route:to_sip:desk", 2)]
     assert await a.limits.take(scope) is None and await a.limits.take(scope) is None
     assert await b.limits.take(scope) == "route:to_sip:desk"
@@ -120,7 +120,7 @@ async def test_a_dead_nodes_dialogs_are_handed_to_its_reaper(nodes, redis_server
 
     async def reap(dead: str) -> None:
         got.append(await dialogs.left_open(b.store, dead))
-    b.node.on_dead.append(reap)
+    b.node.on_dead["dialogs"] = reap
     a.dialogs.start()
     a.dialogs.write({"op": "invite", "call_id": "c1", "request": "INVITE ...", "dest": ["127.0.0.1", 5060]})
     a.dialogs.write({"op": "up", "call_id": "c2", "dialog": {"call_id": "c2"}})
@@ -134,6 +134,39 @@ async def test_a_dead_nodes_dialogs_are_handed_to_its_reaper(nodes, redis_server
             await asyncio.sleep(0.05)
     assert sorted((e["call_id"], e["op"]) for e in got[0]) == [("c1", "up"), ("c3", "invite")]
     assert await dialogs.left_open(b.store, "a") == []            # forgotten once reaped
+
+
+async def test_a_dead_nodes_parts_are_ended_by_survivors_that_can_end_them(nodes):
+    # a dead bridge node's dialogs wait for a bridge node (the platform nodes cannot send BYE),
+    # a dead platform node's calls for a platform node; each part is ended once
+    ended: list[tuple[str, str, str]] = []
+
+    def can_end(m: Membership, *parts: str) -> Membership:
+        for part in parts:
+            m.node.on_dead[part] = lambda dead, me=m.id, part=part: _note(ended, me, f"{dead} {part}")
+        return m
+    p1 = can_end(await nodes("p1", role="platform"), "platform")
+    p2 = can_end(await nodes("p2", role="platform"), "platform")
+    b1 = await nodes("b1", role="bridge")
+    b2 = await nodes("b2", role="bridge+platform")
+    await die(b1)
+    await die(b2)
+    async with asyncio.timeout(LEASE + 4 * BEAT + 1):
+        while len(ended) < 1:
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(LEASE)                                  # time enough for a wrong reaper
+    assert [what for _, what in ended] == ["b2 platform"], ended
+    assert sorted(p1.node.alive) == ["p1", "p2"]
+    assert {"b1", "b2"} <= set(await p1.store.client.smembers("bridge:nodes")), "not yet reaped: still listed"
+    b3 = can_end(await nodes("b3", role="bridge"), "dialogs")  # a bridge node joins: it ends the rest
+    async with asyncio.timeout(3 * BEAT + 1):
+        while len(ended) < 3:
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(3 * BEAT)
+    assert sorted(what for _, what in ended) == ["b1 dialogs", "b2 dialogs", "b2 platform"], ended
+    assert {me for me, what in ended if "dialogs" in what} == {"b3"}
+    assert sorted(await p1.store.client.smembers("bridge:nodes")) == ["b3", "p1", "p2"]
+    assert b3.node.reaped == 2 and p1.node.reaped + p2.node.reaped == 1
 
 
 async def test_a_node_id_held_by_a_live_node_is_refused(nodes, redis_server):  # noqa: F811
@@ -196,7 +229,7 @@ async def _total(m: Membership) -> int | None:
 
 
 def test_cluster_config_errors_name_file_line_and_key():
-    base = open(config.__file__.replace("bridge/config.py", "config.yaml")).read()
+    base = (Path(config.__file__).parents[2] / "config.yaml").read_text()
     with pytest.raises(config.ConfigError) as exc:
         config.loads(base + "cluster:\n  redis_url: http://127.0.0.1:6379\n  heartbeat: 4s\n  node_id: a/b\n",
                       "c.yaml", env={})
@@ -253,7 +286,7 @@ async def test_a_redis_restarted_empty_is_not_a_reaping_and_gets_the_state_back(
 
 
 def test_push_url_takes_a_list_of_nodes_and_names_a_bad_one():
-    base = open(config.__file__.replace("bridge/config.py", "config.yaml")).read()
+    base = (Path(config.__file__).parents[2] / "config.yaml").read_text()
     one = "push_url: http://127.0.0.1:8081/v1/notifications"
     assert one in base
     listed = base.replace(one, "push_url: [http://10.0.0.11:8081/v1/notifications, http://10.0.0.12:8081/v1/notifications]")

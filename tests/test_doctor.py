@@ -137,6 +137,6 @@ def test_sip_trace_logs_every_message_without_the_password(tmp_path, pbx, how):
 def test_every_command_takes_a_log_level():
     from bridge.cli import _parser
     sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
-    assert len(sub.choices) == 11
+    assert len(sub.choices) == 12               # `bridge cluster` (status) made them 12
     for name, parser in sub.choices.items():
         assert "--log-level {debug,info,warning,error}" in parser.format_usage().replace("\n", " "), name

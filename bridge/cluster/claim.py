@@ -6,7 +6,10 @@ A claim is one Redis key, `bridge:claim:<kind>:<id>`, set with SET NX and an exp
 other gets False and answers as a duplicate (202 `duplicate` for a push, 482 for an INVITE). A
 node that takes a claim and then refuses the call before anyone rang gives it back
 (`give_back`, deleting the key only if it still holds it), so that a failover to another node
-can take the call. A claim expires by itself: nothing to clean after a crash.
+can take the call. A claim expires by itself: nothing to clean after a crash. A caller may hold
+a claim longer than `claim_ttl` (`take(..., ttl=)`): a push's claim lasts as long as its signed
+request could still be accepted (`notifications.replay_window` either side of its timestamp),
+so that a signed push replayed to any node of the cluster is a duplicate, never a new call.
 """
 
 from __future__ import annotations
@@ -29,10 +32,11 @@ class Claims:
     def _key(self, kind: str, ident: str) -> str:
         return self.store.key("claim", kind, ident)
 
-    async def take(self, kind: str, ident: str) -> bool:
-        """True if this node now holds the call; False if another node (or this one) took it. RedisDown."""
-        taken = await self.store.run(self.store.client.set(self._key(kind, ident), self.node_id, nx=True,
-                                                           px=self.ttl_ms))
+    async def take(self, kind: str, ident: str, ttl: float | None = None) -> bool:
+        """True if this node now holds the call; False if another node (or this one) took it.
+        `ttl`: hold it at least this long (seconds), if longer than `claim_ttl`. RedisDown."""
+        px = max(self.ttl_ms, int((ttl or 0) * 1000))
+        taken = await self.store.run(self.store.client.set(self._key(kind, ident), self.node_id, nx=True, px=px))
         return bool(taken)
 
     async def holder(self, kind: str, ident: str) -> str | None:

@@ -63,7 +63,7 @@ class Membership:
     def serve(self, ua: UserAgent, on_reaped: Callable[[], Awaitable[None]]) -> None:
         """Mirror `ua`'s dialogs, reap dead nodes through it, end the predecessor's leftovers."""
         self.reaper = Reaper(self.store, ua)
-        self.node.on_dead.append(self.reaper.reap)
+        self.node.on_dead["dialogs"] = self.reaper.reap
         self.node.on_reaped.append(on_reaped)
         ua.dialog_sinks.append(self.dialogs)
         self.dialogs.start()

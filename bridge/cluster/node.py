@@ -6,18 +6,22 @@ Keys (all under `bridge:`):
   nodes          the set of node ids that joined and were not yet reaped
   node:<node>    what the node says about itself (SIP and HTTP addresses, pid, calls, state),
                  for `bridge cluster status`
-  reap:<node>    the claim of the one survivor that ends a dead node's calls
+  reap:<node>:<instance>:<part>
+                 the claim of the one survivor that ends that part of a dead node's calls
+                 (`dialogs` of a bridge: BYE; `platform`: its calls' records), then `done`
   reaped:<node>  the instance token a survivor reaped (so that a node cut off from Redis, not
                  dead, learns its calls were ended; a Redis that lost its data is not a reaping)
 
-Promises: two live processes never hold one node id (a start waits out a predecessor's lease,
-up to one lease, and refuses if the id stays held); each dead node is reaped by one survivor at a
-time (a claim that expires, so a reaper that dies mid-way is replaced), within one lease and one
-heartbeat of its last renewal; a node that finds it was reaped while cut off from Redis (its
-lease expired and a survivor ended its calls) is told so (`on_reaped`) and joins again; one
-whose lease Redis forgot (restarted empty) joins again and writes its state back
-(`on_rejoined`). Redis
-being unreachable never blocks the loop: the node says so (`state`, `problem`) and keeps trying.
+Promises: two live processes never hold one node id (a start waits out a predecessor's lease, up
+to one lease, and refuses if the id stays held); each part of a dead node is reaped by one
+survivor that can (a bridge node's dialogs by a bridge node, a platform node's calls by a
+platform node), one at a time (a claim that expires, so a reaper that dies mid-way is replaced),
+within one lease and one heartbeat of its last renewal; a dead node stays listed until every
+part it left was ended (a bridge node that joins later ends what nobody could); a node that
+finds it was reaped while cut off from Redis (its lease expired and a survivor ended its calls)
+is told so (`on_reaped`) and joins again; one whose lease Redis forgot (restarted empty) joins
+again and writes its state back (`on_rejoined`). Redis being unreachable never blocks the loop:
+the node says so (`state`, `problem`) and keeps trying.
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ if redis.call('GET', KEYS[3]) == ARGV[1] then return 3 end
 return 2
 """
 REAPED_TTL_MS = 3600 * 1000            # how long a reaped instance can still learn it was reaped
+PARTS = {"bridge": "dialogs", "platform": "platform"}   # a dead node's role -> what a survivor ends
+DONE = "done"
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
@@ -73,7 +79,7 @@ class Node:
         self.info: dict[str, str] = {}     # published in node:<id>
         self.status: Callable[[], dict[str, str]] = lambda: {}   # refreshed on every heartbeat
         self.alive: list[str] = []         # live node ids at the last heartbeat
-        self.on_dead: list[Reap] = []      # a dead node this node claimed to reap
+        self.on_dead: dict[str, Reap] = {}   # part (`PARTS`) -> how this node ends it for a dead node
         self.on_reaped: list[Callable[[], Awaitable[None]]] = []
         self.on_rejoined: list[Callable[[], Awaitable[None]]] = []
         self.on_beat: list[Callable[[], Awaitable[None]]] = []   # work that waits for Redis (retries)
@@ -203,26 +209,42 @@ class Node:
             await self._reap(dead)
 
     async def _reap(self, dead: str) -> None:
-        claimed = await self.store.run(self.store.client.set(
-            self.store.key("reap", dead), self.id, nx=True, px=self._lease_ms * 4))
-        if not claimed:
-            return
-        log.warning("cluster: node %s is dead (its lease expired): ending its calls", dead)
-        token = await self.store.run(self.store.client.hget(self.store.key("node", dead), "token"))
-        if token:
-            await self.store.run(self.store.client.set(self.store.key("reaped", dead), token, px=REAPED_TTL_MS))
-        for reap in self.on_dead:
+        """End what `dead` left, each part (`PARTS`) by one survivor that can end it; drop `dead`
+        from the cluster once every part its role leaves has been ended."""
+        info = await self.store.run(self.store.client.hgetall(self.store.key("node", dead)))
+        roles = [r for r in info.get("role", "").split("+") if r in PARTS]
+        # a node that never said its role: whatever this node can end (at least its membership)
+        needed = {PARTS[r] for r in roles} if roles else set(self.on_dead) or {"membership"}
+        instance = info.get("token", "unknown")
+        keys = {part: self.store.key("reap", dead, instance, part) for part in sorted(needed)}
+        ends = {"membership": _nothing, **self.on_dead}
+        ended = False
+        for part in (p for p in keys if p in ends):
+            if not await self.store.run(self.store.client.set(keys[part], self.id, nx=True,
+                                                              px=self._lease_ms * 4)):
+                continue                     # another survivor ends it (or did)
+            if not ended:
+                log.warning("cluster: node %s is dead (its lease expired): ending its calls", dead)
+                if instance != "unknown":
+                    await self.store.run(self.store.client.set(self.store.key("reaped", dead), instance,
+                                                               px=REAPED_TTL_MS))
+            ended = True
             try:
-                await reap(dead)
+                await ends[part](dead)
             except RedisDown:
                 raise
             except Exception:
-                log.exception("cluster: reaping node %s failed", dead)
+                log.exception("cluster: reaping node %s (%s) failed", dead, part)
+            await self.store.run(self.store.client.set(keys[part], DONE, px=REAPED_TTL_MS))
+        if ended:
+            self.reaped += 1
+        states = await self.store.run(self.store.client.mget(list(keys.values()))) if keys else []
+        if any(state != DONE for state in states):
+            return                           # a part no live node can end yet (or one under way)
         pipe = self.store.client.pipeline(transaction=True)
         pipe.srem(self.nodes_key, dead)
         pipe.delete(self.store.key("node", dead), self.store.key("dialogs", dead))
         await self.store.run(pipe.execute())
-        self.reaped += 1
 
     # what this node says --------------------------------------------------------------------
 
@@ -248,3 +270,7 @@ class Node:
                 "lease_seconds": self.cfg.lease,
                 "lease_renewed_seconds_ago": round(since, 3) if since is not None else None,
                 "live_nodes": self.alive, "reaped_nodes": self.reaped}
+
+
+async def _nothing(dead: str) -> None:
+    """A dead node that left nothing this node knows how to end: only its membership goes."""

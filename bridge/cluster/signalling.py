@@ -15,6 +15,10 @@ and each node reads one pub/sub channel, `pnode:<node>`, of JSON messages:
   {"t": "down", "leg", "msg"}            a message of the platform to that callee
   {"t": "close", "leg"}                  either end closed the leg
   {"t": "push", "user", "push"}          an embedded push for a user listening on that node
+  {"t": "rest", "req", "from", "sid",    an app server's REST request for a call homed there,
+   "op", "service"}                      authenticated by the node it reached (`op`: get, delete)
+  {"t": "rest_reply", "req", "status",   the home node's answer, relayed as the HTTP answer
+   "body"}
 So a caller and a callee on different nodes (a load balancer in front of the platform nodes)
 talk as if on one. A home node that dies takes its calls with it (its callers' sockets were
 there); the nodes relaying their callees say so (SERVICE_MAINTENANCE) when its lease expires.
@@ -42,6 +46,7 @@ log = logging.getLogger("bridge.cluster")
 _MAINTENANCE = Disconnected(Source.CLOUD_SERVER, R.SERVICE_MAINTENANCE).to_json()
 Attach = Callable[["LinkedSocket", dict], Awaitable[None]]
 Deliver = Callable[[str, dict], Awaitable[bool]]
+Answer = Callable[[str, str, str], Awaitable[tuple[int, dict]]]    # sid, op, service -> status, body
 
 
 class LinkedSocket:
@@ -90,9 +95,11 @@ class Signalling:
         self.relayed: dict[str, tuple[web.WebSocketResponse, str]] = {}  # relay side: leg -> (ws, home)
         self.on_attach: Attach | None = None
         self.on_push: Deliver | None = None
+        self.on_rest: Answer | None = None
+        self._replies: dict[str, asyncio.Future] = {}                    # REST requests sent home
         self._pubsub: Any = None
         self._reader: asyncio.Task | None = None
-        node.on_dead.append(self._forget_node)
+        node.on_dead["platform"] = self._forget_node
         node.on_beat.append(self._drop_dead_homes)
 
     def _channel(self, node: str) -> str:
@@ -155,6 +162,37 @@ class Signalling:
             await ws.close()
         elif kind == "push" and self.on_push is not None:
             await self.on_push(m["user"], m["push"])
+        elif kind == "rest" and self.on_rest is not None:
+            asyncio.ensure_future(self._answer(m))
+        elif kind == "rest_reply" and m.get("req") in self._replies:
+            future = self._replies.pop(m["req"])
+            if not future.done():
+                future.set_result((int(m["status"]), m["body"]))
+
+    # REST for app servers: a call's requests answered by its home node -------------------------
+
+    async def ask_home(self, home: str, sid: str, op: str, service: str) -> tuple[int, dict]:
+        """The home node's answer to an app server's request for call `sid`. RedisDown; TimeoutError
+        if the home node does not answer within two Redis timeouts (dead, or cut off)."""
+        req = uuid.uuid4().hex
+        future = self._replies[req] = asyncio.get_running_loop().create_future()
+        try:
+            await self.publish(home, {"t": "rest", "req": req, "from": self.id, "sid": sid, "op": op,
+                                      "service": service})
+            async with asyncio.timeout(self.store.cfg.redis_timeout * 2):
+                return await future
+        finally:
+            self._replies.pop(req, None)
+
+    async def _answer(self, m: dict) -> None:
+        assert self.on_rest is not None
+        try:
+            status, body = await self.on_rest(m["sid"], m["op"], m["service"])
+            await self.publish(m["from"], {"t": "rest_reply", "req": m["req"], "status": status, "body": body})
+        except RedisDown as exc:
+            log.warning("cluster: the answer to a REST request for call %s is lost: %s", safe(m.get("sid", "")), exc)
+        except Exception:
+            log.exception("cluster: a REST request relayed from %s failed", safe(m.get("from", "")))
 
     # the relay side: a callee whose call lives on another node ------------------------------
 
