@@ -36,7 +36,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcrtpsender import RTCRtpSender
 
-from . import rtcjitter
+from . import rtcjitter, rtcprobe
 from .reasons import DisconnectReason, Disconnected, Source
 
 LIB = Path("/usr/lib/x86_64-linux-gnu/janus")
@@ -237,18 +237,7 @@ class JanusCall:
             self._delegate.evt_disconnected(Disconnected(Source.CALLEE, DisconnectReason.NORMAL))
 
     def hook_receiver(self, on_packet: Callable) -> bool:
-        """Timestamp each RTP packet where aiortc's receiver gets it (as LoadCall does)."""
-        if self._pc is None:
-            return False
-        receivers = self._pc.getReceivers()
-        for receiver in receivers:
-            original = receiver._handle_rtp_packet
-
-            async def handle(packet, arrival_time_ms: int, original=original) -> None:
-                on_packet(packet)
-                await original(packet, arrival_time_ms)
-            receiver._handle_rtp_packet = handle
-        return bool(receivers)
+        return rtcprobe.stamp_arrivals(self._pc, on_packet) if self._pc is not None else False
 
     def tap_peer_packets(self, sink: Callable) -> None:
         receivers = [r for r in self._pc.getReceivers() if r.track.kind == "audio"] if self._pc else []
@@ -257,14 +246,7 @@ class JanusCall:
         rtcjitter.tap(receivers[0], sink)
 
     async def inbound_stats(self) -> dict:
-        if self._pc is None:
-            return {}
-        with contextlib.suppress(Exception):
-            for s in (await self._pc.getStats()).values():
-                if getattr(s, "type", "") == "inbound-rtp":
-                    return {"packets_received": s.packetsReceived, "packets_lost": s.packetsLost,
-                            "jitter_ms": round(float(s.jitter) / 8, 3) if s.jitter is not None else None}
-        return {}
+        return await rtcprobe.inbound_stats(self._pc, 8) if self._pc is not None else {}     # PCMU: 8 kHz
 
     async def end_call(self) -> None:
         """Hang up (Janus sends BYE), close the peer connection, destroy the session."""

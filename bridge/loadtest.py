@@ -66,7 +66,7 @@ import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from . import __version__, codecs, g711, ice, token
+from . import __version__, codecs, g711, ice, rtcprobe, token
 from .audio import FRAME, RATE, frame_to_mono, make_frame, read_wav
 from .clock import FrameClock
 from .cpuhog import CpuHog
@@ -403,32 +403,11 @@ class LoadCall(Call):
         self._on_frame(frame)
 
     def hook_receiver(self, on_packet) -> bool:
-        """Timestamp each RTP packet where aiortc's receiver gets it (after SRTP, before its jitter
-        buffer). aiortc 1.16 internals: `RTCRtpReceiver._handle_rtp_packet`."""
-        pc = self._pc
-        if pc is None:
-            return False
-        receivers = pc.getReceivers()
-        for receiver in receivers:
-            original = receiver._handle_rtp_packet
-
-            async def handle(packet, arrival_time_ms: int, original=original) -> None:
-                on_packet(packet)
-                await original(packet, arrival_time_ms)
-            receiver._handle_rtp_packet = handle
-        return bool(receivers)
+        return rtcprobe.stamp_arrivals(self._pc, on_packet) if self._pc is not None else False
 
     async def inbound_stats(self) -> dict:
-        if self._pc is None:
-            return {}
-        with contextlib.suppress(Exception):
-            report = await self._pc.getStats()
-            for s in report.values():
-                if getattr(s, "type", "") == "inbound-rtp":
-                    return {"packets_received": s.packetsReceived, "packets_lost": s.packetsLost,
-                            # aiortc reports jitter in RTP timestamp units (Opus: 48 kHz)
-                            "jitter_ms": round(float(s.jitter) / 48, 3) if s.jitter is not None else None}
-        return {}
+        # aiortc reports jitter in RTP timestamp units; 48 kHz as this load test always read it
+        return await rtcprobe.inbound_stats(self._pc, 48) if self._pc is not None else {}
 
 
 # --- one call ---------------------------------------------------------------------------------
