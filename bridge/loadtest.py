@@ -28,6 +28,12 @@ Measured per call and summarised:
   process's own CPU and event-loop lag (when the load test itself saturates, say so);
 - calls that failed, with their reasons.
 
+Also in the report: every call's longest stall (its worst packet beyond its best, per direction)
+and the bridge's garbage collections per generation (`bridge_gc_pause_seconds`). `--cpu-hog F`
+runs a busy process beside the calls (`bridge.cpuhog`: F of one core, its measured share
+reported); `--gateway janus` sends the same calls through a Janus server's SIP plugin that this
+command starts (`bridge.janusgw`), measured the same way, for a side-by-side comparison.
+
 Output: a live progress line, a table, a JSON report (--json) and a PNG chart (--chart).
 
 What it needs beyond bridge itself: PESQ (the default, `--pesq-calls 10`) needs espeak-ng
