@@ -32,7 +32,7 @@ class Metrics:
             registry=r)
         self.gc_pause = Histogram(
             "bridge_gc_pause_seconds", "Python's cyclic garbage collector: how long each collection stopped "
-            "the process", ["generation"], buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+            "the process", ["generation"], buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.25, 0.5, 1),
             registry=r)
         self.notifications = Counter("bridge_notifications", "Notifications received by outcome",
                                      ["outcome"], registry=r)

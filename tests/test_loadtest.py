@@ -9,8 +9,12 @@ import json
 import shutil
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
+
+from bridge.cpuhog import CpuHog
 
 from stack import BRIDGE_PW, BRIDGE_USER, ROOT, Daemon, stack_config
 from testbed.fixtures import kamailio_factory  # noqa: F401
@@ -87,7 +91,13 @@ async def test_loadtest_two_calls_report_and_chart(bridge_stack, tmp_path):
     assert s["directions"]["app_to_sip"]["far_end_rtp"]["packets_received"] > 800
     assert s["directions"]["sip_to_app"]["aiortc_inbound"]["packets_received"] > 800
 
+    for d in ("app_to_sip", "sip_to_app"):              # each call's longest stall, and the worst
+        x = s["directions"][d]
+        assert x["stall_ms"]["n"] == 2 and x["stall_ms"]["max"] == x["max_transit_excess_ms"], (d, x)
+        assert 0 <= x["calls_stalled_over_20ms"] <= 2, (d, x)
     bp = s["bridge_process"]
+    gc0 = bp["gc_pauses"]["0"]        # the bridge's young collections during the run, timed
+    assert gc0["count"] > 0 and 0 < gc0["mean_ms"] <= gc0["longest_at_most_ms"], bp["gc_pauses"]
     assert bp["samples"] >= 10
     assert bp["cpu_pct"]["n"] > 0 and 0 < bp["cpu_pct"]["mean"] < 100 * m["cores"]
     assert 10 < bp["rss_mb"]["baseline"] <= bp["rss_mb"]["peak"] < 4000
@@ -131,7 +141,7 @@ async def test_loadtest_without_pesq_needs_neither_espeak_nor_the_extra(bridge_s
     report_path = tmp_path / "report.json"
     proc = await asyncio.create_subprocess_exec(
         exe, "loadtest", "-c", str(bridge_stack.path), "--calls", "1", "--duration", "8", "--pesq-calls", "0",
-        "--json", str(report_path), "--quiet", cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+        "--cpu-hog", "0.3", "--json", str(report_path), "--quiet", cwd=ROOT, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT, env={"PATH": str(empty_bin), "PYTHONPATH": str(blocked)})
     out, _ = await asyncio.wait_for(proc.communicate(), 120)
     text = out.decode(errors="replace")
@@ -139,6 +149,11 @@ async def test_loadtest_without_pesq_needs_neither_espeak_nor_the_extra(bridge_s
     assert proc.returncode == 0, text[-3000:]
     report = json.loads(report_path.read_text())
     assert report["machine"]["espeak_ng"] == "" and report["summary"]["calls"]["completed"] == 1
+    hog = report["cpu_hog"]              # --cpu-hog: a busy process ran beside the call, measured
+    assert hog["fraction"] == 0.3 and report["params"]["cpu_hog"] == 0.3, hog
+    assert hog["seconds"] >= 8 and 0 < hog["cpu_pct"] <= 35, hog
+    assert not Path(f"/proc/{hog['pid']}").exists() or "zombie" in Path(f"/proc/{hog['pid']}/status").read_text()
+    assert any(x.get("hog_cpu_pct", 0) > 0 for x in report["samples"]), report["samples"]
     for d in ("app_to_sip", "sip_to_app"):
         x = report["summary"]["directions"][d]
         assert x["pesq_mos_nb"]["n"] == 0 and x["pesq_mos_nb"]["g711_only"] is None, x
@@ -147,3 +162,21 @@ async def test_loadtest_without_pesq_needs_neither_espeak_nor_the_extra(bridge_s
     run = subprocess.run([exe, "loadtest", "-c", str(bridge_stack.path), "--calls", "1", "--duration", "8"],
                          capture_output=True, text=True, env={"PATH": str(empty_bin), "PYTHONPATH": str(blocked)})
     assert run.returncode == 2 and "espeak-ng is not installed" in run.stderr and "--pesq-calls 0" in run.stderr
+
+
+def test_cpu_hog_takes_its_share_and_no_more():
+    # a hog asked for half a core gets it on an idle core, and never more than it asked for
+    # (a starved hog catches up at most cpuhog.MAX_DEBT); stop() ends the process
+    hog = CpuHog(0.5).start()
+    try:
+        time.sleep(2.0)
+    finally:
+        result = hog.stop()
+    assert result["fraction"] == 0.5 and 1.9 <= result["seconds"] <= 3.0, result
+    assert 15 <= result["cpu_pct"] <= 56, result
+    assert hog.proc.poll() is not None
+    with pytest.raises(ValueError):
+        CpuHog(1.5)
+    run = subprocess.run([sys.executable, "-m", "bridge", "loadtest", "-c", str(ROOT / "config.yaml"),
+                          "--cpu-hog", "2"], capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 2 and "--cpu-hog must be in (0, 1]" in run.stderr, run.stderr

@@ -126,7 +126,8 @@ class OutgoingCall(SipCall):
                     continue
                 if 200 <= code < 300:
                     await self._confirm(reply, local_uri)
-                    ua.spawn(self._absorb_2xx(self._tx))
+                    if self._tx is not None and self._invite is not None:
+                        ua.spawn(_absorb_2xx(ua, self._tx, self._invite, self._acks, local_uri))
                     return
                 result = result_of(code)
                 if code == 487 and self._cancel_reason is not None:
@@ -215,11 +216,7 @@ class OutgoingCall(SipCall):
 
     def _dialog_for(self, reply: SipMessage, local_uri: str) -> Dialog:
         assert self._invite is not None
-        invite = self._invite
-        routes = list(reversed(reply.all("Record-Route")))
-        return Dialog(self.call_id, NameAddr.parse(invite.from_).tag, reply.to_tag, local_uri,
-                      reply.to.without_params(), reply.contact_uri or invite.uri, routes, invite.cseq,
-                      credentials=invite.credentials())
+        return _dialog(self._invite, reply, local_uri)
 
     async def _ack(self, dialog: Dialog) -> bool:
         """ACK a 2xx of `dialog`; False if its next hop cannot be reached."""
@@ -260,29 +257,6 @@ class OutgoingCall(SipCall):
         log.info("call %s: answered (%s)", self.call_id, self.codec)
         self.start_session_timer(reply, "uac")
         self.answered.set_result(None)
-
-    async def _absorb_2xx(self, tx: InviteClientTransaction | None) -> None:
-        """Until the INVITE transaction ends: re-ACK retransmitted 2xx; ACK and BYE other forks."""
-        if tx is None:
-            return
-        while tx.state == "accepted":
-            reply = await tx.next()
-            if reply is None:
-                return
-            if reply.to_tag in self._acks:
-                data, dest = self._acks[reply.to_tag]
-                self.ua.transport.send(data, dest)
-                continue
-            log.info("call %s: a second fork answered (To-tag %s): ACK and BYE", self.call_id, safe(reply.to_tag))
-            assert self.dialog is not None
-            try:
-                fork = self._dialog_for(reply, self.dialog.local_uri)
-            except SipParseError:
-                continue
-            await self._ack(fork)
-            bye = await self.ua.send_in_dialog(fork, fork.request("BYE", self.ua.via(), fork.credentials))
-            if bye is not None:
-                self.ua.spawn(bye.next())
 
     def _ring_timeout(self) -> None:
         if self.state in ("new", "ringing"):
@@ -334,3 +308,38 @@ class OutgoingCall(SipCall):
             self.cancel(SipResult.CANCELLED)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self.ended), self.ua.timers.long + 1)
+
+
+def _dialog(invite: Request, reply: SipMessage, local_uri: str) -> Dialog:
+    """The dialog a 2xx to `invite` opens."""
+    routes = list(reversed(reply.all("Record-Route")))
+    return Dialog(invite.call_id, NameAddr.parse(invite.from_).tag, reply.to_tag, local_uri,
+                  reply.to.without_params(), reply.contact_uri or invite.uri, routes, invite.cseq,
+                  credentials=invite.credentials())
+
+
+async def _absorb_2xx(ua: "UserAgent", tx: InviteClientTransaction, invite: Request,
+                      acks: dict[str, tuple[bytes, tuple[str, int]]], local_uri: str) -> None:
+    """Until the INVITE transaction ends (Timer M, 32 s after the 2xx): re-ACK retransmitted 2xx;
+    ACK and BYE other forks. It holds the transaction, the INVITE and the ACKs, never the call:
+    a call that ends sooner is freed at once, its app leg and peer connection with it (holding
+    it kept every short call's objects alive 32 s, doubling what the collector walks)."""
+    while tx.state == "accepted":
+        reply = await tx.next()
+        if reply is None:
+            return
+        if reply.to_tag in acks:
+            data, dest = acks[reply.to_tag]
+            ua.transport.send(data, dest)
+            continue
+        log.info("call %s: a second fork answered (To-tag %s): ACK and BYE", invite.call_id, safe(reply.to_tag))
+        try:
+            fork = _dialog(invite, reply, local_uri)
+        except SipParseError:
+            continue
+        sent = await ua.send_ack(fork, fork.request("ACK", ua.via(), fork.credentials, cseq=invite.cseq))
+        if sent is not None:
+            acks[fork.remote_tag] = sent
+        bye = await ua.send_in_dialog(fork, fork.request("BYE", ua.via(), fork.credentials))
+        if bye is not None:
+            ua.spawn(bye.next())
