@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import fractions
 import wave
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from .clock import FrameClock
+
+if TYPE_CHECKING:
+    from .rtcdirect import DirectSender
 
 RATE = 48000
 PTIME = 0.020
@@ -123,6 +126,8 @@ class GatedTrack(MediaStreamTrack):
     The source is not read before the gate opens, so a WAV starts at its beginning on answer.
     A source may give encoded packets (`av.Packet`, as the bridge's relay does): they pass as they
     are, their timestamps moved on to follow the gate's own; muted, they are not sent at all.
+    Such a source may also hand them over as they arrive (`push`, given to a source that has a
+    `push` attribute), when the sender sends directly (`direct`, a `rtcdirect.DirectSender`).
     """
 
     kind = "audio"
@@ -136,6 +141,9 @@ class GatedTrack(MediaStreamTrack):
         self._clock = FrameClock(PTIME)
         self._pts = 0
         self._packet_offset: int | None = None
+        self.direct: DirectSender | None = None
+        if hasattr(source, "push"):
+            source.push = self.push
 
     async def recv(self) -> av.AudioFrame | av.Packet:
         if self.open and self.source is not None:
@@ -163,12 +171,26 @@ class GatedTrack(MediaStreamTrack):
 
     def _follow(self, packet: av.Packet) -> av.Packet:
         """Shift an encoded packet's pts to continue this track's timeline (gaps kept)."""
-        per_second = packet.time_base.denominator // packet.time_base.numerator
-        if self._packet_offset is None:
-            self._packet_offset = self._pts * per_second // RATE - packet.pts
-        packet.pts += self._packet_offset
-        self._pts = (packet.pts * RATE) // per_second + FRAME
+        packet.pts = self._follow_pts(packet.pts, packet.time_base.denominator // packet.time_base.numerator)
         return packet
+
+    def _follow_pts(self, pts: int, per_second: int) -> int:
+        if self._packet_offset is None:
+            self._packet_offset = self._pts * per_second // RATE - pts
+        pts += self._packet_offset
+        self._pts = (pts * RATE) // per_second + FRAME
+        return pts
+
+    def push(self, payload: bytes, pts: int) -> bool:
+        """Send the source's encoded packet (`pts` on the 8 kHz RTP clock of G.711 and G.722) now,
+        not when the sender next asks; False if it cannot (the gate is shut, or no direct sender
+        runs), so the source keeps it for `recv`. Muted or held, it is taken and dropped."""
+        direct = self.direct
+        if direct is None or not direct.running or not self.open or self.source is None:
+            return False
+        if not self.silent:
+            direct.send(payload, self._follow_pts(pts, 8000))
+        return True
 
     def stop(self) -> None:
         super().stop()

@@ -380,7 +380,7 @@ class BridgedCall:
         self.sip_to_app.connect(sip.media)
         await cancel_quietly(self._pump)
         if self.sip_to_app.relaying:
-            self.app.tap_peer_packets(self.app_to_sip.relay_to(sip.media))
+            self.app.relay_peer_packets(self.app_to_sip.relay_to(sip.media))
         else:
             self._pump = asyncio.ensure_future(self.app_to_sip.run(sip.media))
         mode = "relay" if self.sip_to_app.relaying else "transcode"

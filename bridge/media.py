@@ -154,6 +154,8 @@ class SipToApp(MediaStreamTrack):
         self._timeline = _Timeline()
         self._pts = 0             # next pts (8 kHz) of the relayed stream
         self._t0: float | None = None
+        # sends a relayed packet (payload, pts at 8 kHz) at once if it can (True), else recv() gets it
+        self.push: Callable[[bytes, int], bool] | None = None
 
     @property
     def rate(self) -> int:
@@ -199,10 +201,14 @@ class SipToApp(MediaStreamTrack):
             skipped = max(0, now - self._pts)
         assert self.rtp is not None
         payload = codecs.convert(payload, self.rtp.codec, self.codec())
+        self._pts += skipped
+        if self.push is not None and self.push(payload, self._pts):   # sent now, past the sender's task
+            self._pts += len(payload)
+            self.stats.frames += 1
+            return
         if self._packets.qsize() >= RELAY_QUEUE:             # the sender is not keeping up
             self._packets.get_nowait()
             self.stats.overruns += 1
-        self._pts += skipped
         self._packets.put_nowait(self._packet(payload))
 
     def _packet(self, payload: bytes) -> av.Packet:
@@ -267,19 +273,18 @@ class AppToSip:
         self._timeline = _Timeline()
         self.held = False         # the app user holds the call: play_held sends instead
 
-    def relay_to(self, rtp: RtpEndpoint) -> Callable[[RtpPacket], None]:
+    def relay_to(self, rtp: RtpEndpoint) -> Callable[[int, int, int, int, bytes], None]:
         """Send the app leg's packets to `rtp` from now on; returns the packet sink."""
         self._rtp = rtp
         return self.from_app
 
-    def from_app(self, packet: RtpPacket) -> None:
-        """Relay one of the app leg's RTP packets (aiortc's or bridge's RtpPacket) to the phone."""
+    def from_app(self, payload_type: int, seq: int, timestamp: int, ssrc: int, payload: bytes) -> None:
+        """Relay one of the app leg's RTP packets (its header's fields and payload) to the phone."""
         rtp = self._rtp
-        codec = codecs.BY_PAYLOAD_TYPE.get(packet.payload_type)
+        codec = codecs.BY_PAYLOAD_TYPE.get(payload_type)
         if rtp is None or rtp.closed or codec is None or not codecs.relayable(codec.name, rtp.codec):
             return
-        payload = packet.payload
-        skipped = self._timeline.place(packet.ssrc, packet.sequence_number, packet.timestamp, len(payload))
+        skipped = self._timeline.place(ssrc, seq, timestamp, len(payload))
         if skipped is None:
             self.stats.late += 1
             return

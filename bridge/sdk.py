@@ -49,7 +49,7 @@ from aiortc.rtcconfiguration import RTCIceTransportPolicy
 from aiortc.rtcicetransport import parse_stun_turn_uri
 from aiortc.rtp import RtpPacket
 
-from . import ccparam, protocol, rtcjitter
+from . import ccparam, protocol, rtcdirect, rtcjitter
 from .audio import GatedTrack, Sink, WavTrack, frame_to_mono
 from .liveness import Liveness
 from .reasons import Disconnected, DisconnectReason, Source, StartFailReason
@@ -318,7 +318,7 @@ class Call:
             return
         pc = self._new_peer_connection(servers)
         transceiver = pc.addTransceiver(self._gate, direction="sendrecv")
-        rtcjitter.no_send_history(transceiver.sender)
+        self._send_directly(transceiver.sender)
         if preferences:
             transceiver.setCodecPreferences(preferences)
         await pc.setLocalDescription(await pc.createOffer())
@@ -435,6 +435,15 @@ class Call:
             raise RuntimeError("no negotiated audio to tap yet")
         rtcjitter.tap(receivers[0], sink)
 
+    def relay_peer_packets(self, sink: rtcdirect.PacketSink) -> None:
+        """bridge's extension: hand the peer's audio RTP to `sink(payload type, sequence, timestamp,
+        ssrc, payload)` straight from SRTP, past aiortc's receiver (`peer_audio` gets no more
+        frames; RTCP reports stay right). Needs the negotiated call (`codec` set)."""
+        receivers = [r for r in self._pc.getReceivers() if r.track.kind == "audio"] if self._pc else []
+        if not receivers or not self.codec:
+            raise RuntimeError("no negotiated audio to relay yet")
+        rtcdirect.receive(receivers[0], sink)
+
     async def wait_disconnected(self, timeout: float | None = None) -> Disconnected:
         """How the call ended, once it ended and its media and signalling are closed."""
         async with asyncio.timeout(timeout):
@@ -451,6 +460,13 @@ class Call:
                     await self._released.wait()
 
     # --- internals ---------------------------------------------------------------------
+
+    def _send_directly(self, sender: RTCRtpSender) -> None:
+        """The gate's audio to `sender` on rtcdirect's short path (G.711, G.722; Opus as aiortc
+        does), with no retransmission history (nobody NACKs audio)."""
+        rtcjitter.no_send_history(sender)
+        assert self._gate is not None
+        self._gate.direct = rtcdirect.DirectSender(sender)
 
     def _check_idle(self) -> None:
         if self.state != "idle":
@@ -596,7 +612,7 @@ class Call:
             assert self._gate is not None
             if self._preferences:   # a transceiver made before the offer arrives carries the preferences
                 self._transceiver = pc.addTransceiver(self._gate, direction="sendrecv")
-                rtcjitter.no_send_history(self._transceiver.sender)
+                self._send_directly(self._transceiver.sender)
                 self._transceiver.setCodecPreferences(self._preferences)
             try:
                 await self._answer(pc, m["sdp"])
@@ -645,7 +661,7 @@ class Call:
             raise ValueError("the offer has no audio stream")
         assert self._gate is not None
         if self._transceiver is None:
-            rtcjitter.no_send_history(pc.addTrack(self._gate))
+            self._send_directly(pc.addTrack(self._gate))
         answer = await pc.createAnswer()
         self.codec = negotiated_codec(answer.sdp)   # before media starts: tracks pick their rate by it
         if not self.codec:

@@ -196,7 +196,7 @@ async def test_g722_relays_both_ways_without_decoding() -> None:
     for k, payload in enumerate(payloads):
         packet = AiortcPacket(payload_type=9, sequence_number=k, timestamp=320 + 160 * k, ssrc=0x5)
         packet.payload = payload
-        relay(packet)
+        relay(packet.payload_type, packet.sequence_number, packet.timestamp, packet.ssrc, packet.payload)
     sent = await recv_all(phone)
     assert [p.payload for p in sent] == payloads and {p.payload_type for p in sent} == {9}
     assert {(q.timestamp - p.timestamp) & 0xFFFFFFFF for p, q in zip(sent, sent[1:])} == {160}

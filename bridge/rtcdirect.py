@@ -1,0 +1,222 @@
+"""A short path for a WebRTC leg's G.711/G.722 RTP, around aiortc's per-packet machinery.
+
+aiortc (1.16) carries every audio packet through several tasks and objects: on receipt, aioice's
+queue, the DTLS transport's task, `RtpPacket.parse`, the RTP router and the receiver (statistics,
+a timestamp of the arrival as a datetime, depayloading, the jitter buffer); on sending, the
+sender's task awaiting its track, a new `RtpPacket` with its header extensions, an NTP timestamp
+made from a datetime, `serialize`, and four nested coroutines down to the socket. Profiled at
+40-75 relayed calls that was ~70 % of the bridge's busy time (docs/performance.md).
+
+Here aiortc keeps ICE, DTLS, the SRTP keys, RTCP and the negotiation; only the audio packets of a
+leg whose codec needs no encoder state take the short way:
+
+- `DirectSender` stands in for an `RTCRtpSender`'s RTP task: it still reads the sender's track
+  (frames are encoded by aiortc's encoder, packets passed as they are), and `send` builds the
+  header with one `struct.pack` (the negotiated header extensions precomputed: the MID is fixed),
+  protects it with the DTLS transport's SRTP session and hands it to the nominated ICE pair's
+  datagram transport (a TURN relay's included). It keeps the sender's counters for RTCP sender
+  reports, so aiortc's RTCP task reports the truth. Others (the bridge's relay) may call `send`
+  at any time: sequence numbers and timestamps are one stream whoever sends.
+- `receive` hands the leg's RTP to a sink straight from the ICE connection: SRTP unprotect, a
+  header read, the receiver's RTCP statistics kept (receiver reports stay correct), and the sink
+  gets (payload type, sequence, timestamp, SSRC, payload). RTCP, DTLS and STUN go the usual way.
+
+These use aiortc's and aioice's private attributes (as `rtcjitter` does) and fail loudly when
+they are missing, so a new aiortc that moves them breaks tests, not calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import struct
+import time
+import traceback
+from typing import Callable
+
+import av
+import pylibsrtp
+from aiortc import RTCRtpReceiver, RTCRtpSender
+from aiortc.codecs import get_encoder
+from aiortc.mediastreams import MediaStreamError
+from aiortc.rtcdtlstransport import State
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtcrtpreceiver import StreamStatistics
+from aiortc.rtp import RtpPacket
+
+log = logging.getLogger(__name__)
+
+CODECS = frozenset({"audio/pcmu", "audio/pcma", "audio/g722"})   # one packet per frame, no state
+NTP_OFFSET = 2208988800            # seconds from 1900 (NTP) to 1970 (Unix)
+_HEADER = struct.Struct("!BBHII")
+_FIELDS = struct.Struct("!BHII")   # from the second byte: marker and payload type, seq, ts, ssrc
+
+PacketSink = Callable[[int, int, int, int, bytes], None]   # pt, sequence, timestamp, ssrc, payload
+
+
+def _private(obj: object, name: str) -> object:
+    if not hasattr(obj, name):
+        raise RuntimeError(f"this aiortc has no {type(obj).__name__}.{name}")
+    return getattr(obj, name)
+
+
+class DirectSender:
+    """Sends one `RTCRtpSender`'s audio packets itself (install before the call connects)."""
+
+    def __init__(self, sender: RTCRtpSender) -> None:
+        self._sender = sender
+        self._original = sender._run_rtp
+        self._dtls = sender.transport
+        for name in ("_RTCRtpSender__rtp_started", "_RTCRtpSender__rtp_exited", "_RTCRtpSender__mid",
+                     "_RTCRtpSender__packet_count"):
+            _private(sender, name)
+        self.running = False          # the short path carries this sender's RTP now
+        self._seq = random.getrandbits(16)
+        self._origin = random.getrandbits(32)
+        self._first = 0x80
+        self._pt = 0
+        self._extensions = b""
+        self._sent_octets = 0
+        self._sent_packets = 0
+        sender._run_rtp = self._run   # type: ignore[method-assign]
+
+    async def _run(self, codec: RTCRtpCodecParameters) -> None:
+        if codec.mimeType.lower() not in CODECS:
+            return await self._original(codec)       # Opus: aiortc's own task and encoder
+        sender = self._sender
+        self._pt = codec.payloadType
+        template = RtpPacket(payload_type=self._pt)
+        template.extensions.mid = sender._RTCRtpSender__mid       # type: ignore[attr-defined]
+        header = template.serialize(self._dtls._rtp_header_extensions_map)
+        self._first, self._extensions = header[0], header[12:]
+        encoder = get_encoder(codec)
+        sender._RTCRtpSender__rtp_started.set()                   # type: ignore[attr-defined]
+        self.running = True
+        try:
+            while True:
+                track = sender.track
+                if track is None:
+                    await asyncio.sleep(0.02)
+                    continue
+                data = await track.recv()
+                if not sender._enabled:
+                    continue
+                if isinstance(data, av.Packet):
+                    payloads, timestamp = encoder.pack(data)
+                else:
+                    payloads, timestamp = encoder.encode(data)
+                for payload in payloads:
+                    self.send(payload, timestamp)
+        except (asyncio.CancelledError, ConnectionError, MediaStreamError):
+            pass
+        except Exception:
+            log.warning("direct RTP sender failed:\n%s", traceback.format_exc())
+        finally:
+            self.running = False
+            track = sender.track
+            if track is not None:
+                track.stop()
+            sender._RTCRtpSender__track = None                    # type: ignore[attr-defined]
+            sender._RTCRtpSender__rtp_exited.set()                # type: ignore[attr-defined]
+
+    def send(self, payload: bytes, timestamp: int, marker: bool = False) -> bool:
+        """One packet of `payload` at `timestamp` (the codec's clock, from the stream's start);
+        False when the leg cannot carry it (not connected, or no longer)."""
+        dtls = self._dtls
+        srtp = dtls._tx_srtp
+        pair = dtls.transport._connection._nominated.get(1)
+        if srtp is None or pair is None or not self.running or dtls._state is not State.CONNECTED:
+            return False
+        transport = pair.protocol.transport
+        if transport is None or transport.is_closing():
+            return False
+        timestamp = (self._origin + timestamp) & 0xFFFFFFFF
+        rtp = _HEADER.pack(self._first, self._pt | (0x80 if marker else 0), self._seq, timestamp,
+                           self._sender._ssrc) + self._extensions + payload
+        try:
+            transport.sendto(srtp.protect(rtp), pair.remote_addr)
+        except pylibsrtp.Error:
+            return False
+        self._seq = (self._seq + 1) & 0xFFFF
+        self._sent_packets += 1
+        self._sent_octets += len(payload)
+        sender = self._sender
+        sender._RTCRtpSender__ntp_timestamp = int((time.time() + NTP_OFFSET) * 4294967296)  # type: ignore[attr-defined]
+        sender._RTCRtpSender__rtp_timestamp = timestamp             # type: ignore[attr-defined]
+        sender._RTCRtpSender__packet_count = self._sent_packets     # type: ignore[attr-defined]
+        sender._RTCRtpSender__octet_count = self._sent_octets       # type: ignore[attr-defined]
+        return True
+
+
+class _Statistics(StreamStatistics):
+    """aiortc's per-source receive statistics (for its receiver reports), fed from raw fields."""
+
+    def note(self, seq: int, timestamp: int) -> None:
+        self.packets_received += 1
+        if self.base_seq is None:
+            self.base_seq = seq
+        max_seq = self.max_seq
+        if max_seq is None or 0 < ((seq - max_seq) & 0xFFFF) < 0x8000:
+            arrival = int(time.time() * self._clockrate)
+            if max_seq is not None and seq < max_seq:
+                self.cycles += 1 << 16
+            self.max_seq = seq
+            last = self._last_timestamp
+            if timestamp != last and self.packets_received > 1:
+                assert self._last_arrival is not None and last is not None
+                diff = abs((arrival - self._last_arrival) - (timestamp - last))
+                self._jitter_q4 += diff - ((self._jitter_q4 + 8) >> 4)
+            self._last_arrival = arrival
+            self._last_timestamp = timestamp
+
+
+def receive(receiver: RTCRtpReceiver, sink: PacketSink, clock_rate: int = 8000) -> None:
+    """From now on hand `receiver`'s RTP packets to `sink` as they arrive, before aiortc's
+    receiver (its track gets no more frames); RTCP statistics are kept for its reports."""
+    dtls = receiver.transport
+    connection = dtls.transport._connection
+    streams: dict[int, StreamStatistics] = _private(receiver, "_RTCRtpReceiver__remote_streams")  # type: ignore[assignment]
+    usual = connection.data_received
+
+    def data_received(data: bytes, component: int) -> None:
+        srtp = dtls._rx_srtp
+        if srtp is None or len(data) < 12 or not 127 < data[0] < 192 or 191 < data[1] < 224:
+            return usual(data, component)        # DTLS, STUN, RTCP (and RTP before the keys)
+        try:
+            data = srtp.unprotect(data)
+        except pylibsrtp.Error:
+            return                               # not the peer's, or a replay
+        first = data[0]
+        offset = 12 + 4 * (first & 0x0F)
+        if first & 0x10:
+            if len(data) < offset + 4:
+                return
+            offset += 4 + 4 * ((data[offset + 2] << 8) | data[offset + 3])
+        end = len(data) - (data[-1] if first & 0x20 else 0)
+        if offset > end:
+            return
+        second, seq, timestamp, ssrc = _FIELDS.unpack_from(data, 1)
+        stream = streams.get(ssrc)
+        if stream is None:
+            stream = streams[ssrc] = _Statistics(clock_rate)
+        if isinstance(stream, _Statistics):
+            stream.note(seq, timestamp)
+        sink(second & 0x7F, seq, timestamp, ssrc, data[offset:end])
+
+    connection.data_received = data_received
+    for protocol in _private(connection, "_protocols"):        # type: ignore[attr-defined]
+        _skip_stun_parse(protocol, component=protocol.local_candidate.component)
+
+
+def _skip_stun_parse(protocol, component: int) -> None:
+    """aioice tries to parse every datagram as STUN first (an exception per RTP packet)."""
+    usual = protocol.datagram_received
+
+    def datagram_received(data: bytes, addr: tuple) -> None:
+        if data and 127 < data[0] < 192:
+            protocol.receiver.data_received(data, component)
+        else:
+            usual(data, addr)
+
+    protocol.datagram_received = datagram_received

@@ -1,0 +1,155 @@
+"""The short RTP path of a G.711 WebRTC leg (bridge/rtcdirect.py), between two real aiortc peer
+connections on loopback: audio checked by its tone, the stream's numbering across the ways a
+packet is sent, and the RTCP reports aiortc still makes from the short path's counters."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from fractions import Fraction
+
+import av
+import numpy as np
+from aiortc import RTCPeerConnection, RTCRtpSender
+from aiortc.mediastreams import MediaStreamTrack
+
+from bridge import g711, rtcdirect, rtcprobe
+from bridge.audio import GatedTrack, ToneTrack, tone, tone_analysis
+from bridge.clock import FrameClock
+
+PCMU = [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.mimeType == "audio/PCMU"]
+
+
+class PacketTone(MediaStreamTrack):
+    """Encoded PCMU packets of a tone on a 20 ms clock, as the bridge's relay gives them; `push`
+    is set by the gate that reads it (the relay hands packets over that way as they arrive)."""
+
+    kind = "audio"
+    rate = 8000                           # the gate's silence before it opens is at this rate
+
+    def __init__(self, freq: float) -> None:
+        super().__init__()
+        self.samples = tone(freq, 1.0, rate=8000)
+        self.pts = 0
+        self.paused = asyncio.Event()     # set: recv() gives nothing (the pushes take over)
+        self.push = None
+        self._clock = FrameClock(0.02)
+
+    def next_payload(self) -> tuple[bytes, int]:
+        start = self.pts % 8000
+        payload = g711.encode("PCMU", self.samples[start:start + 160])
+        pts, self.pts = self.pts, self.pts + 160
+        return payload, pts
+
+    async def recv(self) -> av.Packet:
+        await anext(self._clock)
+        while self.paused.is_set():
+            await asyncio.sleep(3600)
+        payload, pts = self.next_payload()
+        packet = av.Packet(payload)
+        packet.pts, packet.time_base = pts, Fraction(1, 8000)
+        return packet
+
+
+async def connect(a: RTCPeerConnection, b: RTCPeerConnection) -> None:
+    await a.setLocalDescription(await a.createOffer())
+    await b.setRemoteDescription(a.localDescription)
+    await b.setLocalDescription(await b.createAnswer())
+    await a.setRemoteDescription(b.localDescription)
+
+
+async def stats_of(pc: RTCPeerConnection, kind: str):
+    for _ in range(60):
+        found = [s for s in (await pc.getStats()).values() if s.type == kind]
+        if found:
+            return found[0]
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no {kind} statistics within 6 s")
+
+
+def steps(values: list[int], modulo: int) -> set[int]:
+    return {(b - a) % modulo for a, b in zip(values, values[1:])}
+
+
+async def test_a_direct_sender_keeps_one_stream_through_frames_packets_and_pushes() -> None:
+    """Silence frames (gate shut: aiortc's encoder), then the source's packets (read by the
+    sender's task), then packets pushed as they arrive (the relay's way): the far end gets one
+    stream, numbered without a hole, each part's tone intact, and sender reports that count it."""
+    a, b = RTCPeerConnection(), RTCPeerConnection()
+    source = PacketTone(1000)
+    gate = GatedTrack(source)
+    assert source.push == gate.push
+    transceiver = a.addTransceiver(gate, direction="sendonly")
+    transceiver.setCodecPreferences(PCMU)
+    gate.direct = direct = rtcdirect.DirectSender(transceiver.sender)
+    got: list[tuple[int, int, bytes]] = []
+    b.on("track", lambda track: None)
+    await connect(a, b)
+    assert rtcprobe.stamp_arrivals(b, lambda p: got.append((p.sequence_number, p.timestamp, p.payload)))
+    assert not gate.push(b"\xff" * 160, 0)            # the gate is shut: the source keeps it
+    await asyncio.sleep(1.0)
+    assert direct.running
+    silence = len(got)
+    gate.open = True
+    await asyncio.sleep(1.0)
+    read = len(got)
+    source.paused.set()
+    pushed = PacketTone(700)
+    pushed.pts = source.pts
+    for _ in range(50):
+        await asyncio.sleep(0.02)
+        assert source.push(*pushed.next_payload())
+    await asyncio.sleep(1.5)                           # a sender report after the pushes
+    report = await stats_of(b, "remote-outbound-rtp")
+    await a.close()
+    await b.close()
+
+    assert silence >= 40 and read - silence >= 40 and len(got) - read == 50, (silence, read, len(got))
+    assert steps([s for s, _, _ in got], 1 << 16) == {1}           # one stream, no hole, no repeat
+    assert steps([t for _, t, _ in got], 1 << 32) == {160}
+    for part, freq in ((got[silence + 5:read], 1000), (got[read:], 700)):
+        pcm = np.concatenate([g711.decode("PCMU", p) for _, _, p in part])
+        found, snr = tone_analysis(pcm, 8000)
+        assert abs(found - freq) < 10 and snr > 30, (freq, found, snr)
+    assert max(abs(int(x)) for x in g711.decode("PCMU", got[silence - 1][2])) < 64    # silence
+    assert direct._sent_packets == len(got)
+    assert len(got) - 75 <= report.packetsSent <= len(got), (report.packetsSent, len(got))
+    assert report.bytesSent == 160 * report.packetsSent
+
+
+async def test_direct_receive_hands_each_packet_over_and_keeps_receiver_reports() -> None:
+    """The far end sends a 1 kHz tone the usual aiortc way; the short path takes every packet
+    (decoded here: the tone), drops a forged one quietly, and aiortc's receiver reports to the
+    sender as before."""
+    a, b = RTCPeerConnection(), RTCPeerConnection()
+    transceiver = a.addTransceiver("audio", direction="recvonly")
+    transceiver.setCodecPreferences(PCMU)
+    b.on("track", lambda track: None)
+    a.on("track", lambda track: None)
+    await a.setLocalDescription(await a.createOffer())
+    await b.setRemoteDescription(a.localDescription)
+    b.addTrack(ToneTrack(1000))
+    await b.setLocalDescription(await b.createAnswer())
+    await a.setRemoteDescription(b.localDescription)
+    got: list[tuple[int, int, int, int, bytes]] = []
+    rtcdirect.receive(transceiver.receiver, lambda *fields: got.append(fields))
+    await asyncio.sleep(1.0)
+    pair = transceiver.receiver.transport.transport._connection._nominated[1]
+    forger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    before = len(got)
+    for _ in range(20):                               # RTP-looking, not the peer's SRTP
+        forger.sendto(b"\x80\x00" + os.urandom(170), pair.protocol.transport.get_extra_info("sockname"))
+    forger.close()
+    await asyncio.sleep(1.5)
+    report = await stats_of(b, "remote-inbound-rtp")
+    await a.close()
+    await b.close()
+
+    assert len(got) >= 100 and len(got) - before >= 60, (before, len(got))
+    assert {pt for pt, *_ in got} == {0} and len({ssrc for *_, ssrc, _ in got}) == 1
+    assert steps([seq for _, seq, *_ in got], 1 << 16) == {1}
+    pcm = np.concatenate([g711.decode("PCMU", payload) for *_, payload in got[10:]])
+    freq, snr = tone_analysis(pcm, 8000)
+    assert abs(freq - 1000) < 10 and snr > 30, (freq, snr)
+    assert report.packetsLost == 0 and report.fractionLost == 0
