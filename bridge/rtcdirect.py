@@ -7,17 +7,18 @@ sender's task awaiting its track, a new `RtpPacket` with its header extensions, 
 made from a datetime, `serialize`, and four nested coroutines down to the socket. Profiled at
 40-75 relayed calls that was ~70 % of the bridge's busy time (docs/performance.md).
 
-Here aiortc keeps ICE, DTLS, the SRTP keys, RTCP and the negotiation; only the audio packets of a
-leg whose codec needs no encoder state take the short way:
+Here aiortc keeps ICE, DTLS, the SRTP keys, RTCP and the negotiation; only the audio packets
+take the short way:
 
-- `DirectSender` stands in for an `RTCRtpSender`'s RTP task: it still reads the sender's track
-  (frames are encoded by aiortc's encoder, packets passed as they are), and `send` builds the
+- `DirectSender` stands in for an audio `RTCRtpSender`'s RTP task: it still reads the sender's
+  track (frames are encoded by aiortc's encoder, here on the event loop where aiortc hands each
+  frame to a thread pool and back; packets passed as they are), and `send` builds the
   header with one `struct.pack` (the negotiated header extensions precomputed: the MID is fixed),
   protects it with the DTLS transport's SRTP session and hands it to the nominated ICE pair's
   datagram transport (a TURN relay's included). It keeps the sender's counters for RTCP sender
   reports, so aiortc's RTCP task reports the truth. Others (the bridge's relay) may call `send`
   at any time: sequence numbers and timestamps are one stream whoever sends.
-- `receive` hands the leg's RTP to a sink straight from the ICE connection: SRTP unprotect, a
+- `receive` hands the leg's RTP (G.711 or G.722: the bridge relays those) to a sink straight from the ICE connection: SRTP unprotect, a
   header read, the receiver's RTCP statistics kept (receiver reports stay correct), and the sink
   gets (payload type, sequence, timestamp, SSRC, payload). RTCP, DTLS and STUN go the usual way.
 
@@ -47,7 +48,6 @@ from aiortc.rtp import RtpPacket
 
 log = logging.getLogger(__name__)
 
-CODECS = frozenset({"audio/pcmu", "audio/pcma", "audio/g722"})   # one packet per frame, no state
 NTP_OFFSET = 2208988800            # seconds from 1900 (NTP) to 1970 (Unix)
 _HEADER = struct.Struct("!BBHII")
 _FIELDS = struct.Struct("!BHII")   # from the second byte: marker and payload type, seq, ts, ssrc
@@ -82,8 +82,8 @@ class DirectSender:
         sender._run_rtp = self._run   # type: ignore[method-assign]
 
     async def _run(self, codec: RTCRtpCodecParameters) -> None:
-        if codec.mimeType.lower() not in CODECS:
-            return await self._original(codec)       # Opus: aiortc's own task and encoder
+        if not codec.mimeType.lower().startswith("audio/"):
+            return await self._original(codec)
         sender = self._sender
         self._pt = codec.payloadType
         template = RtpPacket(payload_type=self._pt)

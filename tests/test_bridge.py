@@ -70,7 +70,7 @@ async def test_app_calls_desk_phone_tone_each_way_and_phone_hangs_up(start_bridg
     freq, snr = await blocking(wav_dominant_frequency, phone.latest_recording("dec"), 1.0)
     assert abs(freq - 1000) < 20 and snr > 20, (freq, snr)  # the app's tone reached the phone
     async with asyncio.timeout(5):                # counted when the bridged call is over
-        while "bridge_frames_total" not in (text := await bridge.metrics()):
+        while 'bridge_frames_total{direction="app_to_sip"' not in (text := await bridge.metrics()):
             await asyncio.sleep(0.1)
     mode = "transcode" if media == "transcode" or expected == "opus" else "relay"
     assert f'bridge_media_total{{mode="{mode}"}} 1.0' in text

@@ -15,8 +15,9 @@ from aiortc import RTCPeerConnection, RTCRtpSender
 from aiortc.mediastreams import MediaStreamTrack
 
 from bridge import g711, rtcdirect, rtcprobe
-from bridge.audio import GatedTrack, ToneTrack, tone, tone_analysis
+from bridge.audio import GatedTrack, ToneTrack, frame_to_mono, tone, tone_analysis
 from bridge.clock import FrameClock
+from bridge.sdk import negotiated_codec
 
 PCMU = [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.mimeType == "audio/PCMU"]
 
@@ -153,3 +154,25 @@ async def test_direct_receive_hands_each_packet_over_and_keeps_receiver_reports(
     freq, snr = tone_analysis(pcm, 8000)
     assert abs(freq - 1000) < 10 and snr > 30, (freq, snr)
     assert report.packetsLost == 0 and report.fractionLost == 0
+
+
+async def test_an_opus_leg_is_encoded_by_aiortc_and_sent_on_the_short_path() -> None:
+    """Frames of an Opus leg (the bridge's transcode path) go through aiortc's Opus encoder, on
+    the event loop, and out the short way: the far end decodes the tone."""
+    a, b = RTCPeerConnection(), RTCPeerConnection()
+    transceiver = a.addTransceiver(ToneTrack(1000), direction="sendonly")
+    direct = rtcdirect.DirectSender(transceiver.sender)
+    received = asyncio.get_running_loop().create_future()
+    b.on("track", lambda track: received.set_result(track))
+    await connect(a, b)
+    track = await asyncio.wait_for(received, 5)
+    frames = [await asyncio.wait_for(track.recv(), 5) for _ in range(75)]
+    codec = negotiated_codec(b.localDescription.sdp)
+    await a.close()
+    await b.close()
+
+    assert codec == "opus"
+    assert direct._sent_packets >= 75
+    pcm = np.concatenate([frame_to_mono(f) for f in frames[25:]])
+    freq, snr = tone_analysis(pcm, frames[-1].sample_rate)
+    assert abs(freq - 1000) < 10 and snr > 20, (freq, snr)
