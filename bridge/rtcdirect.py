@@ -1,4 +1,4 @@
-"""A short path for a WebRTC leg's G.711/G.722 RTP, around aiortc's per-packet machinery.
+"""A short path for a WebRTC leg's audio RTP, around aiortc's per-packet machinery.
 
 aiortc (1.16) carries every audio packet through several tasks and objects: on receipt, aioice's
 queue, the DTLS transport's task, `RtpPacket.parse`, the RTP router and the receiver (statistics,
@@ -10,17 +10,19 @@ made from a datetime, `serialize`, and four nested coroutines down to the socket
 Here aiortc keeps ICE, DTLS, the SRTP keys, RTCP and the negotiation; only the audio packets
 take the short way:
 
-- `DirectSender` stands in for an audio `RTCRtpSender`'s RTP task: it still reads the sender's
-  track (frames are encoded by aiortc's encoder, here on the event loop where aiortc hands each
-  frame to a thread pool and back; packets passed as they are), and `send` builds the
-  header with one `struct.pack` (the negotiated header extensions precomputed: the MID is fixed),
-  protects it with the DTLS transport's SRTP session and hands it to the nominated ICE pair's
-  datagram transport (a TURN relay's included). It keeps the sender's counters for RTCP sender
-  reports, so aiortc's RTCP task reports the truth. Others (the bridge's relay) may call `send`
-  at any time: sequence numbers and timestamps are one stream whoever sends.
-- `receive` hands the leg's RTP (G.711 or G.722: the bridge relays those) to a sink straight from the ICE connection: SRTP unprotect, a
-  header read, the receiver's RTCP statistics kept (receiver reports stay correct), and the sink
-  gets (payload type, sequence, timestamp, SSRC, payload). RTCP, DTLS and STUN go the usual way.
+- `DirectSender` stands in for an audio `RTCRtpSender`'s RTP task. It still reads the sender's
+  track: frames are encoded by aiortc's encoder (here on the event loop, where aiortc hands each
+  frame to a thread pool and back), packets pass as they are. `send` builds the header with one
+  `struct.pack` (the negotiated header extensions precomputed: the MID is fixed), protects it
+  with the DTLS transport's SRTP session and hands it to the nominated ICE pair's datagram
+  transport (a TURN relay's included). It keeps the sender's counters, so aiortc's RTCP sender
+  reports tell the truth, and the DTLS transport's statistics. Others (the bridge's relay) may
+  call `send` at any time: sequence numbers and timestamps are one stream whoever sends.
+- `receive` hands the leg's RTP (G.711 or G.722: the bridge relays those) to a sink straight
+  from the ICE connection: SRTP unprotect, a header read, the receiver's RTCP statistics and the
+  transport's packet counts kept (receiver reports stay right; `liveness` reads the counts), and
+  the sink gets (payload type, sequence, timestamp, SSRC, payload). RTCP, DTLS and STUN go the
+  usual way.
 
 These use aiortc's and aioice's private attributes (as `rtcjitter` does) and fail loudly when
 they are missing, so a new aiortc that moves them breaks tests, not calls.
@@ -68,6 +70,7 @@ class DirectSender:
         self._sender = sender
         self._original = sender._run_rtp
         self._dtls = sender.transport
+        _private(self._dtls, "_RTCDtlsTransport__tx_packets")
         for name in ("_RTCRtpSender__rtp_started", "_RTCRtpSender__rtp_exited", "_RTCRtpSender__mid",
                      "_RTCRtpSender__packet_count"):
             _private(sender, name)
@@ -135,9 +138,12 @@ class DirectSender:
         rtp = _HEADER.pack(self._first, self._pt | (0x80 if marker else 0), self._seq, timestamp,
                            self._sender._ssrc) + self._extensions + payload
         try:
-            transport.sendto(srtp.protect(rtp), pair.remote_addr)
+            rtp = srtp.protect(rtp)
         except pylibsrtp.Error:
             return False
+        transport.sendto(rtp, pair.remote_addr)
+        dtls._RTCDtlsTransport__tx_packets += 1
+        dtls._RTCDtlsTransport__tx_bytes += len(rtp)
         self._seq = (self._seq + 1) & 0xFFFF
         self._sent_packets += 1
         self._sent_octets += len(payload)
@@ -176,6 +182,7 @@ def receive(receiver: RTCRtpReceiver, sink: PacketSink, clock_rate: int = 8000) 
     receiver (its track gets no more frames); RTCP statistics are kept for its reports."""
     dtls = receiver.transport
     connection = dtls.transport._connection
+    _private(dtls, "_RTCDtlsTransport__rx_packets")
     streams: dict[int, StreamStatistics] = _private(receiver, "_RTCRtpReceiver__remote_streams")  # type: ignore[assignment]
     usual = connection.data_received
 
@@ -184,9 +191,12 @@ def receive(receiver: RTCRtpReceiver, sink: PacketSink, clock_rate: int = 8000) 
         if srtp is None or len(data) < 12 or not 127 < data[0] < 192 or 191 < data[1] < 224:
             return usual(data, component)        # DTLS, STUN, RTCP (and RTP before the keys)
         try:
-            data = srtp.unprotect(data)
+            clear = srtp.unprotect(data)
         except pylibsrtp.Error:
             return                               # not the peer's, or a replay
+        dtls._RTCDtlsTransport__rx_packets += 1  # the transport's statistics (liveness reads them)
+        dtls._RTCDtlsTransport__rx_bytes += len(data)
+        data = clear
         first = data[0]
         offset = 12 + 4 * (first & 0x0F)
         if first & 0x10:
