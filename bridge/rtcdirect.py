@@ -131,9 +131,6 @@ class DirectSender:
         pair = dtls.transport._connection._nominated.get(1)
         if srtp is None or pair is None or not self.running or dtls._state is not State.CONNECTED:
             return False
-        transport = pair.protocol.transport
-        if transport is None or transport.is_closing():
-            return False
         timestamp = (self._origin + timestamp) & 0xFFFFFFFF
         rtp = _HEADER.pack(self._first, self._pt | (0x80 if marker else 0), self._seq, timestamp,
                            self._sender._ssrc) + self._extensions + payload
@@ -141,7 +138,10 @@ class DirectSender:
             rtp = srtp.protect(rtp)
         except pylibsrtp.Error:
             return False
-        transport.sendto(rtp, pair.remote_addr)
+        try:
+            pair.protocol.transport.sendto(rtp, pair.remote_addr)   # a socket's, or aioice's TURN relay
+        except (OSError, RuntimeError):
+            return False
         dtls._RTCDtlsTransport__tx_packets += 1
         dtls._RTCDtlsTransport__tx_bytes += len(rtp)
         self._seq = (self._seq + 1) & 0xFFFF

@@ -28,7 +28,9 @@ import pytest
 HOST = "127.0.0.1"
 
 # Ports below the Linux ephemeral range (32768+) so outgoing sockets never take them.
-PORT_RANGE = (20000, 32000)
+PORT_RANGE = (24000, 32000)    # single ports and small spans
+WIDE_RANGE = (20000, 24000)    # spans of WIDE_SPAN ports or more (a TURN relay range)
+WIDE_SPAN = 10
 
 _reserved: set[int] = set()
 _reserved_lock = threading.Lock()
@@ -55,10 +57,15 @@ def free_port(span: int = 1, step: int = 1) -> int:
     may not have bound them yet), and the start is random so parallel runs rarely
     collide.  ``span=2`` suits baresip (SIP on P, TLS on P+1); ``span=3`` leaves a gap.
     """
-    lo, hi = PORT_RANGE
     rnd = random.SystemRandom()
-    for _ in range(2000):
-        p = rnd.randrange(lo, hi - span)
+    if span >= WIDE_SPAN:           # whole blocks of their own, or single ports would splinter them
+        lo, hi = WIDE_RANGE
+        starts = list(range(lo, hi - span + 1, span))
+        rnd.shuffle(starts)
+    else:
+        lo, hi = PORT_RANGE
+        starts = [rnd.randrange(lo, hi - span) for _ in range(2000)]
+    for p in starts:
         p -= p % step
         with _reserved_lock:
             rng = range(p, p + span)
