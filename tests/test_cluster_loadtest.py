@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
+import zlib
 
 import pytest
 
@@ -46,8 +48,12 @@ async def loadtest(cluster, tmp_path, calls: int, seconds: float) -> dict:
     return json.loads(report_path.read_text())
 
 
+def per_node_sids(cluster) -> list[list[str]]:
+    return [re.findall(r"notification: call (\S+) from", n.log()) for n in cluster.nodes]
+
+
 def per_node_calls(cluster) -> list[int]:
-    return [n.log().count("notification: call ") for n in cluster.nodes]
+    return [len(sids) for sids in per_node_sids(cluster)]
 
 
 async def test_loadtest_drives_a_cluster_and_reports_redis_cost(start_cluster, tmp_path):  # noqa: F811
@@ -58,7 +64,10 @@ async def test_loadtest_drives_a_cluster_and_reports_redis_cost(start_cluster, t
     c = report["cluster"]
     assert c["nodes"] == 2 and 5 < c["redis_commands_per_call"] < 500, c
     assert report["bridge"]["metrics"]["calls"] == {"app_to_sip/normal": 4}, report["bridge"]["metrics"]
-    assert all(n > 0 for n in per_node_calls(cluster)), per_node_calls(cluster)    # spread over both
+    # spread over both: each call went to the node its sid hashes to (the platform's push_url order)
+    sids = per_node_sids(cluster)
+    assert sum(map(len, sids)) == 4, sids
+    assert all(zlib.crc32(sid.encode()) % 2 == i for i, node in enumerate(sids) for sid in node), sids
 
 
 @pytest.mark.cluster_perf
