@@ -211,7 +211,12 @@ class Node:
     async def _reap(self, dead: str) -> None:
         """End what `dead` left, each part (`PARTS`) by one survivor that can end it; drop `dead`
         from the cluster once every part its role leaves has been ended."""
-        info = await self.store.run(self.store.client.hgetall(self.store.key("node", dead)))
+        pipe = self.store.client.pipeline(transaction=True)
+        pipe.hgetall(self.store.key("node", dead))
+        pipe.sismember(self.nodes_key, dead)
+        info, member = await self.store.run(pipe.execute())
+        if not member:
+            return                           # another survivor reaped it since this node looked
         roles = [r for r in info.get("role", "").split("+") if r in PARTS]
         # a node that never said its role: whatever this node can end (at least its membership)
         needed = {PARTS[r] for r in roles} if roles else set(self.on_dead) or {"membership"}
