@@ -182,14 +182,14 @@ class GatedTrack(MediaStreamTrack):
         return pts
 
     def push(self, payload: bytes, pts: int) -> bool:
-        """Send the source's encoded packet (`pts` on the 8 kHz RTP clock of G.711 and G.722) now,
+        """Send the source's encoded packet (`pts` on an 8 kHz clock, whatever the codec's) now,
         not when the sender next asks; False if it cannot (the gate is shut, or no direct sender
         runs), so the source keeps it for `recv`. Muted or held, it is taken and dropped."""
         direct = self.direct
         if direct is None or not direct.running or not self.open or self.source is None:
             return False
         if not self.silent:
-            direct.send(payload, self._follow_pts(pts, 8000))
+            direct.send(payload, self._follow_pts(pts, 8000) * direct.clock_rate // 8000)
         return True
 
     def stop(self) -> None:

@@ -380,10 +380,10 @@ class BridgedCall:
         self.sip_to_app.connect(sip.media)
         await cancel_quietly(self._pump)
         if self.sip_to_app.relaying:
-            self.app.relay_peer_packets(self.app_to_sip.relay_to(sip.media))
+            self.app.relay_peer_packets(self.app_to_sip.relay_to(sip.media, self.app.payload_types))
         else:
             self._pump = asyncio.ensure_future(self.app_to_sip.run(sip.media))
-        mode = "relay" if self.sip_to_app.relaying else "transcode"
+        mode = "relay" if self.sip_to_app.relaying and not self.sip_to_app.recoding else "transcode"
         if first:
             self.bridge.metrics.media.labels(mode).inc()
         log.info("%s: media %s, app leg %s, SIP leg %s%s, RTP %s <-> %s", self.name, mode, self.app.codec,

@@ -1,18 +1,21 @@
 """Audio between the legs of a bridged call: WebRTC <-> SIP RTP (G.711 at 8 kHz, G.722 at 16 kHz).
 
-When both legs speak the same codec (G.711, either law, or G.722: `webrtc.codecs`, `sip.codecs`),
-the bridge is a media relay, as rtpengine or a PBX with direct media would be: each packet is
-forwarded the moment it arrives (A-law <-> mu-law by a byte table if the laws differ), with its
-timing and gaps kept in the RTP timestamps, and the endpoints' own jitter buffers do the rest.
-No clock, no buffer, no decode: ~1 ms added, and far fewer Python steps per packet
-(`bridge.media: relay`). All these codecs share the 8000 Hz RTP clock and one byte per unit.
+With `bridge.media: relay` (the default) every packet goes on the moment it arrives, as
+rtpengine or a PBX with direct media would pass it, with its timing and gaps kept in the RTP
+timestamps, and the endpoints' own jitter buffers do the rest: no clock, no buffer.
+- When both legs speak the same codec (G.711, either law, or G.722: `webrtc.codecs`,
+  `sip.codecs`) the packet passes as it is (A-law <-> mu-law by a byte table): ~1 ms added, no
+  decoding. All these codecs share the 8000 Hz RTP clock and one byte per unit.
+- Otherwise (Opus on the app leg, or G.711 against G.722) each packet is decoded and encoded
+  again on its own, resampled where the rates differ; Opus is encoded at the SIP leg's rate
+  (`bridge.opus`). A part frame (a phone's 30 ms packets) waits for the next packet.
 
-Otherwise (Opus on the app leg, different codecs, or `bridge.media: transcode`) frames are decoded
-and each direction runs on its own 20 ms clock, so neither leg's timing leaks into the other:
+With `bridge.media: transcode` frames are decoded and each direction runs on its own 20 ms
+clock, so neither leg's timing leaks into the other (and aiortc codes the app leg's Opus):
 - SIP -> app: `SipToApp` is the app leg's outgoing aiortc track; each tick it pulls one frame
   from the RTP jitter buffer (which conceals loss and absorbs drift) and resamples it to the app
   leg's rate (48 kHz Opus, 16 kHz G.722, 8 kHz G.711). Before the phone answers it plays
-  ringback (`bridge.ringback`), or the phone's early media.
+  ringback (`bridge.ringback`), or the phone's early media (in either mode).
 - app -> SIP: `AppToSip` receives the app leg's decoded frames, resamples them to the SIP leg's
   rate (16 kHz for G.722: an Opus call stays wideband end to end) into a short FIFO (at most
   `depth` frames; the oldest is dropped on overflow, silence sent on underrun), and a task sends
@@ -34,7 +37,7 @@ import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from . import codecs
+from . import codecs, opus
 from .audio import PTIME, RATE, make_frame
 from .clock import FrameClock
 from .resample import resampler
@@ -48,6 +51,11 @@ MAX_MISORDER = 100        # sequence numbers this far behind the newest are late
 MAX_DROPOUT = 3000        # ... this far ahead, the same stream; beyond either, a new one
 RELAY_QUEUE = 8           # packets waiting for the app leg's sender, at most
 _WAKE = av.Packet(b"")     # wakes a relaying recv() when the track goes back to ringback
+
+
+def _ours(codec: str) -> bool:
+    """A codec bridge codes per packet itself (G.711, G.722, Opus)."""
+    return codec in codecs.CODECS or codec == opus.OPUS
 
 
 def _signed(delta: int, bits: int = 32) -> int:
@@ -125,14 +133,15 @@ class DirectionStats:
 class SipToApp(MediaStreamTrack):
     """The app leg's outgoing audio: ringback, then the desk phone's audio.
 
-    When the app leg speaks a codec of ours (G.711, G.722) and `relay` is on, this track hands
-    aiortc encoded packets (`av.Packet`: aiortc sends them as they are), for the whole call:
-    ringback and silence encoded here on a 20 ms clock, then each packet from the phone as it
-    arrives, its timestamp mapped onto this stream's (`relaying`), or, if the phone's codec is
-    another, its decoded frames re-encoded here on the clock. Otherwise frames are 48 kHz for
-    Opus, 16 kHz for G.722, 8 kHz for G.711, pulled on the clock from the RTP jitter buffer.
+    When `relay` is on (and the app leg speaks G.711, G.722 or Opus: bridge codes them all), this
+    track hands aiortc encoded packets (`av.Packet`: aiortc sends them as they are), for the whole
+    call: ringback and silence encoded here on a 20 ms clock, then each packet from the phone as
+    it arrives, its timestamp mapped onto this stream's (`relaying`): as it is, or, if the
+    phone's codec is another, decoded and encoded again (`recoding`). Otherwise frames are 48 kHz
+    for Opus, 16 kHz for G.722, 8 kHz for G.711, pulled on the clock from the RTP jitter buffer.
     (The codec is fixed once the leg is negotiated, before the first frame is pulled: aiortc's
-    encoders cannot change their input rate or timestamps mid-stream.)
+    encoders cannot change their input rate or timestamps mid-stream; bridge's Opus encoder
+    follows the SIP leg's rate.)
     """
 
     kind = "audio"
@@ -147,7 +156,9 @@ class SipToApp(MediaStreamTrack):
         self.relay = relay
         self.stats = DirectionStats()
         self._resample = _Resampling()
-        self._encoder: Callable[[np.ndarray], bytes] | None = None
+        self._encoder: Callable[[np.ndarray, int], bytes] | None = None
+        self._decoder: tuple[RtpEndpoint, str, Callable[[bytes], np.ndarray]] | None = None
+        self._pending = np.zeros(0, np.int16)   # recoding: decoded samples short of a frame
         self._clock = FrameClock(PTIME)
         self._ring_pos = 0
         self._packets: asyncio.Queue[av.Packet | None] = asyncio.Queue()
@@ -165,13 +176,37 @@ class SipToApp(MediaStreamTrack):
 
     @property
     def encoding(self) -> bool:
-        """This track gives aiortc packets, not frames: relay on, and the app leg speaks our codec."""
-        return self.relay and self.codec() in codecs.CODECS
+        """This track gives aiortc packets, not frames: relay on, and the app leg speaks a codec
+        bridge codes itself (G.711, G.722, Opus)."""
+        return self.relay and _ours(self.codec())
 
     @property
     def relaying(self) -> bool:
-        """The phone's packets pass as they are (the legs' codecs are relayable)."""
-        return self.encoding and self.rtp is not None and codecs.relayable(self.rtp.codec, self.codec())
+        """The phone's packets go on as they arrive: as they are when the legs' codecs are
+        relayable, else each decoded and encoded again (`recoding`)."""
+        return self.encoding and self.rtp is not None
+
+    @property
+    def recoding(self) -> bool:
+        return self.relaying and not codecs.relayable(self.rtp.codec, self.codec())  # type: ignore[union-attr]
+
+    def _encode_rate(self) -> int:
+        """The rate of the audio this track encodes: the app codec's, or for Opus the SIP leg's
+        (libopus resamples inside, at half the cost of a 48 kHz input)."""
+        codec = codecs.CODECS.get(self.codec())
+        if codec is not None:
+            return codec.sample_rate
+        return self.rtp.sample_rate if self.rtp is not None else codecs.CLOCK_RATE
+
+    def _encode(self, pcm: np.ndarray, rate: int) -> bytes:
+        if self._encoder is None:
+            name = self.codec()
+            if name == opus.OPUS:
+                self._encoder = opus.Encoder()
+            else:
+                encode = codecs.get(name).encoder()
+                self._encoder = lambda pcm, rate: encode(pcm)
+        return self._encoder(pcm, rate)
 
     def play_ringback(self) -> None:
         """Ringback until `connect`; also after an early-media target failed (a fallback rings)."""
@@ -199,23 +234,55 @@ class SipToApp(MediaStreamTrack):
         if self._timeline.restarted and self._t0 is not None:   # a new stream starts now
             now = int((asyncio.get_running_loop().time() - self._t0) * codecs.CLOCK_RATE)
             skipped = max(0, now - self._pts)
-        assert self.rtp is not None
-        payload = codecs.convert(payload, self.rtp.codec, self.codec())
+        rtp = self.rtp
+        assert rtp is not None
+        target = self.codec()
+        if codecs.relayable(rtp.codec, target):
+            self._pts += skipped
+            self._pass(codecs.convert(payload, rtp.codec, target), len(payload))
+            return
+        self._recode(rtp, payload, skipped)
+
+    def _recode(self, rtp: RtpEndpoint, payload: bytes, skipped: int) -> None:
+        """Decode one of the phone's packets and send it on in the app leg's codec, in 20 ms frames
+        (a part frame waits for the next packet; a gap pads it with silence)."""
+        if self._decoder is None or self._decoder[:2] != (rtp, rtp.codec):
+            self._decoder = (rtp, rtp.codec, codecs.get(rtp.codec).decoder())
+            self._pending = self._pending[:0]
+        rate = self._encode_rate()
+        pcm = self._resample(self._decoder[2](payload), rtp.sample_rate, rate)
+        size = rate // 50
+        pending = self._pending
+        if skipped and len(pending):            # the part frame before a gap: out, padded
+            pad = size - len(pending)
+            self._pass(self._encode(np.concatenate([pending, np.zeros(pad, np.int16)]), rate), FRAME_UNITS)
+            skipped = max(0, skipped - pad * codecs.CLOCK_RATE // rate)
+            pending = pending[:0]
         self._pts += skipped
+        if len(pending):
+            pcm = np.concatenate([pending, pcm])
+        start = 0
+        while len(pcm) - start >= size:
+            self._pass(self._encode(pcm[start:start + size], rate), FRAME_UNITS)
+            start += size
+        self._pending = pcm[start:]
+
+    def _pass(self, payload: bytes, units: int) -> None:
+        """Send one packet of the app leg's codec at `_pts` (8 kHz units) now, or queue it for recv."""
         if self.push is not None and self.push(payload, self._pts):   # sent now, past the sender's task
-            self._pts += len(payload)
+            self._pts += units
             self.stats.frames += 1
             return
         if self._packets.qsize() >= RELAY_QUEUE:             # the sender is not keeping up
             self._packets.get_nowait()
             self.stats.overruns += 1
-        self._packets.put_nowait(self._packet(payload))
+        self._packets.put_nowait(self._packet(payload, units))
 
-    def _packet(self, payload: bytes) -> av.Packet:
+    def _packet(self, payload: bytes, units: int) -> av.Packet:
         packet = av.Packet(payload)
         packet.pts = self._pts
         packet.time_base = TIME_BASE
-        self._pts += len(payload)
+        self._pts += units
         return packet
 
     def stop(self) -> None:
@@ -238,7 +305,7 @@ class SipToApp(MediaStreamTrack):
         self.stats.frames += 1
         if tick.lateness > PTIME / 4:
             self.stats.late += 1
-        rate = self.rate
+        rate = self._encode_rate() if self.encoding else self.rate
         size = int(rate * PTIME)
         if self.mode == "sip" and self.rtp is not None and not self.rtp.closed:
             pcm = self._resample(self.rtp.read_frame(), self.rtp.sample_rate, rate)
@@ -250,10 +317,8 @@ class SipToApp(MediaStreamTrack):
         else:
             pcm = np.zeros(size, np.int16)
         if self.encoding:                  # ringback, silence or the phone's frames, in the app leg's codec
-            if self._encoder is None:
-                self._encoder = codecs.get(self.codec()).encoder()
             self._pts = max(self._pts, tick.index * FRAME_UNITS)
-            return self._packet(self._encoder(pcm))
+            return self._packet(self._encode(pcm, rate), FRAME_UNITS)
         return make_frame(pcm, tick.index * size, rate)
 
 
@@ -271,28 +336,49 @@ class AppToSip:
         self._pending = np.zeros(0, np.int16)
         self._rtp: RtpEndpoint | None = None
         self._timeline = _Timeline()
+        self._names = {pt: codec.name for pt, codec in codecs.BY_PAYLOAD_TYPE.items()}
+        self._decoders: dict[str, tuple[Callable[[bytes], np.ndarray], int]] = {}
         self.held = False         # the app user holds the call: play_held sends instead
 
-    def relay_to(self, rtp: RtpEndpoint) -> Callable[[int, int, int, int, bytes], None]:
-        """Send the app leg's packets to `rtp` from now on; returns the packet sink."""
+    def relay_to(self, rtp: RtpEndpoint, payload_types: dict[int, str] | None = None
+                 ) -> Callable[[int, int, int, int, bytes], None]:
+        """Send the app leg's packets to `rtp` from now on, each as it arrives (relayed, or decoded
+        and encoded again when the legs' codecs differ); `payload_types` names the app leg's
+        dynamic ones (Opus). Returns the packet sink."""
         self._rtp = rtp
+        self._names.update(payload_types or {})
         return self.from_app
 
     def from_app(self, payload_type: int, seq: int, timestamp: int, ssrc: int, payload: bytes) -> None:
-        """Relay one of the app leg's RTP packets (its header's fields and payload) to the phone."""
+        """Relay (or recode) one of the app leg's RTP packets (its header's fields and payload)."""
         rtp = self._rtp
-        codec = codecs.BY_PAYLOAD_TYPE.get(payload_type)
-        if rtp is None or rtp.closed or codec is None or not codecs.relayable(codec.name, rtp.codec):
+        name = self._names.get(payload_type)
+        if rtp is None or rtp.closed or name is None or not _ours(name):
             return
-        skipped = self._timeline.place(ssrc, seq, timestamp, len(payload))
+        units = opus.packet_units(payload) if name == opus.OPUS else len(payload)
+        skipped = self._timeline.place(ssrc, seq, timestamp, units)
         if skipped is None:
             self.stats.late += 1
             return
         if self.held:                 # placed all the same: the stream goes on without a gap after
             return
-        payload = codecs.convert(payload, codec.name, rtp.codec)
         self.stats.frames += 1
-        rtp.write_payload(payload, skipped)
+        if codecs.relayable(name, rtp.codec):
+            rtp.write_payload(codecs.convert(payload, name, rtp.codec), skipped)
+            return
+        decoder = self._decoders.get(name)
+        if decoder is None:
+            if name == opus.OPUS:
+                decoder = self._decoders[name] = (opus.Decoder(), opus.CLOCK_RATE)
+            else:
+                decoder = self._decoders[name] = (codecs.get(name).decoder(), codecs.get(name).sample_rate)
+        pcm = self._resample(decoder[0](payload), decoder[1], rtp.sample_rate)
+        if name == opus.OPUS:
+            skipped = skipped * codecs.CLOCK_RATE // opus.CLOCK_RATE
+        size = rtp.sample_rate // 50
+        for start in range(0, len(pcm), size):       # a 40 or 60 ms packet: 20 ms ones to the phone
+            rtp.write_frame(pcm[start:start + size], skipped)
+            skipped = 0
 
     def __call__(self, pcm: np.ndarray, rate: int = RATE) -> None:
         """Called by the SDK with each decoded frame (int16 mono: 48 kHz Opus, 16 kHz G.722 or

@@ -18,7 +18,7 @@ take the short way:
   transport (a TURN relay's included). It keeps the sender's counters, so aiortc's RTCP sender
   reports tell the truth, and the DTLS transport's statistics. Others (the bridge's relay) may
   call `send` at any time: sequence numbers and timestamps are one stream whoever sends.
-- `receive` hands the leg's RTP (G.711 or G.722: the bridge relays those) to a sink straight
+- `receive` hands the leg's RTP (the bridge relays or recodes it) to a sink straight
   from the ICE connection: SRTP unprotect, a header read, the receiver's RTCP statistics and the
   transport's packet counts kept (receiver reports stay right; `liveness` reads the counts), and
   the sink gets (payload type, sequence, timestamp, SSRC, payload). RTCP, DTLS and STUN go the
@@ -79,6 +79,7 @@ class DirectSender:
         self._origin = random.getrandbits(32)
         self._first = 0x80
         self._pt = 0
+        self.clock_rate = 8000        # the codec's RTP clock (48 kHz for Opus)
         self._extensions = b""
         self._sent_octets = 0
         self._sent_packets = 0
@@ -89,6 +90,7 @@ class DirectSender:
             return await self._original(codec)
         sender = self._sender
         self._pt = codec.payloadType
+        self.clock_rate = codec.clockRate
         template = RtpPacket(payload_type=self._pt)
         template.extensions.mid = sender._RTCRtpSender__mid       # type: ignore[attr-defined]
         header = template.serialize(self._dtls._rtp_header_extensions_map)
@@ -184,7 +186,9 @@ def receive(receiver: RTCRtpReceiver, sink: PacketSink, clock_rate: int = 8000) 
     connection = dtls.transport._connection
     _private(dtls, "_RTCDtlsTransport__rx_packets")
     streams: dict[int, StreamStatistics] = _private(receiver, "_RTCRtpReceiver__remote_streams")  # type: ignore[assignment]
-    usual = connection.data_received
+    again = hasattr(connection, "_rtcdirect_usual")      # a new sink in place of the old
+    usual = connection._rtcdirect_usual if again else connection.data_received
+    connection._rtcdirect_usual = usual
 
     def data_received(data: bytes, component: int) -> None:
         srtp = dtls._rx_srtp
@@ -215,6 +219,8 @@ def receive(receiver: RTCRtpReceiver, sink: PacketSink, clock_rate: int = 8000) 
         sink(second & 0x7F, seq, timestamp, ssrc, data[offset:end])
 
     connection.data_received = data_received
+    if again:
+        return
     for protocol in _private(connection, "_protocols"):        # type: ignore[attr-defined]
         _skip_stun_parse(protocol, component=protocol.local_candidate.component)
 

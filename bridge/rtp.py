@@ -448,8 +448,12 @@ class RtpEndpoint:
 
     # -- sending --------------------------------------------------------------------------------
 
-    def write_frame(self, pcm: np.ndarray) -> None:
-        """Send one 20 ms frame at `sample_rate` (or a pending telephone-event packet in its place)."""
+    def write_frame(self, pcm: np.ndarray, skipped: int = 0) -> None:
+        """Send one 20 ms frame at `sample_rate` (or a pending telephone-event packet in its place);
+        `skipped` as for `write_payload`."""
+        if skipped:
+            self._ts = (self._ts + skipped) & 0xFFFFFFFF
+            self._marker = True
         ts = self._next_ts(len(pcm) * codecs.CLOCK_RATE // self.sample_rate)
         if ts is None:
             return

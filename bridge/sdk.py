@@ -224,13 +224,28 @@ def _preferences(codecs: tuple[str, ...] | None) -> list:
 
 def negotiated_codec(sdp: str) -> str:
     """The first codec of the audio m= line of an SDP answer ("PCMU", "opus", ...)."""
-    pt = None
+    types = negotiated_payload_types(sdp)
+    return next(iter(types.values()), "")
+
+
+def negotiated_payload_types(sdp: str) -> dict[int, str]:
+    """The codecs of the audio m= line of an SDP answer by payload type, in its order (static
+    types without an rtpmap line by their RFC 3551 names)."""
+    order: list[int] = []
+    names: dict[int, str] = {}
     for line in sdp.splitlines():
-        if line.startswith("m=audio") and len(line.split()) > 3:
-            pt = line.split()[3]
-        elif pt is not None and line.startswith(f"a=rtpmap:{pt} "):
-            return line.split(" ", 1)[1].split("/")[0]
-    return ""
+        if line.startswith("m="):
+            if order:
+                break
+            fields = line.split()
+            if fields[0] == "m=audio" and len(fields) > 3:
+                order = [int(pt) for pt in fields[3:] if pt.isdigit()]
+        elif order and line.startswith("a=rtpmap:"):
+            pt, _, rest = line[9:].partition(" ")
+            if pt.isdigit():
+                names[int(pt)] = rest.split("/")[0]
+    static = {0: "PCMU", 8: "PCMA", 9: "G722"}
+    return {pt: names.get(pt) or static[pt] for pt in order if pt in names or pt in static}
 
 
 def _http_to_ws(url: str) -> str:
@@ -275,6 +290,7 @@ class Call:
         self._transceiver: RTCRtpTransceiver | None = None
         self._sink: Sink | None = None
         self.codec = ""          # the negotiated audio codec, once known
+        self.payload_types: dict[int, str] = {}   # the negotiated audio codecs by payload type
         self._tasks: set[asyncio.Task] = set()
         self._drains: list[asyncio.Task] = []   # readers of the peer's track
         self._first: asyncio.Future | None = None
@@ -438,11 +454,12 @@ class Call:
     def relay_peer_packets(self, sink: rtcdirect.PacketSink) -> None:
         """bridge's extension: hand the peer's audio RTP to `sink(payload type, sequence, timestamp,
         ssrc, payload)` straight from SRTP, past aiortc's receiver (`peer_audio` gets no more
-        frames; RTCP reports stay right). Needs the negotiated call (`codec` set)."""
+        frames; RTCP reports stay right; `payload_types` names the codecs). Needs the negotiated
+        call (`codec` set); called again, the new sink takes the place of the old."""
         receivers = [r for r in self._pc.getReceivers() if r.track.kind == "audio"] if self._pc else []
         if not receivers or not self.codec:
             raise RuntimeError("no negotiated audio to relay yet")
-        rtcdirect.receive(receivers[0], sink)
+        rtcdirect.receive(receivers[0], sink, clock_rate=48000 if self.codec.lower() == "opus" else 8000)
 
     async def wait_disconnected(self, timeout: float | None = None) -> Disconnected:
         """How the call ended, once it ended and its media and signalling are closed."""
@@ -462,8 +479,8 @@ class Call:
     # --- internals ---------------------------------------------------------------------
 
     def _send_directly(self, sender: RTCRtpSender) -> None:
-        """The gate's audio to `sender` on rtcdirect's short path (G.711, G.722; Opus as aiortc
-        does), with no retransmission history (nobody NACKs audio)."""
+        """The gate's audio to `sender` on rtcdirect's short path, with no retransmission
+        history (nobody NACKs audio)."""
         rtcjitter.no_send_history(sender)
         assert self._gate is not None
         self._gate.direct = rtcdirect.DirectSender(sender)
@@ -624,6 +641,7 @@ class Call:
             self._emit("evt_verified", self.peer)
             self._resolve(self._first)
         elif kind == "sdp" and pc is not None:
+            self.payload_types = negotiated_payload_types(m["sdp"])
             self.codec = negotiated_codec(m["sdp"])     # before media starts (inside the next line)
             try:
                 if not self.codec:
@@ -663,6 +681,7 @@ class Call:
         if self._transceiver is None:
             self._send_directly(pc.addTrack(self._gate))
         answer = await pc.createAnswer()
+        self.payload_types = negotiated_payload_types(answer.sdp)
         self.codec = negotiated_codec(answer.sdp)   # before media starts: tracks pick their rate by it
         if not self.codec:
             raise ValueError("no codec in common with the offer")

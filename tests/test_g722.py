@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from aiortc.rtp import RtpPacket as AiortcPacket
 
-from bridge import codecs, config, g711, g722
+from bridge import codecs, config, g711, g722, opus
 from bridge.audio import tone, tone_analysis
 from bridge.clock import FrameClock
 from bridge.jitter import JitterBuffer
@@ -206,26 +206,24 @@ async def test_g722_relays_both_ways_without_decoding() -> None:
 
 
 @pytest.mark.parametrize("app_codec,app_rate", [("opus", 48000), ("PCMU", 8000)])
-async def test_g722_phone_transcoded_for_another_app_codec(app_codec, app_rate) -> None:
-    """An Opus app leg stays wideband (5 kHz passes both ways); a G.711 one cannot carry 5 kHz,
-    so 1 kHz is checked there. G.711 app packets are re-encoded here, Opus frames by aiortc."""
+async def test_g722_phone_transcoded_on_the_clock_for_another_app_codec(app_codec, app_rate) -> None:
+    """`bridge.media: transcode`. An Opus app leg stays wideband (5 kHz passes both ways); a
+    G.711 one cannot carry 5 kHz, so 1 kHz is checked there. G.711 app packets are re-encoded
+    here, Opus frames by aiortc."""
     freq = WIDE if app_codec == "opus" else 1000
     bridge_side = await RtpEndpoint.create(HOST, codec="G722")
     phone = raw_socket()
     bridge_side.set_remote(phone.getsockname())
-    track = SipToApp(lambda: app_codec, relay=True)
+    track = SipToApp(lambda: app_codec, relay=False)
     track.connect(bridge_side)
     assert not track.relaying and track.rate == app_rate
     got = []
     for k, payload in enumerate(encoded_tone(freq, 50)):       # one packet per 20 ms tick
         phone.sendto(RtpPacket(9, k, 160 * k, 0x9, payload).serialize(), bridge_side.local_address)
         got.append(await track.recv())
-    if app_codec == "opus":
-        assert all(isinstance(f, av.AudioFrame) and f.sample_rate == 48000 and f.samples == 960 for f in got)
-        pcm = np.concatenate([f.to_ndarray().reshape(-1) for f in got])
-    else:
-        assert all(isinstance(p, av.Packet) and len(bytes(p)) == 160 for p in got)
-        pcm = np.concatenate([g711.decode("PCMU", bytes(p)) for p in got])
+    assert all(isinstance(f, av.AudioFrame) and f.sample_rate == app_rate and f.samples == app_rate // 50
+               for f in got)
+    pcm = np.concatenate([f.to_ndarray().reshape(-1) for f in got])
     assert_tone(pcm[len(pcm) // 2:], freq, app_rate)
 
     sink = AppToSip()
@@ -237,13 +235,63 @@ async def test_g722_phone_transcoded_for_another_app_codec(app_codec, app_rate) 
         sink(chunks[tick.index], app_rate)
     await cancel_quietly(pump)
     assert sink.stats.underruns <= 2, sink.stats
-    sent = [p for p in await recv_all(phone) if p.payload_type == 9]
-    assert len(sent) > 40 and {len(p.payload) for p in sent} == {160}
-    decode = g722.Decoder()
-    assert_tone(np.concatenate([decode(p.payload) for p in sent[-30:]]), freq, 16000)
+    await assert_phone_hears(phone, freq, at_least=40)
     track.stop()
     bridge_side.close()
+
+
+@pytest.mark.parametrize("app_codec", ["opus", "PCMU"])
+async def test_g722_phone_recoded_packet_by_packet_for_another_app_codec(app_codec) -> None:
+    """`bridge.media: relay` with codecs that do not relay: each packet is decoded and encoded
+    again as it arrives (no clock), its timing kept; Opus is encoded at the phone's 16 kHz and
+    stays wideband (5 kHz passes both ways), G.711 carries 1 kHz."""
+    freq = WIDE if app_codec == "opus" else 1000
+    bridge_side = await RtpEndpoint.create(HOST, codec="G722")
+    phone = raw_socket()
+    bridge_side.set_remote(phone.getsockname())
+    track = SipToApp(lambda: app_codec, relay=True)
+    track.connect(bridge_side)
+    assert track.relaying and track.recoding
+    got = []
+    for k, payload in enumerate(encoded_tone(freq, 50)):
+        phone.sendto(RtpPacket(9, 100 + k, 7000 + 160 * k, 0x9, payload).serialize(), bridge_side.local_address)
+        got.append(await asyncio.wait_for(track.recv(), 1))    # each as the phone's arrives
+    assert all(isinstance(p, av.Packet) for p in got)
+    assert {b.pts - a.pts for a, b in zip(got, got[1:])} == {160}   # 20 ms apart on the 8 kHz timeline
+    if app_codec == "opus":
+        decode = opus.Decoder()
+        pcm, rate = np.concatenate([decode(bytes(p)) for p in got]), 48000
+        assert len(pcm) == 50 * 960
+    else:
+        pcm, rate = np.concatenate([g711.decode("PCMU", bytes(p)) for p in got]), 8000
+    assert_tone(pcm[len(pcm) // 2:], freq, rate)
+
+    sink = AppToSip()
+    relay = sink.relay_to(bridge_side, {111: "opus"})
+    signal = tone(freq, 1.0, rate=48000 if app_codec == "opus" else 8000, dbfs=-12)
+    if app_codec == "opus":
+        encode = opus.Encoder()
+        payloads, pt, units = [encode(f, 48000) for f in frames(signal, 960)], 111, 960
+    else:
+        payloads, pt, units = [g711.encode("PCMU", f) for f in frames(signal, 160)], 0, 160
+    for k, payload in enumerate(payloads):
+        if k == 20:
+            continue                                           # one lost: a gap, not a shift
+        relay(pt, k, 5000 + units * k, 0x77, payload)
+    sent = await assert_phone_hears(phone, freq, at_least=45)
+    steps = [(q.timestamp - p.timestamp) & 0xFFFFFFFF for p, q in zip(sent, sent[1:])]
+    assert sorted(set(steps)) == [160, 320] and steps.count(320) == 1, steps
+    track.stop()
+    bridge_side.close()
+
+
+async def assert_phone_hears(phone, freq: float, at_least: int) -> list[RtpPacket]:
+    sent = [p for p in await recv_all(phone) if p.payload_type == 9]
     phone.close()
+    assert len(sent) >= at_least and {len(p.payload) for p in sent} == {160}
+    decode = g722.Decoder()
+    assert_tone(np.concatenate([decode(p.payload) for p in sent[-30:]]), freq, 16000)
+    return sent
 
 
 # --- choosing codecs -------------------------------------------------------------------------------

@@ -1,0 +1,118 @@
+"""Opus coded by bridge per packet (`bridge.opus`, `bridge.media` recoding): packet lengths from
+the TOC byte, the encoder following the SIP leg's rate across a transfer, phones whose packets
+are not 20 ms, and Opus packets longer than 20 ms, over real UDP sockets on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+
+import av
+import numpy as np
+import pytest
+
+from bridge import g711, g722, opus
+from bridge.audio import tone
+from bridge.media import AppToSip, SipToApp
+from bridge.rtp import RtpEndpoint, RtpPacket
+from test_g722 import WIDE, assert_tone, frames
+from test_rtp import HOST, raw_socket, recv_all
+
+
+@pytest.mark.parametrize("ms", [10, 20, 40, 60])
+def test_packet_units_read_the_toc_byte(ms: int) -> None:
+    codec = av.CodecContext.create("libopus", "w")
+    codec.sample_rate, codec.layout, codec.format, codec.bit_rate = 48000, "mono", "s16", 32000
+    codec.time_base = fractions.Fraction(1, 48000)
+    codec.options = {"frame_duration": str(ms)}
+    codec.open()
+    size = 48 * ms
+    packets = []
+    for k, chunk in enumerate(frames(tone(440, 0.24, rate=48000), size)):
+        frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate, frame.pts = 48000, k * size
+        packets += [bytes(p) for p in codec.encode(frame)]
+    assert packets and {opus.packet_units(p) for p in packets} == {size}
+    assert opus.packet_units(b"") == 0
+
+
+def test_the_encoder_takes_each_rate_and_the_decoder_gives_48khz() -> None:
+    encode, decode = opus.Encoder(), opus.Decoder()
+    heard = []
+    for rate in (8000, 16000, 8000):                  # a transfer to a G.722 phone and back
+        for chunk in frames(tone(1000, 0.4, rate=rate), rate // 50):
+            heard.append(decode(encode(chunk, rate)))
+    assert {len(h) for h in heard} == {960}
+    assert_tone(np.concatenate(heard[-10:]), 1000, 48000)
+    with pytest.raises(ValueError):
+        encode(np.zeros(441, np.int16), 22050)
+    assert len(decode(b"\xff\xff\xff")) == 0            # libopus refuses it: nothing, no exception
+
+
+async def test_opus_follows_the_sip_legs_rate_across_a_transfer() -> None:
+    """G.711 phone, then (a transfer) a G.722 one: each packet recoded as it arrives, the
+    second phone's 5 kHz reaches the app (Opus is then encoded at 16 kHz)."""
+    track = SipToApp(lambda: "opus", relay=True)
+    got: dict[str, list[bytes]] = {}
+    for codec, freq, encode in (("PCMU", 1000, lambda f: g711.encode("PCMU", f)), ("G722", WIDE, g722.Encoder())):
+        rate = 16000 if codec == "G722" else 8000
+        endpoint = await RtpEndpoint.create(HOST, codec=codec)
+        phone = raw_socket()
+        endpoint.set_remote(phone.getsockname())
+        track.connect(endpoint)
+        assert track.recoding
+        got[codec] = []
+        for k, chunk in enumerate(frames(tone(freq, 1.0, rate=rate, dbfs=-12), rate // 50)):
+            pt = 9 if codec == "G722" else 0
+            phone.sendto(RtpPacket(pt, k, 160 * k, 0x10 + pt, encode(chunk)).serialize(), endpoint.local_address)
+            got[codec].append(bytes(await asyncio.wait_for(track.recv(), 1)))
+        endpoint.close()
+        phone.close()
+    decode = opus.Decoder()
+    pcm = {codec: np.concatenate([decode(p) for p in packets]) for codec, packets in got.items()}
+    assert_tone(pcm["PCMU"][24000:], 1000, 48000)
+    assert_tone(pcm["G722"][24000:], WIDE, 48000)
+    track.stop()
+
+
+async def test_a_phone_sending_30_ms_packets_reaches_the_app_in_20_ms_opus_frames() -> None:
+    endpoint = await RtpEndpoint.create(HOST, codec="PCMU")
+    phone = raw_socket()
+    endpoint.set_remote(phone.getsockname())
+    track = SipToApp(lambda: "opus", relay=True)
+    track.connect(endpoint)
+    got = []
+    for k, chunk in enumerate(frames(tone(1000, 1.2, rate=8000, dbfs=-12), 240)):    # 40 x 30 ms
+        phone.sendto(RtpPacket(0, k, 240 * k, 0x30, g711.encode("PCMU", chunk)).serialize(), endpoint.local_address)
+        got.append(await asyncio.wait_for(track.recv(), 1))            # one at once (30 ms: 1 or 2)
+        while not track._packets.empty():
+            got.append(await track.recv())
+    assert len(got) == 60                                  # 1.2 s in 20 ms frames, none held back
+    assert {b.pts - a.pts for a, b in zip(got, got[1:])} == {160}
+    decode = opus.Decoder()
+    assert_tone(np.concatenate([decode(bytes(p)) for p in got])[20 * 960:], 1000, 48000)
+    track.stop()
+    endpoint.close()
+    phone.close()
+
+
+async def test_60_ms_opus_packets_reach_the_phone_as_20_ms_ones() -> None:
+    endpoint = await RtpEndpoint.create(HOST, codec="PCMU")
+    phone = raw_socket()
+    endpoint.set_remote(phone.getsockname())
+    codec = av.CodecContext.create("libopus", "w")
+    codec.sample_rate, codec.layout, codec.format, codec.bit_rate = 48000, "mono", "s16", 32000
+    codec.options = {"frame_duration": "60"}
+    codec.open()
+    relay = AppToSip().relay_to(endpoint, {111: "opus"})
+    for k, chunk in enumerate(frames(tone(1000, 1.2, rate=48000, dbfs=-12), 2880)):
+        frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate, frame.pts = 48000, k * 2880
+        for packet in codec.encode(frame):
+            relay(111, k, 2880 * k, 0x60, bytes(packet))
+    sent = await recv_all(phone)
+    assert len(sent) == 60 and {len(p.payload) for p in sent} == {160}
+    assert {(q.timestamp - p.timestamp) & 0xFFFFFFFF for p, q in zip(sent, sent[1:])} == {160}
+    assert_tone(np.concatenate([g711.decode("PCMU", p.payload) for p in sent[20:]]), 1000, 8000)
+    endpoint.close()
+    phone.close()
