@@ -141,6 +141,7 @@ class GatedTrack(MediaStreamTrack):
         self._clock = FrameClock(PTIME)
         self._pts = 0
         self._packet_offset: int | None = None
+        self._rate = RATE
         self.direct: DirectSender | None = None
         if hasattr(source, "push"):
             source.push = self.push
@@ -154,13 +155,16 @@ class GatedTrack(MediaStreamTrack):
                 return await self.recv()
             if isinstance(frame, av.Packet):
                 return await self.recv() if self.silent else self._follow(frame)
+            self._rate = frame.sample_rate
             if self.silent:
                 frame = make_frame(np.zeros(frame.samples, np.int16), 0, frame.sample_rate)
             frame.pts = self._pts * frame.sample_rate // RATE
             self._pts += frame.samples * RATE // frame.sample_rate
             return frame
         await anext(self._clock)
-        rate = getattr(self.source, "rate", RATE)       # silence at the source's own rate
+        if self.source is not None:       # silence at the source's own rate, kept if it fails:
+            self._rate = getattr(self.source, "rate", RATE)   # the sender's encoder is set up for it
+        rate = self._rate
         frame = make_frame(np.zeros(int(rate * PTIME), np.int16), self._pts * rate // RATE, rate)
         self._pts += FRAME
         return frame

@@ -164,3 +164,19 @@ async def test_gate_moves_relayed_packets_onto_its_own_timeline() -> None:
     packets = [await gate.recv() for _ in range(3)]
     assert [p.pts - last for p in packets] == [160, 320, 480]
     gate.stop()
+
+
+async def test_a_gate_whose_source_fails_keeps_sending_silence_at_the_sources_rate() -> None:
+    # the sender's encoder is set up for the first frame's rate: a 48 kHz frame after 8 kHz ones
+    # would stop the sender with "Frame does not match AudioResampler setup"
+    class Failing(SipToApp):
+        async def recv(self):
+            raise RuntimeError("gone")
+    gate = GatedTrack(Failing(lambda: "PCMU", relay=True))
+    before = await gate.recv()
+    gate.open = True
+    after = [await gate.recv() for _ in range(3)]
+    assert gate.source is None
+    assert {f.sample_rate for f in [before, *after]} == {8000}
+    assert {f.samples for f in after} == {160}
+    gate.stop()
