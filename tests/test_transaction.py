@@ -98,8 +98,11 @@ async def test_invite_client_accepted_passes_every_2xx_until_timer_m(layer, peer
         peer.send(peer.response(invite, 200, "OK", to_tag=tag), invite.source)
     got = [(await tx.next()).to_tag for _ in range(3)]
     assert got == ["a", "b", "a"] and tx.state == "accepted"
-    await asyncio.sleep(T.long + 0.3)                                 # Timer M
-    assert tx.state == "terminated" and not layer.client
+    started = asyncio.get_running_loop().time()
+    assert await asyncio.wait_for(tx.next(), T.long + 1) is None      # Timer M ends the wait too
+    assert asyncio.get_running_loop().time() - started == pytest.approx(T.long, abs=0.2)
+    assert tx.state == "terminated" and not layer.client             # (a waiter left hanging kept
+                                                                      # each answered call's ~40 objects)
 
 
 async def test_non_invite_client_timer_e_caps_at_t2_then_t2_when_proceeding_and_timer_f(layer, peer):

@@ -93,7 +93,8 @@ class ClientTransaction:
         self._responses.put_nowait(msg)
 
     async def next(self) -> SipMessage | None:
-        """The next response for the transaction user; None when the transaction timed out."""
+        """The next response for the transaction user; None when the transaction timed out or
+        ended (Timer M ends the wait for more 2xx)."""
         return await self._responses.get()
 
     @property
@@ -104,10 +105,13 @@ class ClientTransaction:
         raise NotImplementedError
 
     def terminate(self) -> None:
+        ended = self.state != "terminated"
         self.state = "terminated"
         for timer in self._timers():
             timer.cancel()
         self.layer._forget_client(self)
+        if ended:
+            self._deliver(None)         # whoever still waits for a response learns it is over
 
     def _timers(self) -> list[_Timer]:
         return []
