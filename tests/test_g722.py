@@ -36,6 +36,19 @@ def encoded_tone(freq: float, count: int) -> list[bytes]:
     return [encode(f) for f in frames(tone(freq, count * 0.02, rate=16000, dbfs=-12), 320)]
 
 
+async def phone_leg(codec: str, app_codec: str | None = None, relay: bool = True):
+    """A bridge-side RTP endpoint of `codec`, the phone's raw socket it sends to, and (given the
+    app leg's codec) the app leg's track connected to it."""
+    endpoint = await RtpEndpoint.create(HOST, codec=codec)
+    phone = raw_socket()
+    endpoint.set_remote(phone.getsockname())
+    track = None
+    if app_codec is not None:
+        track = SipToApp(lambda: app_codec, relay=relay)
+        track.connect(endpoint)
+    return endpoint, phone, track
+
+
 def assert_tone(pcm: np.ndarray, freq: float, rate: int, min_snr: float = 20.0) -> None:
     found, snr = tone_analysis(pcm, rate)
     assert abs(found - freq) < 0.01 * freq and snr > min_snr, f"wanted {freq} Hz, got {found:.0f} Hz at {snr:.1f} dB"
@@ -211,11 +224,7 @@ async def test_g722_phone_transcoded_on_the_clock_for_another_app_codec(app_code
     G.711 one cannot carry 5 kHz, so 1 kHz is checked there. G.711 app packets are re-encoded
     here, Opus frames by aiortc."""
     freq = WIDE if app_codec == "opus" else 1000
-    bridge_side = await RtpEndpoint.create(HOST, codec="G722")
-    phone = raw_socket()
-    bridge_side.set_remote(phone.getsockname())
-    track = SipToApp(lambda: app_codec, relay=False)
-    track.connect(bridge_side)
+    bridge_side, phone, track = await phone_leg("G722", app_codec, relay=False)
     assert not track.relaying and track.rate == app_rate
     got = []
     for k, payload in enumerate(encoded_tone(freq, 50)):       # one packet per 20 ms tick
@@ -246,11 +255,7 @@ async def test_g722_phone_recoded_packet_by_packet_for_another_app_codec(app_cod
     again as it arrives (no clock), its timing kept; Opus is encoded at the phone's 16 kHz and
     stays wideband (5 kHz passes both ways), G.711 carries 1 kHz."""
     freq = WIDE if app_codec == "opus" else 1000
-    bridge_side = await RtpEndpoint.create(HOST, codec="G722")
-    phone = raw_socket()
-    bridge_side.set_remote(phone.getsockname())
-    track = SipToApp(lambda: app_codec, relay=True)
-    track.connect(bridge_side)
+    bridge_side, phone, track = await phone_leg("G722", app_codec)
     assert track.relaying and track.recoding
     got = []
     for k, payload in enumerate(encoded_tone(freq, 50)):

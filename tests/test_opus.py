@@ -14,9 +14,9 @@ import pytest
 from bridge import g711, g722, opus
 from bridge.audio import tone
 from bridge.media import AppToSip, SipToApp
-from bridge.rtp import RtpEndpoint, RtpPacket
-from test_g722 import WIDE, assert_tone, frames
-from test_rtp import HOST, raw_socket, recv_all
+from bridge.rtp import RtpPacket
+from test_g722 import WIDE, assert_tone, frames, phone_leg
+from test_rtp import recv_all
 
 
 @pytest.mark.parametrize("ms", [10, 20, 40, 60])
@@ -56,9 +56,7 @@ async def test_opus_follows_the_sip_legs_rate_across_a_transfer() -> None:
     got: dict[str, list[bytes]] = {}
     for codec, freq, encode in (("PCMU", 1000, lambda f: g711.encode("PCMU", f)), ("G722", WIDE, g722.Encoder())):
         rate = 16000 if codec == "G722" else 8000
-        endpoint = await RtpEndpoint.create(HOST, codec=codec)
-        phone = raw_socket()
-        endpoint.set_remote(phone.getsockname())
+        endpoint, phone, _ = await phone_leg(codec)
         track.connect(endpoint)
         assert track.recoding
         got[codec] = []
@@ -76,11 +74,7 @@ async def test_opus_follows_the_sip_legs_rate_across_a_transfer() -> None:
 
 
 async def test_a_phone_sending_30_ms_packets_reaches_the_app_in_20_ms_opus_frames() -> None:
-    endpoint = await RtpEndpoint.create(HOST, codec="PCMU")
-    phone = raw_socket()
-    endpoint.set_remote(phone.getsockname())
-    track = SipToApp(lambda: "opus", relay=True)
-    track.connect(endpoint)
+    endpoint, phone, track = await phone_leg("PCMU", "opus")
     got = []
     for k, chunk in enumerate(frames(tone(1000, 1.2, rate=8000, dbfs=-12), 240)):    # 40 x 30 ms
         phone.sendto(RtpPacket(0, k, 240 * k, 0x30, g711.encode("PCMU", chunk)).serialize(), endpoint.local_address)
@@ -97,9 +91,7 @@ async def test_a_phone_sending_30_ms_packets_reaches_the_app_in_20_ms_opus_frame
 
 
 async def test_60_ms_opus_packets_reach_the_phone_as_20_ms_ones() -> None:
-    endpoint = await RtpEndpoint.create(HOST, codec="PCMU")
-    phone = raw_socket()
-    endpoint.set_remote(phone.getsockname())
+    endpoint, phone, _ = await phone_leg("PCMU")
     codec = av.CodecContext.create("libopus", "w")
     codec.sample_rate, codec.layout, codec.format, codec.bit_rate = 48000, "mono", "s16", 32000
     codec.options = {"frame_duration": "60"}
