@@ -24,8 +24,9 @@ class Metrics:
         self.frames = Counter("bridge_frames", "Frames per direction and outcome (relayed: packets passed "
                               "on; late: dropped as older than one already sent)", ["direction", "outcome"],
                               registry=r)
-        self.media = Counter("bridge_media", "Bridged calls by media path: relay (G.711 packets passed on) "
-                             "or transcode (decoded and re-clocked)", ["mode"], registry=r)
+        self.media = Counter("bridge_media", "Bridged calls by media path: relay (packets passed on as "
+                             "they are) or transcode (decoded and encoded again: Opus, G.711 <-> G.722, "
+                             "or bridge.media transcode)", ["mode"], registry=r)
         self.loop_lag = Histogram(
             "bridge_loop_lag_seconds", "How late the event loop ran a 50 ms timer: every packet and "
             "SIP message waited as long", buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
