@@ -208,3 +208,14 @@ async def test_non_invite_server_resends_its_final_until_timer_j(layer, peer):
     await peer.expect(200)
     await asyncio.sleep(T.long + 0.2)                                 # Timer J
     assert tx.state == "terminated" and not layer.server
+
+
+@pytest.mark.parametrize("method,code", [("OPTIONS", 401), ("INVITE", 486)])
+async def test_over_a_reliable_transport_the_final_comes_before_the_transactions_end(layer, peer, method, code):
+    make = layer.invite if method == "INVITE" else layer.request
+    tx = make(request(method, layer, peer), peer.addr)
+    tx.reliable = True              # as over TCP or TLS: no Timer D or K, it ends with its final
+    sent = await peer.expect(method)
+    peer.send(peer.response(sent, code, "No"), sent.source)
+    assert (await asyncio.wait_for(tx.next(), 2)).code == code
+    assert await asyncio.wait_for(tx.next(), 2) is None and tx.state == "terminated" and not layer.client

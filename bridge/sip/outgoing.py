@@ -298,8 +298,7 @@ class OutgoingCall(SipCall):
     @staticmethod
     def _abandon(tx: InviteClientTransaction) -> None:
         if tx.state in ("calling", "proceeding"):
-            tx._deliver(None)
-            tx.terminate()
+            tx.terminate()                  # the call's wait for a final gets None
 
     async def hangup(self) -> None:
         if self.state == "answered":

@@ -145,8 +145,7 @@ class InviteClientTransaction(ClientTransaction):
 
     def _on_b(self) -> None:
         if self.state == "calling":               # Timer B runs in Calling only (17.1.1.2)
-            self._deliver(None)
-            self.terminate()
+            self.terminate()                      # next() gives None
 
     def receive(self, msg: SipMessage) -> None:
         code = msg.code
@@ -163,11 +162,11 @@ class InviteClientTransaction(ClientTransaction):
                 self.state = "completed"
                 self.final = msg
                 self._send_ack(msg)
-                if self.reliable:
-                    self.terminate()
-                else:
+                if not self.reliable:
                     self.timer_d.start(max(32.0, self.timers.long / 2))
             self._deliver(msg)
+            if self.state == "completed" and self.reliable:
+                self.terminate()                    # after the final: its end comes behind it
         elif self.state == "completed" and code >= 300:
             if self.ack is not None:
                 self.layer.transport.send(self.ack, self.dest)    # a retransmitted final
@@ -210,24 +209,24 @@ class NonInviteClientTransaction(ClientTransaction):
 
     def _on_f(self) -> None:
         if self.state in ("trying", "proceeding"):
-            self._deliver(None)
-            self.terminate()
+            self.terminate()                        # next() gives None
 
     def receive(self, msg: SipMessage) -> None:
         if self.state not in ("trying", "proceeding"):
             return                                  # Completed absorbs retransmitted finals
         if msg.code < 200:
             self.state = "proceeding"
-        else:
-            self.state = "completed"
-            self.final = msg
-            self.timer_e.cancel()
-            self.timer_f.cancel()
-            if self.reliable:
-                self.terminate()
-            else:
-                self.timer_k.start(self.timers.t4)
+            self._deliver(msg)
+            return
+        self.state = "completed"
+        self.final = msg
+        self.timer_e.cancel()
+        self.timer_f.cancel()
         self._deliver(msg)
+        if self.reliable:
+            self.terminate()                        # after the final: its end comes behind it
+        else:
+            self.timer_k.start(self.timers.t4)
 
 
 # --- server transactions ------------------------------------------------------------------
@@ -397,8 +396,7 @@ class TransactionLayer:
         """The request to `dest` never left (no connection): its transactions end as if timed out."""
         for tx in list(self.client.values()):
             if tx.dest == dest and tx.state in ("calling", "trying"):
-                tx._deliver(None)
-                tx.terminate()
+                tx.terminate()                      # next() gives None
 
     def _forget_client(self, tx: ClientTransaction) -> None:
         if self.client.get(tx.key) is tx:
