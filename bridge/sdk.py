@@ -49,7 +49,7 @@ from aiortc.rtcconfiguration import RTCIceTransportPolicy
 from aiortc.rtcicetransport import parse_stun_turn_uri
 from aiortc.rtp import RtpPacket
 
-from . import ccparam, protocol, rtcdirect, rtcjitter
+from . import ccparam, codecs, protocol, rtcdirect, rtcjitter
 from .audio import GatedTrack, Sink, WavTrack, frame_to_mono
 from .liveness import Liveness
 from .reasons import Disconnected, DisconnectReason, Source, StartFailReason
@@ -242,10 +242,11 @@ def negotiated_payload_types(sdp: str) -> dict[int, str]:
                 order = [int(pt) for pt in fields[3:] if pt.isdigit()]
         elif order and line.startswith("a=rtpmap:"):
             pt, _, rest = line[9:].partition(" ")
-            if pt.isdigit():
-                names[int(pt)] = rest.split("/")[0]
-    static = {0: "PCMU", 8: "PCMA", 9: "G722"}
-    return {pt: names.get(pt) or static[pt] for pt in order if pt in names or pt in static}
+            name = rest.split("/")[0].strip()
+            if pt.isdigit() and name:
+                names[int(pt)] = name
+    static = codecs.BY_PAYLOAD_TYPE
+    return {pt: names.get(pt) or static[pt].name for pt in order if pt in names or pt in static}
 
 
 def _http_to_ws(url: str) -> str:
@@ -642,7 +643,7 @@ class Call:
             self._resolve(self._first)
         elif kind == "sdp" and pc is not None:
             self.payload_types = negotiated_payload_types(m["sdp"])
-            self.codec = negotiated_codec(m["sdp"])     # before media starts (inside the next line)
+            self.codec = next(iter(self.payload_types.values()), "")   # before media starts (inside the next line)
             try:
                 if not self.codec:
                     raise ValueError("no audio stream with a codec in the answer")
@@ -682,7 +683,7 @@ class Call:
             self._send_directly(pc.addTrack(self._gate))
         answer = await pc.createAnswer()
         self.payload_types = negotiated_payload_types(answer.sdp)
-        self.codec = negotiated_codec(answer.sdp)   # before media starts: tracks pick their rate by it
+        self.codec = next(iter(self.payload_types.values()), "")   # before media starts: tracks pick their rate by it
         if not self.codec:
             raise ValueError("no codec in common with the offer")
         try:

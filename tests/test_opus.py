@@ -108,3 +108,13 @@ async def test_60_ms_opus_packets_reach_the_phone_as_20_ms_ones() -> None:
     assert_tone(np.concatenate([g711.decode("PCMU", p.payload) for p in sent[20:]]), 1000, 8000)
     endpoint.close()
     phone.close()
+
+
+def test_negotiated_payload_types_skip_what_is_malformed_or_unknown() -> None:
+    from bridge.sdk import negotiated_codec, negotiated_payload_types
+    sdp = ("v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 x 0 96 200\r\na=rtpmap:111 opus/48000/2\r\n"
+           "a=rtpmap:abc PCMA/8000\r\na=rtpmap:96\r\nm=video 9 RTP/AVP 97\r\na=rtpmap:97 VP8/90000\r\n")
+    assert negotiated_payload_types(sdp) == {111: "opus", 0: "PCMU"}      # 96: no name, 200: unknown
+    assert negotiated_codec(sdp) == "opus"
+    assert negotiated_payload_types("v=0\r\nm=audio 9 RTP/AVP\r\n") == {}
+    assert negotiated_codec("garbage") == ""
