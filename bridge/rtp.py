@@ -451,9 +451,7 @@ class RtpEndpoint:
     def write_frame(self, pcm: np.ndarray, skipped: int = 0) -> None:
         """Send one 20 ms frame at `sample_rate` (or a pending telephone-event packet in its place);
         `skipped` as for `write_payload`."""
-        if skipped:
-            self._ts = (self._ts + skipped) & 0xFFFFFFFF
-            self._marker = True
+        self._skip(skipped)
         ts = self._next_ts(len(pcm) * codecs.CLOCK_RATE // self.sample_rate)
         if ts is None:
             return
@@ -466,14 +464,18 @@ class RtpEndpoint:
         `skipped`: timestamp units the source did not send before this frame (its loss or a
         pause); the RTP clock jumps over them, so the receiver sees the gap where it was.
         """
-        if skipped:
-            self._ts = (self._ts + skipped) & 0xFFFFFFFF
-            self._marker = True
+        self._skip(skipped)
         ts = self._next_ts(len(payload))
         if ts is None:
             return
         self._send(self.payload_type, ts, payload, self._marker)
         self._marker = False
+
+    def _skip(self, units: int) -> None:
+        """The RTP clock jumps over `units` the source did not send: a new talkspurt."""
+        if units:
+            self._ts = (self._ts + units) & 0xFFFFFFFF
+            self._marker = True
 
     def _next_ts(self, units: int) -> int | None:
         """Advance the RTP clock by one frame; its timestamp, or None if this frame is not sent
