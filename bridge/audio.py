@@ -200,6 +200,7 @@ class GatedTrack(MediaStreamTrack):
         super().stop()
         if self.source is not None:
             self.source.stop()
+        self.source = self.direct = None      # what this call's gate led to is let go
 
 
 class WavRecorder:

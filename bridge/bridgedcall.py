@@ -348,7 +348,8 @@ class BridgedCall:
         self.events = _Events()
         self.sip: SipCall | None = None
         assert bridge.cfg.bridge is not None
-        self.sip_to_app = SipToApp(lambda: self.app.codec, relay=bridge.cfg.bridge.media == "relay")
+        app = self.app                      # (not self: no reference cycle through the call)
+        self.sip_to_app = SipToApp(lambda: app.codec, relay=bridge.cfg.bridge.media == "relay")
         self.app_to_sip = AppToSip()
         self.result = "failed"
         self.route: Route | None = None     # the route this call is counted on
@@ -537,6 +538,7 @@ class BridgedCall:
             await self.app.end_call()
         if self.sip is not None and not self.sip.ended.done():
             await self.sip.hangup()
+        self.events.on_dtmf = self.events.on_hold = None   # freed when it ends, not by the collector
         self._write_record()
 
     def _write_record(self) -> None:

@@ -287,6 +287,7 @@ class _Connection(RequestHandler):
             self._handshake.cancel()
         if self._http:
             super().connection_lost(exc)
+            self._data_received_cb = None   # a WebSocket's heartbeat hook: aiohttp (3.14) keeps it
 
     def head_received(self) -> None:
         if self._head_timer is not None:

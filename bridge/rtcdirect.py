@@ -23,6 +23,9 @@ take the short way:
   transport's packet counts kept (receiver reports stay right; `liveness` reads the counts), and
   the sink gets (payload type, sequence, timestamp, SSRC, payload). RTCP, DTLS and STUN go the
   usual way.
+- `release` undoes both once the peer connection is closed, and breaks the reference cycles
+  aiortc and aioice leave in a closed connection, so that a call's objects are freed as it ends
+  and not by the next full collection, which stalls every call up (docs/performance.md, "Churn").
 
 These use aiortc's and aioice's private attributes (as `rtcjitter` does) and fail loudly when
 they are missing, so a new aiortc that moves them breaks tests, not calls.
@@ -40,7 +43,7 @@ from typing import Callable
 
 import av
 import pylibsrtp
-from aiortc import RTCRtpReceiver, RTCRtpSender
+from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 from aiortc.codecs import get_encoder
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcdtlstransport import State
@@ -236,3 +239,28 @@ def _skip_stun_parse(protocol, component: int) -> None:
             usual(data, addr)
 
     protocol.datagram_received = datagram_received
+
+
+def release(pc: RTCPeerConnection) -> None:
+    """After `pc.close()`: undo `DirectSender` and `receive`, and cut what keeps a closed
+    connection in reference cycles: the event listeners of the connection and its transports
+    (bound methods of the connection, and the caller's closures), the ICE check list (its pairs'
+    protocols point back at the ICE connection). Left: pyOpenSSL's certificate check, a callback
+    in a cycle with itself (6 small objects), which OpenSSL may call as long as the context lives."""
+    transports: set = set()
+    for transceiver in pc.getTransceivers():
+        vars(transceiver.sender).pop("_run_rtp", None)          # the class's own again
+        transports.update(t for t in (transceiver.sender.transport, transceiver.receiver.transport) if t)
+    for dtls in transports:
+        ice = dtls.transport
+        connection = ice._connection
+        for pair in getattr(connection, "_check_list", ()):
+            vars(pair.protocol).pop("datagram_received", None)
+        if isinstance(getattr(connection, "_check_list", None), list):
+            connection._check_list.clear()
+        for name in ("data_received", "_rtcdirect_usual"):
+            vars(connection).pop(name, None)
+        for emitter in (dtls, ice, ice.iceGatherer):
+            emitter.remove_all_listeners()
+    pc.remove_all_listeners()
+

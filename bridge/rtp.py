@@ -648,7 +648,9 @@ class RtpEndpoint:
         return self._transport is None
 
     def close(self) -> None:
-        """Close the socket and give the port back to its pool; idempotent."""
+        """Close the socket and give the port back to its pool; idempotent. The callbacks go
+        too (they hold whoever listened, often in a reference cycle through this endpoint)."""
+        self.on_audio = self.on_dtmf = None
         transport, self._transport = self._transport, None
         if transport is not None:
             transport.close()

@@ -249,6 +249,18 @@ def negotiated_payload_types(sdp: str) -> dict[int, str]:
     return {pt: names.get(pt) or static[pt].name for pt in order if pt in names or pt in static}
 
 
+def _unlink(ws: aiohttp.ClientWebSocketResponse) -> None:
+    """Cut the reference cycles aiohttp (3.14) leaves a closed WebSocket in: its connection's
+    heartbeat callback (a method of the WebSocket) and the traceback of an error met while
+    closing (its frames hold the WebSocket). Left, they wait for a full collection."""
+    protocol = getattr(getattr(ws, "_writer", None), "protocol", None)
+    if protocol is not None and hasattr(protocol, "_data_received_cb"):
+        protocol._data_received_cb = None
+    error = ws.exception()
+    if error is not None:
+        error.__traceback__ = None
+
+
 def _http_to_ws(url: str) -> str:
     if url.startswith(("ws://", "wss://")):
         return url
@@ -711,9 +723,11 @@ class Call:
             self._gate.stop()
         if self._liveness is not None:
             await self._liveness.stop()
+            self._liveness = None
         if self._pc is not None:       # bounded: aiortc's own close (ICE failed), once cancelled, never ends
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._pc.close(), PC_CLOSE_TIMEOUT)
+            rtcdirect.release(self._pc)
         for task in self._drains:     # a receiver that never started never ends its track
             task.cancel()
         # told before the signalling socket closes: an unreachable platform must not delay it
@@ -724,6 +738,8 @@ class Call:
         finally:
             if self._session is not None:
                 await self._session.close()
+            if self._ws is not None:
+                _unlink(self._ws)
             self._released.set()
 
     def _emit(self, name: str, *args: Any) -> None:

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 
 import numpy as np
 import pytest
+from aiohttp import web
 
+from bridge import config, httpguard
 from bridge.audio import RATE, tone_analysis
+from bridge.platform import Platform
+
 from bridge.reasons import DisconnectReason as R, Source
+from conftest import RunningPlatform, free_port, platform_yaml
 from parties import Party
 
 
@@ -77,3 +84,54 @@ async def test_tones_both_ways_with_notify_callback(start_platform, app_server):
         assert (ended.reason, ended.source) == (R.NORMAL, Source.CALLEE)
     event = await app_server.event_for(alice.call.sid)
     assert event["disconnect_reason"] == "1001" and event["releaser_type"] == "1"
+
+
+async def test_an_ended_call_is_freed_as_it_ends_not_by_the_collector():
+    """Every full collection of Python's collector stalls every call that is up, and it runs
+    more often the more garbage is left in reference cycles (docs/performance.md, "Churn"): an
+    ended call, both its peer connections (one on the bridge's short path both ways), the
+    signalling WebSockets at both ends and the platform's HTTP connections must be freed by
+    reference counting as the call ends, with the collector off."""
+    port = free_port()
+    cfg = config.loads(platform_yaml(port), "test.yaml")
+    platform = Platform(cfg.platform)
+    app = web.Application()
+    platform.add_routes(app)
+    listener = httpguard.Listener(app, "platform", cfg.platform.http)
+    await listener.start("127.0.0.1", port)
+    running = RunningPlatform(platform, f"http://127.0.0.1:{port}", cfg)
+    url = running.url
+    gc.collect()
+    gc.disable()
+    try:
+        alice = Party(url, "alice", tone=1000)
+        bob = Party(url, "bob", tone=440)
+        async with bob.listener(running.token("bob")) as pushes:
+            await alice.make_call(bob, running.token("alice"))
+            await bob.verify((await pushes.next(timeout=10)).cc_param)
+            await asyncio.wait_for(bob.events.verified.wait(), 5)
+            await bob.call.accept_call()
+        relayed: list[int] = []
+        await asyncio.wait_for(bob.events.connected.wait(), 10)
+        bob.call.relay_peer_packets(lambda pt, seq, ts, ssrc, payload: relayed.append(seq))
+        await talk(alice, bob)
+        assert len(relayed) > 20                                 # bob's leg took the short path
+        assert_tone(alice.heard.samples, 440)
+        watched = {"alice's peer connection": alice.call._pc, "bob's peer connection": bob.call._pc,
+                   "alice's WebSocket": alice.call._ws, "bob's WebSocket": bob.call._ws}
+        watched.update((f"the platform's {type(o).__name__} {i}", o) for i, o in enumerate(
+            o for o in gc.get_objects() if isinstance(o, (web.WebSocketResponse, web.Request))))
+        assert sum(isinstance(o, web.WebSocketResponse) for o in watched.values()) >= 2   # the calls'
+        await alice.call.end_call()
+        for party in (alice, bob):
+            await party.call.wait_disconnected(5)
+        refs = {name: weakref.ref(o) for name, o in watched.items()}
+        del alice, bob, party, watched
+        for _ in range(50):
+            if not (alive := [name for name, ref in refs.items() if ref() is not None]):
+                break
+            await asyncio.sleep(0.1)
+        assert not alive, f"still alive 5 s after the call ended: {alive}"
+    finally:
+        gc.enable()
+        await listener.stop()

@@ -4,10 +4,12 @@ socket to a scripted peer (T1 = 50 ms, so 64*T1 = 3.2 s). docs/interop.md cites 
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 
 import pytest
 
-from bridge.sip.message import Request, SipMessage, new_branch
+from bridge.sip.message import Request, SipMessage, new_branch, response
 from bridge.sip.transaction import Timers, TransactionLayer
 from bridge.sip.transport import UdpTransport
 from sippeer import SipPeer, parse
@@ -219,3 +221,31 @@ async def test_over_a_reliable_transport_the_final_comes_before_the_transactions
     peer.send(peer.response(sent, code, "No"), sent.source)
     assert (await asyncio.wait_for(tx.next(), 2)).code == code
     assert await asyncio.wait_for(tx.next(), 2) is None and tx.state == "terminated" and not layer.client
+
+
+async def test_an_ended_transaction_is_freed_as_it_ends_not_by_the_collector(layer, peer):
+    """Its timers call its methods: once it ends they let go, so a terminated transaction (and
+    the message and call it holds) goes with its last reference, not at a full collection
+    (which stalls every call that is up)."""
+    gc.collect()
+    gc.disable()
+    try:
+        client = layer.invite(request("INVITE", layer, peer), peer.addr)
+        invite = await peer.expect("INVITE")
+        peer.send(peer.response(invite, 486, "Busy Here"), invite.source)
+        assert (await client.next()).code == 486
+        options = layer.request(request("OPTIONS", layer, peer), peer.addr)
+        sent = await peer.expect("OPTIONS")
+        peer.send(peer.response(sent, 200, "OK"), sent.source)
+        assert (await options.next()).code == 200
+        _, server = await invite_from_peer(layer, peer)
+        server.respond(response(server.request, 603, to_tag="t"), 603)
+        watched = [client, options, server]
+        for tx in watched:
+            tx.terminate()
+        refs = [weakref.ref(tx) for tx in watched]
+        del client, options, server, watched, tx
+        await asyncio.sleep(0.1)
+        assert [ref() for ref in refs] == [None, None, None]
+    finally:
+        gc.enable()

@@ -268,6 +268,8 @@ class SipCall:
             self.answered.exception()  # retrieved: nobody has to await it
         if self.session_timer is not None:
             self.session_timer.stop()
+        self.session_timer = None
+        self.on_ringing = self.on_hold = self.on_refer = None   # let go of the bridged call
         self.ended.set_result(end)
         self.media.close()
         self.ua.forget(self)

@@ -70,6 +70,16 @@ class _Timer:
             self.handle.cancel()
             self.handle = None
 
+    def close(self) -> None:
+        """Cancel for good. The callback, a method of the transaction, goes too: kept, it would
+        hold the transaction (and its message) in a reference cycle until a full collection."""
+        self.cancel()
+        self.callback = _ended
+
+
+def _ended() -> None:
+    """A closed timer's callback."""
+
 
 # --- client transactions ------------------------------------------------------------------
 
@@ -108,7 +118,7 @@ class ClientTransaction:
         ended = self.state != "terminated"
         self.state = "terminated"
         for timer in self._timers():
-            timer.cancel()
+            timer.close()
         self.layer._forget_client(self)
         if ended:
             self._deliver(None)         # whoever still waits for a response learns it is over
@@ -257,7 +267,7 @@ class ServerTransaction:
     def terminate(self) -> None:
         self.state = "terminated"
         for timer in self._timers():
-            timer.cancel()
+            timer.close()
         self.layer._forget_server(self)
 
     def _timers(self) -> list[_Timer]:
