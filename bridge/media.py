@@ -8,7 +8,8 @@ timestamps, and the endpoints' own jitter buffers do the rest: no clock, no buff
   decoding. All these codecs share the 8000 Hz RTP clock and one byte per unit.
 - Otherwise (Opus on the app leg, or G.711 against G.722) each packet is decoded and encoded
   again on its own, resampled where the rates differ; Opus is encoded at the SIP leg's rate
-  (`bridge.opus`). A part frame (a phone's 30 ms packets) waits for the next packet.
+  (`bridge.opus`). A part frame (a phone's 30 ms packets) waits for the next packet. The
+  per-packet parts (the timestamp mapping, the coders, the recoding) are `bridge.relay`.
 
 With `bridge.media: transcode` frames are decoded and each direction runs on its own 20 ms
 clock, so neither leg's timing leaks into the other (and aiortc codes the app leg's Opus):
@@ -37,86 +38,21 @@ import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from . import codecs, opus
+from . import codecs
 from .audio import PTIME, RATE, make_frame
 from .clock import FrameClock
-from .resample import resampler
+from .relay import FRAME_UNITS, Decode, Recoder, Timeline, clock_rate, decoder, ours
+from .relay import units as payload_units
+from .resample import Resampling
 from .ringback import Ringback
 from .rtp import RtpEndpoint, RtpPacket
 
-FRAME_UNITS = codecs.FRAME_UNITS          # 20 ms of the RTP clock, for every codec of ours
 TIME_BASE = Fraction(1, codecs.CLOCK_RATE)
-MAX_GAP = 2 * codecs.CLOCK_RATE   # a timestamp jump beyond this (units) starts a new stream
-MAX_MISORDER = 100        # sequence numbers this far behind the newest are late packets
-MAX_DROPOUT = 3000        # ... this far ahead, the same stream; beyond either, a new one
 RELAY_QUEUE = 8           # packets waiting for the app leg's sender, at most
 _WAKE = av.Packet(b"")     # wakes a relaying recv() when the track goes back to ringback
 
 
-def _ours(codec: str) -> bool:
-    """A codec bridge codes per packet itself (G.711, G.722, Opus)."""
-    return codec in codecs.CODECS or codec == opus.OPUS
-
-
-def _signed(delta: int, bits: int = 32) -> int:
-    """An RTP timestamp (32-bit) or sequence (16-bit) difference as a signed number."""
-    half = 1 << (bits - 1)
-    return ((delta + half) & ((1 << bits) - 1)) - half
-
-
-class _Timeline:
-    """Maps one leg's RTP timestamps onto the other leg's, keeping gaps and dropping the late.
-
-    `place(ssrc, seq, ts, samples)` gives how many samples the source skipped since its previous
-    packet (0 for the next one in line), or None for a packet to drop: one not newer (by
-    sequence number) than one already placed, or a straggler of the previous source.
-    A discontinuity starts afresh: it gives 0 then, and sets `restarted`. That is a new source,
-    the return of an earlier one (music on hold switched back), a sequence jump, or a timestamp
-    that does not follow the sequence (behind the last one, or more than MAX_GAP ahead: hold,
-    a restart).
-    """
-
-    def __init__(self) -> None:
-        self._ssrc: int | None = None
-        self._seq = 0
-        self._next = 0
-        self._previous: tuple[int, int] | None = None   # the source before: (ssrc, newest seq)
-        self.restarted = False
-
-    def place(self, ssrc: int, seq: int, ts: int, samples: int) -> int | None:
-        skipped = 0
-        if ssrc == self._ssrc:
-            step = _signed(seq - self._seq, 16)
-            if -MAX_MISORDER <= step <= 0:
-                return None                       # late, or a duplicate
-            skipped = _signed(ts - self._next)
-            self.restarted = not (0 < step <= MAX_DROPOUT and 0 <= skipped <= MAX_GAP)
-        else:
-            previous = self._previous
-            if previous is not None and ssrc == previous[0] and -MAX_MISORDER <= _signed(seq - previous[1], 16) <= 0:
-                return None                       # a straggler of the previous source
-            if self._ssrc is not None:
-                self._previous = (self._ssrc, self._seq)
-            self.restarted = True
-        self._ssrc, self._seq = ssrc, seq
-        self._next = (ts + samples) & 0xFFFFFFFF
-        return 0 if self.restarted else skipped
-
-
 US_RINGBACK = Ringback("us")
-
-
-class _Resampling:
-    """One stream's resampler, made anew when the rates change (a codec fixed late)."""
-
-    def __init__(self) -> None:
-        self._rates = (0, 0)
-        self._convert: Callable[[np.ndarray], np.ndarray] = lambda pcm: pcm
-
-    def __call__(self, pcm: np.ndarray, source: int, target: int) -> np.ndarray:
-        if (source, target) != self._rates:
-            self._rates, self._convert = (source, target), resampler(source, target)
-        return self._convert(pcm)
 
 
 @dataclass
@@ -155,14 +91,12 @@ class SipToApp(MediaStreamTrack):
         self.codec = codec        # the app leg's negotiated codec, known before media flows
         self.relay = relay
         self.stats = DirectionStats()
-        self._resample = _Resampling()
-        self._encoder: Callable[[np.ndarray, int], bytes] | None = None
-        self._decoder: tuple[RtpEndpoint, str, Callable[[bytes], np.ndarray]] | None = None
-        self._pending = np.zeros(0, np.int16)   # recoding: decoded samples short of a frame
+        self._resample = Resampling()
+        self._recoder = Recoder(codec)    # the app leg's encoder, and the phone's recoded
         self._clock = FrameClock(PTIME)
         self._ring_pos = 0
         self._packets: asyncio.Queue[av.Packet | None] = asyncio.Queue()
-        self._timeline = _Timeline()
+        self._timeline = Timeline()
         self._pts = 0             # next pts (8 kHz) of the relayed stream
         self._t0: float | None = None
         # sends a relayed packet (payload, pts at 8 kHz) at once if it can (True), else recv() gets it
@@ -178,7 +112,7 @@ class SipToApp(MediaStreamTrack):
     def encoding(self) -> bool:
         """This track gives aiortc packets, not frames: relay on, and the app leg speaks a codec
         bridge codes itself (G.711, G.722, Opus)."""
-        return self.relay and _ours(self.codec())
+        return self.relay and ours(self.codec())
 
     @property
     def relaying(self) -> bool:
@@ -189,24 +123,6 @@ class SipToApp(MediaStreamTrack):
     @property
     def recoding(self) -> bool:
         return self.relaying and not codecs.relayable(self.rtp.codec, self.codec())  # type: ignore[union-attr]
-
-    def _encode_rate(self) -> int:
-        """The rate of the audio this track encodes: the app codec's, or for Opus the SIP leg's
-        (libopus resamples inside, at half the cost of a 48 kHz input)."""
-        codec = codecs.CODECS.get(self.codec())
-        if codec is not None:
-            return codec.sample_rate
-        return self.rtp.sample_rate if self.rtp is not None else codecs.CLOCK_RATE
-
-    def _encode(self, pcm: np.ndarray, rate: int) -> bytes:
-        if self._encoder is None:
-            name = self.codec()
-            if name == opus.OPUS:
-                self._encoder = opus.Encoder()
-            else:
-                encode = codecs.get(name).encoder()
-                self._encoder = lambda pcm, rate: encode(pcm)
-        return self._encoder(pcm, rate)
 
     def play_ringback(self) -> None:
         """Ringback until `connect`; also after an early-media target failed (a fallback rings)."""
@@ -241,31 +157,10 @@ class SipToApp(MediaStreamTrack):
             self._pts += skipped
             self._pass(codecs.convert(payload, rtp.codec, target), len(payload))
             return
-        self._recode(rtp, payload, skipped)
-
-    def _recode(self, rtp: RtpEndpoint, payload: bytes, skipped: int) -> None:
-        """Decode one of the phone's packets and send it on in the app leg's codec, in 20 ms frames
-        (a part frame waits for the next packet; a gap pads it with silence)."""
-        if self._decoder is None or self._decoder[:2] != (rtp, rtp.codec):
-            self._decoder = (rtp, rtp.codec, codecs.get(rtp.codec).decoder())
-            self._pending = self._pending[:0]
-        rate = self._encode_rate()
-        pcm = self._resample(self._decoder[2](payload), rtp.sample_rate, rate)
-        size = rate // 50
-        pending = self._pending
-        if skipped and len(pending):            # the part frame before a gap: out, padded
-            pad = size - len(pending)
-            self._pass(self._encode(np.concatenate([pending, np.zeros(pad, np.int16)]), rate), FRAME_UNITS)
-            skipped = max(0, skipped - pad * codecs.CLOCK_RATE // rate)
-            pending = pending[:0]
-        self._pts += skipped
-        if len(pending):
-            pcm = np.concatenate([pending, pcm])
-        start = 0
-        while len(pcm) - start >= size:
-            self._pass(self._encode(pcm[start:start + size], rate), FRAME_UNITS)
-            start += size
-        self._pending = pcm[start:]
+        for skip, frame in self._recoder.frames(rtp, payload, skipped):
+            self._pts += skip
+            if frame is not None:
+                self._pass(frame, FRAME_UNITS)
 
     def _pass(self, payload: bytes, units: int) -> None:
         """Send one packet of the app leg's codec at `_pts` (8 kHz units) now, or queue it for recv."""
@@ -305,7 +200,7 @@ class SipToApp(MediaStreamTrack):
         self.stats.frames += 1
         if tick.lateness > PTIME / 4:
             self.stats.late += 1
-        rate = self._encode_rate() if self.encoding else self.rate
+        rate = self._recoder.rate(self.rtp) if self.encoding else self.rate
         size = int(rate * PTIME)
         if self.mode == "sip" and self.rtp is not None and not self.rtp.closed:
             pcm = self._resample(self.rtp.read_frame(), self.rtp.sample_rate, rate)
@@ -318,7 +213,7 @@ class SipToApp(MediaStreamTrack):
             pcm = np.zeros(size, np.int16)
         if self.encoding:                  # ringback, silence or the phone's frames, in the app leg's codec
             self._pts = max(self._pts, tick.index * FRAME_UNITS)
-            return self._packet(self._encode(pcm, rate), FRAME_UNITS)
+            return self._packet(self._recoder.encode(pcm, rate), FRAME_UNITS)
         return make_frame(pcm, tick.index * size, rate)
 
 
@@ -329,15 +224,15 @@ class AppToSip:
     def __init__(self, depth: int = 3) -> None:
         self.depth = depth
         self.stats = DirectionStats()
-        self._resample = _Resampling()
+        self._resample = Resampling()
         self._rate = 8000                     # the SIP leg's audio rate (set by `run`)
         self._queue: deque[np.ndarray] = deque()
         self._silence = np.zeros(int(self._rate * PTIME), np.int16)
         self._pending = np.zeros(0, np.int16)
         self._rtp: RtpEndpoint | None = None
-        self._timeline = _Timeline()
+        self._timeline = Timeline()
         self._names = {pt: codec.name for pt, codec in codecs.BY_PAYLOAD_TYPE.items()}
-        self._decoders: dict[str, tuple[Callable[[bytes], np.ndarray], int]] = {}
+        self._decoders: dict[str, tuple[Decode, int]] = {}
         self.held = False         # the app user holds the call: play_held sends instead
 
     def relay_to(self, rtp: RtpEndpoint, payload_types: dict[int, str] | None = None
@@ -353,10 +248,9 @@ class AppToSip:
         """Relay (or recode) one of the app leg's RTP packets (its header's fields and payload)."""
         rtp = self._rtp
         name = self._names.get(payload_type)
-        if rtp is None or rtp.closed or name is None or not _ours(name):
+        if rtp is None or rtp.closed or name is None or not ours(name):
             return
-        units = opus.packet_units(payload) if name == opus.OPUS else len(payload)
-        skipped = self._timeline.place(ssrc, seq, timestamp, units)
+        skipped = self._timeline.place(ssrc, seq, timestamp, payload_units(name, payload))
         if skipped is None:
             self.stats.late += 1
             return
@@ -366,15 +260,9 @@ class AppToSip:
         if codecs.relayable(name, rtp.codec):
             rtp.write_payload(codecs.convert(payload, name, rtp.codec), skipped)
             return
-        decoder = self._decoders.get(name)
-        if decoder is None:
-            if name == opus.OPUS:
-                decoder = self._decoders[name] = (opus.Decoder(), opus.CLOCK_RATE)
-            else:
-                decoder = self._decoders[name] = (codecs.get(name).decoder(), codecs.get(name).sample_rate)
-        pcm = self._resample(decoder[0](payload), decoder[1], rtp.sample_rate)
-        if name == opus.OPUS:
-            skipped = skipped * codecs.CLOCK_RATE // opus.CLOCK_RATE
+        decode, rate = self._decoders.get(name) or self._decoders.setdefault(name, decoder(name))
+        pcm = self._resample(decode(payload), rate, rtp.sample_rate)
+        skipped = skipped * codecs.CLOCK_RATE // clock_rate(name)     # Opus: 48 kHz
         size = rtp.sample_rate // 50
         for start in range(0, len(pcm), size):       # a 40 or 60 ms packet: 20 ms ones to the phone
             rtp.write_frame(pcm[start:start + size], skipped)

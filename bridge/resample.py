@@ -101,3 +101,16 @@ def resampler(source: int, target: int) -> Callable[[np.ndarray], np.ndarray]:
     if target % source == 0:
         return Upsampler(target // source)
     raise ValueError(f"no integer factor between {source} Hz and {target} Hz")
+
+
+class Resampling:
+    """One stream's resampler, made anew when the rates change (a codec fixed late, a transfer)."""
+
+    def __init__(self) -> None:
+        self._rates = (0, 0)
+        self._convert: Callable[[np.ndarray], np.ndarray] = lambda pcm: pcm
+
+    def __call__(self, pcm: np.ndarray, source: int, target: int) -> np.ndarray:
+        if (source, target) != self._rates:
+            self._rates, self._convert = (source, target), resampler(source, target)
+        return self._convert(pcm)
