@@ -9,7 +9,7 @@ docs/performance.md (each prints one PERF line per run):
   "10,40,90") calls of BRIDGE_PERF_SECONDS (30) s, with BRIDGE_CPU_HOG (e.g. 0.7) a CPU hog
   beside them: `pytest -m janus_perf tests/test_loadtest_perf.py -s`
 - `churn_perf`: 5 new calls a second for BRIDGE_CHURN_SECONDS (300) s, 12 s each (60 up):
-  `pytest -m churn_perf tests/test_loadtest_perf.py -s`
+  `pytest -m churn_perf tests/test_loadtest_perf.py -s` (BRIDGE_CHURN_GATEWAY=janus: through Janus)
 
 Numbers are printed, never asserted: goals live in the benchmark's report, not in timed tests.
 """
@@ -147,7 +147,10 @@ async def test_side_by_side_with_janus(bridge_stack, tmp_path):
 async def test_churn_five_calls_a_second(bridge_stack, tmp_path):
     seconds = float(os.environ.get("BRIDGE_CHURN_SECONDS", "300"))
     hog = os.environ.get("BRIDGE_CPU_HOG")
-    report = await loadtest(bridge_stack, tmp_path, "--calls", str(int(5 * seconds)), "--duration", "12",
-                            "--ramp", "5", "--pesq-calls", "10", *(["--cpu-hog", hog] if hog else []),
-                            timeout=seconds + 400)
+    gateway = os.environ.get("BRIDGE_CHURN_GATEWAY", "bridge")     # janus: the same churn through Janus
+    if gateway == "janus" and shutil.which("janus") is None:
+        pytest.fail("Debian janus is not installed (tests/run)")
+    report = await loadtest(bridge_stack, tmp_path, "--gateway", gateway, "--calls", str(int(5 * seconds)),
+                            "--duration", "12", "--ramp", "5", "--pesq-calls", "10",
+                            *(["--cpu-hog", hog] if hog else []), timeout=seconds + 400)
     print(perf_line(f"churn-{seconds:g}s", report))
