@@ -184,7 +184,8 @@ class _Statistics(StreamStatistics):
 
 def receive(receiver: RTCRtpReceiver, sink: PacketSink, clock_rate: int = 8000) -> None:
     """From now on hand `receiver`'s RTP packets to `sink` as they arrive, before aiortc's
-    receiver (its track gets no more frames); RTCP statistics are kept for its reports."""
+    receiver (its decoder thread and its track end: nothing is left to decode); RTCP statistics
+    are kept for its reports."""
     dtls = receiver.transport
     connection = dtls.transport._connection
     _private(dtls, "_RTCDtlsTransport__rx_packets")
@@ -192,6 +193,8 @@ def receive(receiver: RTCRtpReceiver, sink: PacketSink, clock_rate: int = 8000) 
     again = hasattr(connection, "_rtcdirect_usual")      # a new sink in place of the old
     usual = connection._rtcdirect_usual if again else connection.data_received
     connection._rtcdirect_usual = usual
+
+    decoding = [True]                    # the receiver's decoder thread may (yet) run
 
     def data_received(data: bytes, component: int) -> None:
         srtp = dtls._rx_srtp
@@ -201,6 +204,8 @@ def receive(receiver: RTCRtpReceiver, sink: PacketSink, clock_rate: int = 8000) 
             clear = srtp.unprotect(data)
         except pylibsrtp.Error:
             return                               # not the peer's, or a replay
+        if decoding[0]:
+            decoding[0] = not _stop_decoder(receiver)
         dtls._RTCDtlsTransport__rx_packets += 1  # the transport's statistics (liveness reads them)
         dtls._RTCDtlsTransport__rx_bytes += len(data)
         data = clear
@@ -226,6 +231,15 @@ def receive(receiver: RTCRtpReceiver, sink: PacketSink, clock_rate: int = 8000) 
         return
     for protocol in _private(connection, "_protocols"):        # type: ignore[attr-defined]
         _skip_stun_parse(protocol, component=protocol.local_candidate.component)
+
+
+def _stop_decoder(receiver: RTCRtpReceiver) -> bool:
+    """End the receiver's decoder thread, idle now (one a call), and its track; False if the
+    receiver has not started it yet (it does once DTLS is up)."""
+    if not _private(receiver, "_RTCRtpReceiver__started"):
+        return False
+    receiver._RTCRtpReceiver__stop_decoder()                   # type: ignore[attr-defined]
+    return True
 
 
 def _skip_stun_parse(protocol, component: int) -> None:

@@ -146,6 +146,7 @@ async def test_direct_receive_hands_each_packet_over_and_keeps_receiver_reports(
     await asyncio.sleep(1.5)
     report = await stats_of(b, "remote-inbound-rtp")
     transport = await stats_of(a, "transport")       # what `liveness` reads as signs of life
+    decoder = transceiver.receiver._RTCRtpReceiver__decoder_thread   # started after receive()
     await a.close()
     await b.close()
 
@@ -157,6 +158,7 @@ async def test_direct_receive_hands_each_packet_over_and_keeps_receiver_reports(
     freq, snr = tone_analysis(pcm, 8000)
     assert abs(freq - 1000) < 10 and snr > 30, (freq, snr)
     assert report.packetsLost == 0 and report.fractionLost == 0
+    assert decoder is None                        # ended by the short path: nothing left to decode
 
 
 async def test_an_opus_leg_is_encoded_by_aiortc_and_sent_on_the_short_path() -> None:
