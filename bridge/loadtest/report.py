@@ -99,6 +99,13 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _legend(ax, twin) -> None:
+    """One legend for a plot and its twin axis."""
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = twin.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, loc="upper left", fontsize=8)
+
+
 def write_chart(report: dict, path: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -121,9 +128,7 @@ def write_chart(report: dict, path: str) -> None:
              label="load test CPU %")
     ax2.set_ylabel("CPU % (100 = one core)")
     ax.set_title("concurrent calls and CPU")
-    h1, l1 = ax.get_legend_handles_labels()
-    h2, l2 = ax2.get_legend_handles_labels()
-    ax.legend(h1 + h2, l1 + l2, loc="upper left", fontsize=8)
+    _legend(ax, ax2)
 
     ax = axes[0][1]
     ax.plot(t, [x["bridge_rss_mb"] for x in s], color="tab:blue", label="bridge RSS (MB)")
@@ -133,9 +138,7 @@ def write_chart(report: dict, path: str) -> None:
     ax2.step(t, [x["active"] for x in s], where="post", color="black", alpha=0.4, label="concurrent calls")
     ax2.set_ylabel("concurrent calls")
     ax.set_title("bridge memory")
-    h1, l1 = ax.get_legend_handles_labels()
-    h2, l2 = ax2.get_legend_handles_labels()
-    ax.legend(h1 + h2, l1 + l2, loc="upper left", fontsize=8)
+    _legend(ax, ax2)
 
     ax = axes[1][0]
     colors = {"app_to_sip": "tab:green", "sip_to_app": "tab:purple"}
