@@ -14,8 +14,10 @@ to nothing to free, and here they run only:
 
 - when no call is up (the bridge's or the platform's), if the old generation grew since the
   last one: nobody is stalled;
-- when the old generation has doubled since the last full collection and grown by at least
-  `slack` objects: something still leaves cycles behind, and memory must stay bounded (logged).
+- when the old generation grew since the last full collection by more than `per_call` objects
+  for every call up (and one): a live call keeps ~1,500 tracked, so that is garbage piling up
+  in cycles somewhere, and memory must stay bounded (logged). A busy bridge's live calls alone
+  never trigger it, however many there are.
 
 Young collections (a few ms) run as CPython decides. Every collection is timed
 (`bridge_gc_pause_seconds`, by generation).
@@ -40,11 +42,11 @@ class Collector:
     """Owns the process's collector while the daemon runs: `start`, then `stop`."""
 
     def __init__(self, pause: Histogram, calls_up: Callable[[], int], period: float = 5.0,
-                 slack: int = 200_000) -> None:
+                 per_call: int = 5000) -> None:
         self.pause = pause
         self.calls_up = calls_up
         self.period = period
-        self.slack = slack
+        self.per_call = per_call
         self.after = 0                   # objects in the old generation after the last full one
         self._threshold = gc.get_threshold()
         self._started: float | None = None
@@ -73,13 +75,14 @@ class Collector:
     def step(self) -> str | None:
         """Run a full collection if one is due now; why it ran, or None."""
         old = len(gc.get_objects(2))
-        if old > self.after and self.calls_up() == 0:
+        up = self.calls_up()
+        if old > self.after and up == 0:
             reason = "quiet"
-        elif old >= 2 * self.after and old - self.after >= self.slack:
+        elif old - self.after > self.per_call * (up + 1):
             reason = "growth"
-            log.warning("collector: the old generation grew from %d to %d objects with calls up; "
+            log.warning("collector: the old generation grew from %d to %d objects with %d calls up; "
                         "a full collection now stalls them (something leaves reference cycles)",
-                        self.after, old)
+                        self.after, old, up)
         else:
             return None
         gc.collect()

@@ -1,5 +1,6 @@
 """The collector's policy (bridge/collector.py) with CPython's own collector: full collections
-wait until no call is up, or until the old generation has doubled (a leak), and are timed."""
+wait until no call is up, or until the old generation grew by more than a budget per call up
+(a leak), and are timed."""
 
 from __future__ import annotations
 
@@ -29,11 +30,11 @@ def full_collections(registry: CollectorRegistry) -> float:
     return registry.get_sample_value("pause_count", {"generation": "2"}) or 0
 
 
-async def test_full_collections_wait_for_a_quiet_moment_or_a_doubled_old_generation():
+async def test_full_collections_wait_for_a_quiet_moment_or_garbage_beyond_a_budget_per_call():
     registry = CollectorRegistry()
     pause = Histogram("pause", "", ["generation"], registry=registry)
     calls_up = 3
-    collector = Collector(pause, lambda: calls_up, period=3600, slack=2000)
+    collector = Collector(pause, lambda: calls_up, period=3600, per_call=500)
     collector.start()
     try:
         assert gc.get_threshold()[2] == NEVER                 # CPython starts none by itself
@@ -48,9 +49,12 @@ async def test_full_collections_wait_for_a_quiet_moment_or_a_doubled_old_generat
         assert full_collections(registry) == 1
         assert collector.step() is None                      # nothing new since
         calls_up = 3
-        refs = old_garbage(max(2 * collector.after, collector.after + 2000))
+        live = [Node() for _ in range(1500)]                 # calls' objects, alive
+        gc.collect(1)
+        assert collector.step() is None                      # within 500 a call up (and one)
+        refs = old_garbage(1000)                             # and garbage: beyond 2,000
         assert collector.step() == "growth"                  # memory stays bounded, calls or not
-        assert all(ref() is None for ref in refs)
+        assert all(ref() is None for ref in refs) and len(live) == 1500
         assert full_collections(registry) == 2
     finally:
         await collector.stop()
