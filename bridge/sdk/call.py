@@ -1,34 +1,4 @@
-"""The Python SDK: the seed's 1-to-1 audio call with aiortc.
-
-    call = Call("http://127.0.0.1:8080")
-    await call.make_call(MakeCallParams(my_id="alice", my_service_id="demo-app", peer_id="bob",
-                                        peer_service_id="demo-app", access_token=token,
-                                        delegate=my_delegate, audio="hello.wav"))
-    ...
-    await call.end_call()
-
-The callee gets `cc_param` by push (its app server's, or the platform's embedded `PushListener`),
-then runs `verify_call`, waits for `evt_verified`, and runs `accept_call`.
-
-Only local validation raises (`StartFailError` with `reason` and `message`); anything the
-platform or the peer decides arrives as `evt_disconnected(Disconnected)`.
-
-STUN/TURN servers come from the platform with each call (`webrtc.ice_servers` of its config;
-TURN credentials may be minted for the call): a caller asks for them before its offer, a callee
-gets them with `verified`. `Call(..., ice_transport_policy="relay")` (bridge's extension, the
-W3C `iceTransportPolicy`) gathers and uses TURN relay candidates only. `Call(..., ssl=...)`
-verifies a wss:// platform against a private CA (`bridge.tls.client_context(ca_file)`).
-
-Hold (bridge's extension, as PlanetKit's native SDKs have it): `hold()` / `unhold()` tell the peer,
-which gets `evt_peer_hold` / `evt_peer_unhold`; while held, this side sends silence. `get_stats()`
-(bridge's extension) gives the call's audio packets, loss and jitter each way; the last figures
-stay in `stats` when the call ends.
-
-A peer that stops sending and stops answering ICE consent checks for `liveness_timeout` seconds
-(8 by default; bridge's extension, see `bridge.liveness`), or whose media connection fails, ends
-the call with NETWORK_UNSTABLE: the platform tells the peer, and `evt_disconnected` follows here
-(within a second even if the platform cannot be reached).
-"""
+"""`Call`: one 1-to-1 audio call, caller or callee, over the platform's signalling."""
 
 from __future__ import annotations
 
@@ -38,215 +8,27 @@ import inspect
 import json
 import logging
 import ssl as _ssl
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import aiohttp
-from aiortc import (RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver,
-                    RTCSessionDescription)
+from aiortc import RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from aiortc.rtcconfiguration import RTCIceTransportPolicy
-from aiortc.rtcicetransport import parse_stun_turn_uri
 from aiortc.rtp import RtpPacket
 
-from . import ccparam, codecs, protocol, rtcdirect, rtcjitter
-from .audio import GatedTrack, Sink, WavTrack, frame_to_mono
-from .liveness import Liveness
-from .reasons import Disconnected, DisconnectReason, Source, StartFailReason
+from .. import ccparam, protocol, rtcdirect, rtcjitter
+from ..audio import GatedTrack, Sink, WavTrack, frame_to_mono
+from ..liveness import Liveness
+from ..reasons import Disconnected, DisconnectReason, Source, StartFailReason
+from .negotiation import ICE_TRANSPORT_POLICIES, _preferences, ice_configuration, negotiated_payload_types
+from .params import (AudioSource, AudioStats, CallVerifiedParam, MakeCallParams, StartFailError, VerifyCallParams,
+                     _fail, _validate_ids)
 
 log = logging.getLogger("bridge.sdk")
 
-__all__ = [
-    "AudioStats", "Call", "CallDelegate", "CallVerifiedParam", "Disconnected", "DisconnectReason",
-    "MakeCallParams", "PushListener", "StartFailError", "StartFailReason", "VerifyCallParams",
-]
-
-
-class StartFailError(Exception):
-    """makeCall/verifyCall rejected locally: `reason` is a START_FAIL_REASON."""
-
-    def __init__(self, reason: StartFailReason, message: str) -> None:
-        super().__init__(f"{reason.value}: {message}")
-        self.reason = reason
-        self.message = message
-
-
-class CallDelegate:
-    """Override what you need; methods may be plain or async."""
-
-    def evt_wait_connected(self) -> Any: ...
-    def evt_verified(self, param: "CallVerifiedParam") -> Any: ...
-    def evt_connected(self) -> Any: ...
-    def evt_disconnected(self, param: Disconnected) -> Any: ...
-    def evt_peer_mic_muted(self) -> Any: ...
-    def evt_peer_mic_unmuted(self) -> Any: ...
-    def evt_dtmf(self, digits: str) -> Any: ...
-    def evt_peer_hold(self) -> Any: ...
-    def evt_peer_unhold(self) -> Any: ...
-
-
-AudioSource = MediaStreamTrack | str | None
-
-
-@dataclass
-class MakeCallParams:
-    my_id: str
-    my_service_id: str
-    peer_id: str
-    peer_service_id: str
-    access_token: str
-    media_type: str = "audio"
-    app_server_data: str | None = None
-    delegate: Any = None
-    audio: AudioSource = None          # an aiortc audio track, a WAV file path, or None (silence)
-    peer_audio: Sink | None = None     # called with each 20 ms frame of the peer: (int16 mono, rate)
-    codecs: tuple[str, ...] | None = None   # bridge's extension: e.g. ("PCMU", "PCMA", "opus")
-
-
-@dataclass
-class VerifyCallParams:
-    my_id: str
-    my_service_id: str
-    cc_param: str
-    media_type: str = "audio"
-    delegate: Any = None
-    audio: AudioSource = None
-    peer_audio: Sink | None = None
-    early_media: bool = False          # send `audio` before accepting (a gateway's ringback)
-    codecs: tuple[str, ...] | None = None   # preferred codecs of the answer (bridge's extension)
-
-
-@dataclass(frozen=True)
-class CallVerifiedParam:
-    sid: str
-    peer_id: str
-    peer_service_id: str
-    app_server_data: str | None
-
-
-@dataclass(frozen=True)
-class AudioStats:
-    """One call's audio at this end (bridge's extension): from aiortc's getStats(), jitter in ms.
-
-    `packets_lost` and `jitter_ms` are what this end measured of the peer's stream;
-    `peer_packets_lost` and `peer_jitter_ms` what the peer reported of ours (RTCP receiver
-    reports; None until one arrived)."""
-
-    packets_sent: int = 0
-    packets_received: int = 0
-    packets_lost: int = 0
-    jitter_ms: float = 0.0
-    peer_packets_lost: int | None = None
-    peer_jitter_ms: float | None = None
-    round_trip_ms: float | None = None
-
-    @classmethod
-    def of(cls, report: Any, clock_rate: int) -> "AudioStats":
-        """From an RTCStatsReport (jitter there is in RTP timestamp units of `clock_rate`)."""
-        values: dict[str, Any] = {}
-        for stats in report.values():
-            kind = getattr(stats, "type", "")
-            if kind == "outbound-rtp":
-                values["packets_sent"] = values.get("packets_sent", 0) + stats.packetsSent
-            elif kind == "inbound-rtp":
-                values["packets_received"] = values.get("packets_received", 0) + stats.packetsReceived
-                values["packets_lost"] = values.get("packets_lost", 0) + max(0, stats.packetsLost)
-                values["jitter_ms"] = max(values.get("jitter_ms", 0.0), 1000.0 * stats.jitter / clock_rate)
-            elif kind == "remote-inbound-rtp":
-                values["peer_packets_lost"] = max(0, stats.packetsLost)
-                values["peer_jitter_ms"] = 1000.0 * stats.jitter / clock_rate
-                if stats.roundTripTime is not None:
-                    values["round_trip_ms"] = 1000.0 * stats.roundTripTime
-        return cls(**values)
-
-
-def _fail(reason: StartFailReason, message: str) -> None:
-    raise StartFailError(reason, message)
-
-
-def _validate_ids(my_id: Any, my_service_id: Any, media_type: Any) -> None:
-    if not isinstance(my_id, str) or not protocol.USER_ID.fullmatch(my_id):
-        _fail(StartFailReason.INVALID_USER_ID, f"my_id {my_id!r} must match [a-zA-Z0-9_-]{{1,64}}")
-    if not isinstance(my_service_id, str) or not protocol.SERVICE_ID.fullmatch(my_service_id):
-        _fail(StartFailReason.INVALID_SERVICE_ID,
-              f"my_service_id {my_service_id!r} must match [a-zA-Z0-9.-]{{1,64}}")
-    if media_type not in protocol.MEDIA_TYPES:
-        _fail(StartFailReason.INVALID_MEDIA_TYPE, f"media_type {media_type!r}: only 'audio' is supported")
-
-
-CODEC_NAMES = ("opus", "G722", "PCMU", "PCMA")
 LIVENESS_TIMEOUT = 8.0     # seconds of silence from the peer (media and consent) that end a call
 WS_CLOSE_TIMEOUT = 2.0     # seconds to wait for the platform's close frame when a call ends
 ICE_SERVERS_TIMEOUT = 10.0  # seconds for the platform to answer a caller's ice_servers
 PC_CLOSE_TIMEOUT = 5.0     # seconds for the peer connection to close (aiortc) when a call ends
-ICE_TRANSPORT_POLICIES = {"all": RTCIceTransportPolicy.ALL, "relay": RTCIceTransportPolicy.RELAY}
-
-
-def ice_configuration(servers: Any, policy: str = "all") -> RTCConfiguration:
-    """aiortc's configuration from the platform's RTCIceServer dicts (malformed entries skipped).
-    aiortc uses the first STUN and the first TURN URL it can (turn: over udp or tcp, turns: over
-    tcp); a browser tries them all."""
-    ice = []
-    for entry in servers if isinstance(servers, list) else []:
-        urls = entry.get("urls") if isinstance(entry, dict) else None
-        urls = [urls] if isinstance(urls, str) else urls
-        if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
-            continue
-        urls = [u for u in urls if _aiortc_takes(u)]     # e.g. not an IPv6 literal: aiortc refuses it
-        if not urls:
-            continue
-        username, credential = entry.get("username"), entry.get("credential")
-        ice.append(RTCIceServer(urls=urls, username=username if isinstance(username, str) else None,
-                                credential=credential if isinstance(credential, str) else None))
-    return RTCConfiguration(iceServers=ice, iceTransportPolicy=ICE_TRANSPORT_POLICIES[policy])
-
-
-def _aiortc_takes(url: str) -> bool:
-    try:
-        parse_stun_turn_uri(url)
-    except ValueError:
-        return False
-    return True
-
-
-def _preferences(codecs: tuple[str, ...] | None) -> list:
-    """aiortc codec capabilities in the order `codecs` names them."""
-    if not codecs:
-        return []
-    available = RTCRtpSender.getCapabilities("audio").codecs
-    wanted = []
-    for name in codecs:
-        if name not in CODEC_NAMES:
-            _fail(StartFailReason.INVALID_PARAM, f"codec {name!r}: use {', '.join(CODEC_NAMES)}")
-        wanted += [c for c in available if c.mimeType.split("/")[1].lower() == name.lower()]
-    return wanted
-
-
-def negotiated_codec(sdp: str) -> str:
-    """The first codec of the audio m= line of an SDP answer ("PCMU", "opus", ...)."""
-    types = negotiated_payload_types(sdp)
-    return next(iter(types.values()), "")
-
-
-def negotiated_payload_types(sdp: str) -> dict[int, str]:
-    """The codecs of the audio m= line of an SDP answer by payload type, in its order (static
-    types without an rtpmap line by their RFC 3551 names)."""
-    order: list[int] = []
-    names: dict[int, str] = {}
-    for line in sdp.splitlines():
-        if line.startswith("m="):
-            if order:
-                break
-            fields = line.split()
-            if fields[0] == "m=audio" and len(fields) > 3:
-                order = [int(pt) for pt in fields[3:] if pt.isdigit()]
-        elif order and line.startswith("a=rtpmap:"):
-            pt, _, rest = line[9:].partition(" ")
-            name = rest.split("/")[0].strip()
-            if pt.isdigit() and name:
-                names[int(pt)] = name
-    static = codecs.BY_PAYLOAD_TYPE
-    return {pt: names.get(pt) or static[pt].name for pt in order if pt in names or pt in static}
 
 
 def _unlink(ws: aiohttp.ClientWebSocketResponse) -> None:
@@ -758,76 +540,3 @@ class Call:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-@dataclass(frozen=True)
-class Push:
-    """A call notification as the embedded push delivers it."""
-
-    cc_param: str
-    app_callee_uid: str
-    app_callee_sid: str
-    app_call_type: str
-    app_svr_data: str | None
-    caller_id: str | None = None
-    caller_service_id: str | None = None
-
-
-class ListenError(Exception):
-    def __init__(self, param: Disconnected) -> None:
-        super().__init__(f"listen refused: {param}")
-        self.param = param
-
-
-class PushListener:
-    """The platform's embedded push: receive call notifications for one user.
-
-        async with PushListener(url, "bob", "demo-app", token) as pushes:
-            push = await pushes.next()
-    """
-
-    def __init__(self, platform_url: str, my_id: str, my_service_id: str, access_token: str, *,
-                 ssl: _ssl.SSLContext | None = None) -> None:
-        _validate_ids(my_id, my_service_id, "audio")
-        self.url = _http_to_ws(platform_url)
-        self.ssl = ssl
-        self._hello = {"type": "listen", "token": access_token, "my_id": my_id, "my_service_id": my_service_id}
-        self._session: aiohttp.ClientSession | None = None
-        self._ws: aiohttp.ClientWebSocketResponse | None = None
-
-    async def __aenter__(self) -> "PushListener":
-        self._session = aiohttp.ClientSession()
-        try:
-            self._ws = await self._session.ws_connect(self.url, heartbeat=30.0,
-                                                      ssl=self.ssl if self.ssl is not None else True)
-            await self._ws.send_str(json.dumps(self._hello))
-            reply = await self._ws.receive_json(timeout=10)
-        except BaseException:
-            await self.close()
-            raise
-        if reply.get("type") != "listening":
-            await self.close()
-            raise ListenError(Disconnected.from_json(reply))
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def next(self, timeout: float | None = None) -> Push:
-        """The next push; raises ConnectionError if the platform closed the session."""
-        assert self._ws is not None
-        async with asyncio.timeout(timeout):
-            while True:
-                raw = await self._ws.receive()
-                if raw.type != aiohttp.WSMsgType.TEXT:
-                    raise ConnectionError("the platform closed the push session")
-                m = json.loads(raw.data)
-                if m.get("type") == "push":
-                    return Push(m["cc_param"], m["app_callee_uid"], m["app_callee_sid"], m["app_call_type"],
-                                m.get("app_svr_data"), m.get("caller_id"), m.get("caller_service_id"))
-
-    async def close(self) -> None:
-        if self._ws is not None:
-            await self._ws.close()
-        if self._session is not None:
-            await self._session.close()
