@@ -122,8 +122,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress line")
 
 
-
-
 async def main(args: argparse.Namespace, cfg: Config) -> int:
     """Run the load test; 0: every call completed, 1: some failed, 2: could not run."""
     try:
