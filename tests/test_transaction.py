@@ -240,12 +240,17 @@ async def test_an_ended_transaction_is_freed_as_it_ends_not_by_the_collector(lay
         assert (await options.next()).code == 200
         _, server = await invite_from_peer(layer, peer)
         server.respond(response(server.request, 603, to_tag="t"), 603)
-        watched = [client, options, server]
+        text = peer.request("OPTIONS", f"sip:bridge@127.0.0.1:{layer.transport.local[1]}")
+        peer.send(text, layer.transport.local)
+        msg, addr = await asyncio.wait_for(layer.requests.get(), 2)
+        answering = layer.new_server(msg, addr)
+        answering.respond(response(answering.request, 200, to_tag="t"), 200)
+        watched = [client, options, server, answering]
         for tx in watched:
             tx.terminate()
         refs = [weakref.ref(tx) for tx in watched]
-        del client, options, server, watched, tx
+        del client, options, server, answering, watched, tx
         await asyncio.sleep(0.1)
-        assert [ref() for ref in refs] == [None, None, None]
+        assert [ref() for ref in refs] == [None, None, None, None]
     finally:
         gc.enable()
