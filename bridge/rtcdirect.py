@@ -194,9 +194,10 @@ def receive(receiver: RTCRtpReceiver, sink: PacketSink, clock_rate: int = 8000) 
     usual = connection._rtcdirect_usual if again else connection.data_received
     connection._rtcdirect_usual = usual
 
-    decoding = [True]                    # the receiver's decoder thread may (yet) run
+    decoding = True                      # the receiver's decoder thread may (yet) run
 
     def data_received(data: bytes, component: int) -> None:
+        nonlocal decoding
         srtp = dtls._rx_srtp
         if srtp is None or len(data) < 12 or not 127 < data[0] < 192 or 191 < data[1] < 224:
             return usual(data, component)        # DTLS, STUN, RTCP (and RTP before the keys)
@@ -204,8 +205,8 @@ def receive(receiver: RTCRtpReceiver, sink: PacketSink, clock_rate: int = 8000) 
             clear = srtp.unprotect(data)
         except pylibsrtp.Error:
             return                               # not the peer's, or a replay
-        if decoding[0]:
-            decoding[0] = not _stop_decoder(receiver)
+        if decoding:
+            decoding = not _stop_decoder(receiver)
         dtls._RTCDtlsTransport__rx_packets += 1  # the transport's statistics (liveness reads them)
         dtls._RTCDtlsTransport__rx_bytes += len(data)
         data = clear
