@@ -192,7 +192,7 @@ class GatedTrack(MediaStreamTrack):
         direct = self.direct
         if direct is None or not direct.running or not self.open or self.source is None:
             return False
-        if not self.silent:
+        if not (self.muted or self.held):
             direct.send(payload, self._follow_pts(pts, 8000) * direct.clock_rate // 8000)
         return True
 

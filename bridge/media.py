@@ -45,7 +45,7 @@ from .relay import FRAME_UNITS, Decode, Recoder, Timeline, clock_rate, decoder, 
 from .relay import units as payload_units
 from .resample import Resampling
 from .ringback import Ringback
-from .rtp import RtpEndpoint, RtpPacket
+from .rtp import RtpEndpoint
 
 TIME_BASE = Fraction(1, codecs.CLOCK_RATE)
 RELAY_QUEUE = 8           # packets waiting for the app leg's sender, at most
@@ -140,10 +140,9 @@ class SipToApp(MediaStreamTrack):
         if self.relaying:
             rtp.on_audio = self._from_phone
 
-    def _from_phone(self, packet: RtpPacket) -> None:
+    def _from_phone(self, payload_type: int, seq: int, timestamp: int, ssrc: int, payload: bytes) -> None:
         """Relay one packet of the phone's (called by the RTP endpoint as it arrives)."""
-        payload = packet.payload
-        skipped = self._timeline.place(packet.ssrc, packet.sequence_number, packet.timestamp, len(payload))
+        skipped = self._timeline.place(ssrc, seq, timestamp, len(payload))
         if skipped is None:
             self.stats.late += 1
             return
@@ -152,10 +151,10 @@ class SipToApp(MediaStreamTrack):
             skipped = max(0, now - self._pts)
         rtp = self.rtp
         assert rtp is not None
-        target = self.codec()
-        if codecs.relayable(rtp.codec, target):
+        source, target = rtp.codec, self.codec()
+        if source == target or codecs.relayable(source, target):
             self._pts += skipped
-            self._pass(codecs.convert(payload, rtp.codec, target), len(payload))
+            self._pass(payload if source == target else codecs.convert(payload, source, target), len(payload))
             return
         for skip, frame in self._recoder.frames(rtp, payload, skipped):
             self._pts += skip
@@ -250,15 +249,20 @@ class AppToSip:
         name = self._names.get(payload_type)
         if rtp is None or rtp.closed or name is None or not ours(name):
             return
-        skipped = self._timeline.place(ssrc, seq, timestamp, payload_units(name, payload))
+        skipped = self._timeline.place(ssrc, seq, timestamp, len(payload) if name in codecs.CODECS
+                                       else payload_units(name, payload))
         if skipped is None:
             self.stats.late += 1
             return
         if self.held:                 # placed all the same: the stream goes on without a gap after
             return
         self.stats.frames += 1
-        if codecs.relayable(name, rtp.codec):
-            rtp.write_payload(codecs.convert(payload, name, rtp.codec), skipped)
+        target = rtp.codec
+        if name == target:
+            rtp.write_payload(payload, skipped)
+            return
+        if codecs.relayable(name, target):
+            rtp.write_payload(codecs.convert(payload, name, target), skipped)
             return
         decode, rate = self._decoders.get(name) or self._decoders.setdefault(name, decoder(name))
         pcm = self._resample(decode(payload), rate, rtp.sample_rate)

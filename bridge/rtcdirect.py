@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import struct
 import time
 import traceback
 from typing import Callable
@@ -51,13 +50,11 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtcrtpreceiver import StreamStatistics
 from aiortc.rtp import RtpPacket
 
+from .rtp import RTP_FIELDS, RTP_HEADER, PacketSink, payload_span
+
 log = logging.getLogger(__name__)
 
 NTP_OFFSET = 2208988800            # seconds from 1900 (NTP) to 1970 (Unix)
-_HEADER = struct.Struct("!BBHII")
-_FIELDS = struct.Struct("!BHII")   # from the second byte: marker and payload type, seq, ts, ssrc
-
-PacketSink = Callable[[int, int, int, int, bytes], None]   # pt, sequence, timestamp, ssrc, payload
 
 
 def _private(obj: object, name: str) -> object:
@@ -86,6 +83,9 @@ class DirectSender:
         self._extensions = b""
         self._sent_octets = 0
         self._sent_packets = 0
+        self._pair: object = None      # the nominated ICE pair `_sendto` and `_address` are of
+        self._sendto: Callable[[bytes, tuple], None] | None = None
+        self._address: tuple | None = None
         sender._run_rtp = self._run   # type: ignore[method-assign]
 
     async def _run(self, codec: RTCRtpCodecParameters) -> None:
@@ -122,6 +122,7 @@ class DirectSender:
             log.warning("direct RTP sender failed:\n%s", traceback.format_exc())
         finally:
             self.running = False
+            self._pair = self._sendto = self._address = None
             track = sender.track
             if track is not None:
                 track.stop()
@@ -136,15 +137,17 @@ class DirectSender:
         pair = dtls.transport._connection._nominated.get(1)
         if srtp is None or pair is None or not self.running or dtls._state is not State.CONNECTED:
             return False
+        if pair is not self._pair:          # the pair's socket (or TURN relay) and address, once
+            self._pair, self._sendto, self._address = pair, pair.protocol.transport.sendto, pair.remote_addr
         timestamp = (self._origin + timestamp) & 0xFFFFFFFF
-        rtp = _HEADER.pack(self._first, self._pt | (0x80 if marker else 0), self._seq, timestamp,
+        rtp = RTP_HEADER.pack(self._first, self._pt | (0x80 if marker else 0), self._seq, timestamp,
                            self._sender._ssrc) + self._extensions + payload
         try:
             rtp = srtp.protect(rtp)
         except pylibsrtp.Error:
             return False
         try:
-            pair.protocol.transport.sendto(rtp, pair.remote_addr)   # a socket's, or aioice's TURN relay
+            self._sendto(rtp, self._address)   # a socket's, or aioice's TURN relay
         except (OSError, RuntimeError):
             return False
         dtls._RTCDtlsTransport__tx_packets += 1
@@ -210,22 +213,16 @@ def receive(receiver: RTCRtpReceiver, sink: PacketSink, clock_rate: int = 8000) 
         dtls._RTCDtlsTransport__rx_packets += 1  # the transport's statistics (liveness reads them)
         dtls._RTCDtlsTransport__rx_bytes += len(data)
         data = clear
-        first = data[0]
-        offset = 12 + 4 * (first & 0x0F)
-        if first & 0x10:
-            if len(data) < offset + 4:
-                return
-            offset += 4 + 4 * ((data[offset + 2] << 8) | data[offset + 3])
-        end = len(data) - (data[-1] if first & 0x20 else 0)
-        if offset > end:
+        span = payload_span(data)
+        if span is None:
             return
-        second, seq, timestamp, ssrc = _FIELDS.unpack_from(data, 1)
+        second, seq, timestamp, ssrc = RTP_FIELDS.unpack_from(data, 1)
         stream = streams.get(ssrc)
         if stream is None:
             stream = streams[ssrc] = _Statistics(clock_rate)
         if isinstance(stream, _Statistics):
             stream.note(seq, timestamp)
-        sink(second & 0x7F, seq, timestamp, ssrc, data[offset:end])
+        sink(second & 0x7F, seq, timestamp, ssrc, data[span[0]:span[1]])
 
     connection.data_received = data_received
     if again:

@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 RTP_VERSION = 2
 RTP_HEADER = struct.Struct("!BBHII")
+RTP_FIELDS = struct.Struct("!BHII")    # from the second byte: marker and payload type, seq, ts, ssrc
 EVENT_PAYLOAD = struct.Struct("!BBH")
 DEFAULT_DTMF_PT = 101
 PT_CN = 13
@@ -41,6 +42,9 @@ PT_CN = 13
 EVENT_CHARS = "0123456789*#ABCD!"
 _CHAR_EVENTS = {c: i for i, c in enumerate(EVENT_CHARS)}
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
+
+
+PacketSink = Callable[[int, int, int, int, bytes], None]   # pt, sequence, timestamp, ssrc, payload
 
 
 class RtpParseError(ValueError):
@@ -144,6 +148,24 @@ def is_rtcp(data: bytes) -> bool:
     return len(data) >= 2 and 192 <= data[1] <= 223
 
 
+def payload_span(data: bytes) -> tuple[int, int] | None:
+    """Where the payload of an RTP packet (at least its 12-byte header) lies, past the CSRCs,
+    the header extension and before the padding; None if those do not fit."""
+    first = data[0]
+    start = 12 + 4 * (first & 0x0F)
+    if first & 0x10:
+        if len(data) < start + 4:
+            return None
+        start += 4 + 4 * ((data[start + 2] << 8) | data[start + 3])
+    end = len(data)
+    if first & 0x20:
+        padding = data[-1]
+        if padding == 0:
+            return None
+        end -= padding
+    return (start, end) if start <= end else None
+
+
 # -- RFC 4733 telephone-events ------------------------------------------------------------------
 
 
@@ -208,48 +230,54 @@ class RtpStats:
 
 
 class _ReceiveCounter:
-    """RFC 3550 A.3/A.8 loss and interarrival jitter over all packets of one SSRC.
+    """RFC 3550 A.3/A.8 loss and interarrival jitter over all packets of one SSRC, written into
+    `stats` (`lost`, `jitter_ms`) as each packet arrives.
 
-    Unlike the RFC's plain count, duplicates (recent sequence numbers) are not counted as
-    received, so they cannot hide losses.
+    Unlike the RFC's plain count, duplicates (of the newest `WINDOW` sequence numbers) are not
+    counted as received, so they cannot hide losses. Those are one bit each in `_window` (bit k:
+    the newest but k arrived), so a packet in line costs a shift, not a set.
     """
 
-    def __init__(self, clock_rate: int) -> None:
+    WINDOW = 128
+
+    def __init__(self, clock_rate: int, stats: RtpStats) -> None:
         self.clock_rate = clock_rate
+        self.stats = stats
         self.ssrc: int | None = None
         self.lost_before = 0
         self.jitter = 0.0
-        self._recent: set[int] = set()
-        self._recent_order: deque[int] = deque()
+        self._window = 0
 
-    def update(self, packet: RtpPacket, arrival: float) -> None:
-        seq = packet.sequence_number
-        if packet.ssrc != self.ssrc:
+    def update(self, seq: int, timestamp: int, ssrc: int, arrival: float) -> None:
+        if ssrc != self.ssrc:
             if self.ssrc is not None:
                 self.lost_before += self.lost_now
-            self.ssrc = packet.ssrc
-            self.base = self.ext_max = ext = seq
+            self.ssrc = ssrc
+            self.base = self.ext_max = seq
             self.received = 0
             self.transit: float | None = None
-            self._recent.clear()
-            self._recent_order.clear()
+            self._window = 1
         else:
             ext = self.ext_max + ((seq - self.ext_max + 0x8000) & 0xFFFF) - 0x8000
-            if ext in self._recent:
-                return
-            if ext > self.ext_max:
+            ahead = ext - self.ext_max
+            if ahead > 0:
                 self.ext_max = ext
-        self._recent.add(ext)
-        self._recent_order.append(ext)
-        if len(self._recent_order) > 128:
-            self._recent.discard(self._recent_order.popleft())
+                self._window = ((self._window << ahead) | 1) & ((1 << self.WINDOW) - 1)
+            elif -ahead < self.WINDOW:
+                bit = 1 << -ahead
+                if self._window & bit:
+                    return                     # a duplicate
+                self._window |= bit
         self.received += 1
-        transit = arrival * self.clock_rate - packet.timestamp
+        transit = arrival * self.clock_rate - timestamp
         if self.transit is not None:
             d = abs(transit - self.transit)
             if d < self.clock_rate:  # ignore timestamp jumps
                 self.jitter += (d - self.jitter) / 16
         self.transit = transit
+        stats = self.stats
+        stats.lost = self.lost_before + max(0, self.ext_max - self.base + 1 - self.received)
+        stats.jitter_ms = self.jitter * 1000 / self.clock_rate
 
     @property
     def lost_now(self) -> int:
@@ -268,9 +296,7 @@ class _ReceiveCounter:
 class _Protocol(asyncio.DatagramProtocol):
     def __init__(self, endpoint: RtpEndpoint) -> None:
         self.endpoint = endpoint
-
-    def datagram_received(self, data: bytes, addr) -> None:
-        self.endpoint._datagram_received(data, addr)
+        self.datagram_received = endpoint._datagram_received   # type: ignore[method-assign]  # one call less a packet
 
     def error_received(self, exc: Exception) -> None:  # ICMP port unreachable etc.
         logger.debug("RTP socket error: %s", exc)
@@ -313,7 +339,7 @@ class RtpEndpoint:
         self.jitter = jitter or JitterBuffer()
         self.on_dtmf = on_dtmf
         # Relay: audio packets go here as they arrive instead of into the jitter buffer.
-        self.on_audio: Callable[[RtpPacket], None] | None = None
+        self.on_audio: PacketSink | None = None
         # Received digits when no callback is set; bounded, oldest dropped.
         self.dtmf_queue: asyncio.Queue[str] = asyncio.Queue(maxsize=64)
         self.dtmf_gap_frames = dtmf_gap_frames
@@ -323,6 +349,8 @@ class RtpEndpoint:
         self.set_codec(codec, payload_type, dtmf_payload_type)
         self._sdp_remote = remote
         self._latched: tuple[str, int] | None = None
+        self._source: tuple | None = None       # the latched source as the socket gives it
+        self._destination: tuple = (None, None)  # (address, as the socket takes it)
         self._extra_dtmf_pt: int | None = None
         self._transport: asyncio.DatagramTransport | None = None
         self._family = 0
@@ -330,7 +358,7 @@ class RtpEndpoint:
         self._pool: PortPool | None = None
         self._port = 0
         self._local: tuple[str, int] | None = None
-        self._recv = _ReceiveCounter(8000)
+        self._recv = _ReceiveCounter(8000, self.stats)
         self._loop: asyncio.AbstractEventLoop | None = None
         # sender state (RFC 3550: random initial values)
         self.ssrc = random.getrandbits(32)
@@ -398,7 +426,7 @@ class RtpEndpoint:
         """Remote address from (re-)negotiated SDP; a changed address is learnt anew."""
         if remote != self._sdp_remote:
             self._sdp_remote = remote
-            self._latched = None
+            self._latched = self._source = None
 
     def set_codec(
         self,
@@ -464,7 +492,8 @@ class RtpEndpoint:
         `skipped`: timestamp units the source did not send before this frame (its loss or a
         pause); the RTP clock jumps over them, so the receiver sees the gap where it was.
         """
-        self._skip(skipped)
+        if skipped:
+            self._skip(skipped)
         ts = self._next_ts(len(payload))
         if ts is None:
             return
@@ -531,12 +560,16 @@ class RtpEndpoint:
         addr = self._latched or self._sdp_remote
         if addr is None or self._transport is None:
             return
+        known, destination = self._destination
+        if addr is not known:
+            destination = inet.sockaddr(addr, self._family)
+            self._destination = (addr, destination)
         header = RTP_HEADER.pack(0x80, (0x80 if marker else 0) | pt, self._seq, ts, self.ssrc)
         self._seq = (self._seq + 1) & 0xFFFF
         packet = header + payload
         if self.srtp is not None:
             packet = self.srtp.protect(packet)
-        self._transport.sendto(packet, inet.sockaddr(addr, self._family))
+        self._transport.sendto(packet, destination)
         self.stats.packets_sent += 1
         self.stats.bytes_sent += len(payload)
 
@@ -553,65 +586,71 @@ class RtpEndpoint:
         return frame
 
     def _datagram_received(self, data: bytes, addr) -> None:
-        if is_rtcp(data):
-            self.stats.ignored += 1
+        st = self.stats
+        if len(data) < RTP_HEADER.size or data[0] >> 6 != RTP_VERSION:
+            if is_rtcp(data):
+                st.ignored += 1
+            else:
+                st.malformed += 1
+            return
+        if 191 < data[1] < 224:          # RTCP (RFC 5761)
+            st.ignored += 1
             return
         if self.srtp is not None:
-            if len(data) < RTP_HEADER.size or data[0] >> 6 != RTP_VERSION:
-                self.stats.malformed += 1
-                return
             clear = self.srtp.unprotect(data)
             if clear is None:
-                self.stats.srtp_failed += 1
+                st.srtp_failed += 1
                 return
             data = clear
-        try:
-            packet = RtpPacket.parse(data)
-        except RtpParseError:
-            self.stats.malformed += 1
+        span = payload_span(data)
+        if span is None:
+            st.malformed += 1
             return
-        if not self._accept_source(inet.peer(addr)):
+        if addr != self._source and not self._accept_source(addr):
             return
+        second, seq, timestamp, ssrc = RTP_FIELDS.unpack_from(data, 1)
         # every packet of the stream counts for sequence/loss/jitter (RFC 3550 A.3), even one
         # whose payload type we then ignore: its sequence number is no loss
-        st = self.stats
-        self._recv.update(packet, (self._loop or asyncio.get_running_loop()).time())
-        st.lost = self._recv.lost
-        st.jitter_ms = self._recv.jitter / 8.0
-        pt = packet.payload_type
+        self._recv.update(seq, timestamp, ssrc, (self._loop or asyncio.get_running_loop()).time())
+        pt = second & 0x7F
         if pt == self._extra_dtmf_pt:
             pt = self.dtmf_payload_type
         if pt != self.payload_type and pt != self.dtmf_payload_type and pt != PT_CN:
             st.ignored += 1
             return
+        start, end = span
         st.packets_received += 1
-        st.bytes_received += len(packet.payload)
+        st.bytes_received += end - start
         if not self.receiving:
             return
         if pt == self.payload_type:
             if self.on_audio is not None:
-                self.on_audio(packet)
+                self.on_audio(pt, seq, timestamp, ssrc, data[start:end])
             else:
-                self.jitter.put(packet)
+                self.jitter.put(RtpPacket(pt, seq, timestamp, ssrc, data[start:end], bool(second & 0x80)))
         elif pt == self.dtmf_payload_type:
-            self._event_received(packet)
+            self._event_received(ssrc, timestamp, data[start:end])
 
     def _accept_source(self, addr: tuple[str, int]) -> bool:
-        """Symmetric RTP, latched once to an allowed source (see the class docstring)."""
+        """Symmetric RTP, latched once to an allowed source (see the class docstring). `addr`
+        is the socket's; once taken it is `_source`, which later packets compare with."""
+        raw, addr = addr, inet.peer(addr)
         if not self.symmetric or addr == self._latched:
+            self._source = raw
             return True
         if addr == self._sdp_remote or (self._latched is None and (
                 self.source_allowed is None or self.source_allowed(addr[0]))):
             if self._latched is not None:
                 logger.info("RTP source moved %s -> %s (the signalled address)", self._latched, addr)
             self._latched = addr
+            self._source = raw
             return True
         self.stats.foreign += 1
         return False
 
-    def _event_received(self, packet: RtpPacket) -> None:
+    def _event_received(self, ssrc: int, timestamp: int, payload: bytes) -> None:
         try:
-            event = TelephoneEvent.parse(packet.payload)
+            event = TelephoneEvent.parse(payload)
         except RtpParseError:
             self.stats.malformed += 1
             return
@@ -619,7 +658,7 @@ class RtpEndpoint:
         if char is None:
             self.stats.ignored += 1
             return
-        key = (packet.ssrc, packet.timestamp, event.event)
+        key = (ssrc, timestamp, event.event)
         if key in self._events_seen:
             return  # update or end retransmission of an event already reported
         self._events_seen.add(key)

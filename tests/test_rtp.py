@@ -15,8 +15,11 @@ from bridge.rtp import (
     RtpEndpoint,
     RtpPacket,
     RtpParseError,
+    RtpStats,
     TelephoneEvent,
+    _ReceiveCounter,
     event_code,
+    payload_span,
 )
 
 N = 160
@@ -102,6 +105,43 @@ def test_malformed_packets_raise_value_error(data):
     with pytest.raises(RtpParseError):
         RtpPacket.parse(data)
     assert issubclass(RtpParseError, ValueError)
+    if len(data) >= 12 and data[0] >> 6 == 2:     # the relay's header read refuses it too
+        assert payload_span(data) is None
+
+
+@pytest.mark.parametrize("packet", [
+    RtpPacket(0, 1, 2, 3, b"\xff" * 160),
+    RtpPacket(0, 1, 2, 3, b""),
+    RtpPacket(8, 7, 1234, 42, b"\xd5" * 160, csrc=[1, 2, 3], extension_profile=0xBEDE,
+              extension=b"\x10\xaa\x00\x00\x21\xbb\xcc\x00", padding_size=5),
+    RtpPacket(9, 7, 1234, 42, b"\x01\x02", extension_profile=0x1000, extension=b"", padding_size=255),
+])
+def test_the_relays_header_read_finds_the_payload_the_parser_does(packet):
+    data = packet.serialize()
+    start, end = payload_span(data)
+    assert data[start:end] == RtpPacket.parse(data).payload == packet.payload
+
+
+def test_receive_counter_counts_loss_and_not_duplicates_within_its_window():
+    stats = RtpStats()
+    counter = _ReceiveCounter(8000, stats)
+    arrivals = [65530, 65531, 65533, 65531, 65534, 0, 1, 1, 65534, 3]   # 3 duplicates
+    for k, seq in enumerate(arrivals):
+        counter.update(seq, 160 * k, 0xCAFE, 0.02 * k)
+    assert counter.received == 7 and stats.lost == 3                # 65532, 65535 and 2
+    counter.update(2, 160 * 10, 0xCAFE, 0.2)           # late, not lost after all
+    assert counter.received == 8 and stats.lost == 2
+    counter.update(2, 160 * 10, 0xCAFE, 0.2)
+    assert counter.received == 8
+    for k in range(130):
+        counter.update(4 + k, 160 * (11 + k), 0xCAFE, 0.02 * (11 + k))
+    assert counter.received == 138 and stats.lost == 2
+    counter.update(0, 0, 0xCAFE, 3.0)                   # older than the window: counted (RFC 3550 A.3)
+    assert counter.received == 139 and stats.lost == 1
+    counter.update(500, 0, 0xBEEF, 3.02)       # a new source starts afresh; its loss adds on
+    assert counter.received == 1 and stats.lost == 1
+    counter.update(502, 160, 0xBEEF, 3.04)
+    assert stats.lost == 2
 
 
 def test_telephone_event_payload():

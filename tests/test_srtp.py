@@ -273,14 +273,14 @@ async def test_relayed_packets_are_protected_and_unprotected_too():
     phone.set_remote(leg_in.local_address)
     leg_out.set_remote(far.local_address)
     far.set_remote(leg_out.local_address)
-    relayed: list[RtpPacket] = []
-    far.on_audio = relayed.append
-    leg_in.on_audio = lambda p: leg_out.write_payload(p.payload)
+    relayed: list[bytes] = []
+    far.on_audio = lambda pt, seq, ts, ssrc, payload: relayed.append(payload)
+    leg_in.on_audio = lambda pt, seq, ts, ssrc, payload: leg_out.write_payload(payload)
     try:
         for k in range(10):
             phone.write_payload(bytes([0x90 + k]) * N)
         await wait_until(lambda: len(relayed) == 10)
-        assert [p.payload[0] for p in relayed] == [0x90 + k for k in range(10)]
+        assert [p[0] for p in relayed] == [0x90 + k for k in range(10)]
         assert leg_in.stats.srtp_failed == far.stats.srtp_failed == 0
     finally:
         for ep in (phone, leg_in, leg_out, far):

@@ -320,7 +320,7 @@ class LoadTest(Analysis):
         rec.sip = call
         loop = self.loop
         packets = rec.far_packets
-        call.media.on_audio = lambda p: packets.append((loop.time(), p.sequence_number, p.timestamp, p.payload))
+        call.media.on_audio = lambda pt, seq, ts, ssrc, payload: packets.append((loop.time(), seq, ts, payload))
         try:
             await call.answer()
         except CallFailed as exc:
