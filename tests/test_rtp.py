@@ -12,12 +12,12 @@ from bridge import g711
 from bridge.clock import FrameClock
 from bridge.ports import PortPool, PortPoolExhausted
 from bridge.rtp import (
+    ReceiveCounter,
     RtpEndpoint,
     RtpPacket,
     RtpParseError,
     RtpStats,
     TelephoneEvent,
-    _ReceiveCounter,
     event_code,
     payload_span,
 )
@@ -124,7 +124,7 @@ def test_the_relays_header_read_finds_the_payload_the_parser_does(packet):
 
 def test_receive_counter_counts_loss_and_not_duplicates_within_its_window():
     stats = RtpStats()
-    counter = _ReceiveCounter(8000, stats)
+    counter = ReceiveCounter(8000, stats)
     arrivals = [65530, 65531, 65533, 65531, 65534, 0, 1, 1, 65534, 3]   # 3 duplicates
     for k, seq in enumerate(arrivals):
         counter.update(seq, 160 * k, 0xCAFE, 0.02 * k)

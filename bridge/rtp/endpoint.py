@@ -1,296 +1,28 @@
-"""RTP for the SIP leg: packets (RFC 3550), telephone-events (RFC 4733) and a per-call endpoint.
-
-:class:`RtpEndpoint` owns one asyncio datagram socket per call.  Sending is driven by the
-caller's 20 ms clock (:meth:`RtpEndpoint.write_frame`), receiving fills a
-:class:`~bridge.jitter.JitterBuffer` that the caller drains with
-:meth:`RtpEndpoint.read_frame` on the same clock.  No threads, nothing grows without bound.
-Codecs (`bridge.codecs`): PCMU and PCMA (8 kHz audio), G.722 (16 kHz audio); all three, and
-telephone-events, on an 8000 Hz RTP clock (RFC 3551), so a 20 ms frame is 160 timestamp units.
-With SRTP (`set_srtp`, keys from SDES) every packet sent is protected and every packet received
-must authenticate before anything else looks at it: one that does not is dropped and counted
-(`stats.srtp_failed`), and can neither latch the stream nor reach the jitter buffer or the relay.
-IPv4 and IPv6 (`bridge.inet`): an endpoint on `::` takes both, addresses written one way.
-"""
+"""One call's RTP endpoint on the SIP leg (see the package's docstring)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import random
-import struct
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
-from . import codecs, g711, inet
-from .jitter import JitterBuffer
-from .ports import PortPool
-from .srtp import Srtp, SrtpKey
+from .. import codecs, g711, inet
+from ..jitter import JitterBuffer
+from ..ports import PortPool
+from ..srtp import Srtp, SrtpKey
+
+from .events import DEFAULT_DTMF_PT, TelephoneEvent, event_code
+from .packet import (PT_CN, RTP_FIELDS, RTP_HEADER, RTP_VERSION, PacketSink, RtpPacket, RtpParseError,
+                     is_rtcp, payload_span)
+from .stats import ReceiveCounter, RtpStats
 
 logger = logging.getLogger(__name__)
-
-RTP_VERSION = 2
-RTP_HEADER = struct.Struct("!BBHII")
-RTP_FIELDS = struct.Struct("!BHII")    # from the second byte: marker and payload type, seq, ts, ssrc
-EVENT_PAYLOAD = struct.Struct("!BBH")
-DEFAULT_DTMF_PT = 101
-PT_CN = 13
-
-# RFC 4733 event codes 0-16: DTMF digits, then flash ("!").
-EVENT_CHARS = "0123456789*#ABCD!"
-_CHAR_EVENTS = {c: i for i, c in enumerate(EVENT_CHARS)}
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
-
-
-PacketSink = Callable[[int, int, int, int, bytes], None]   # pt, sequence, timestamp, ssrc, payload
-
-
-class RtpParseError(ValueError):
-    """A datagram that is not a well-formed RTP packet or telephone-event payload."""
-
-
-# -- packets ------------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class RtpPacket:
-    """One RTP packet (RFC 3550 section 5.1); ``extension`` is the raw extension body."""
-
-    payload_type: int = 0
-    sequence_number: int = 0
-    timestamp: int = 0
-    ssrc: int = 0
-    payload: bytes = b""
-    marker: bool = False
-    csrc: list[int] = field(default_factory=list)
-    extension_profile: int | None = None
-    extension: bytes = b""
-    padding_size: int = 0
-
-    @classmethod
-    def parse(cls, data: bytes) -> RtpPacket:
-        """Parse a datagram; raise :class:`RtpParseError` when it is malformed."""
-        size = len(data)
-        if size < RTP_HEADER.size:
-            raise RtpParseError(f"RTP packet too short ({size} bytes)")
-        b0, b1, seq, ts, ssrc = RTP_HEADER.unpack_from(data)
-        if b0 >> 6 != RTP_VERSION:
-            raise RtpParseError(f"RTP version {b0 >> 6} != 2")
-        pos = RTP_HEADER.size
-        cc = b0 & 0x0F
-        end_csrc = pos + 4 * cc
-        if end_csrc > size:
-            raise RtpParseError("RTP CSRC list truncated")
-        csrc = list(struct.unpack_from(f"!{cc}I", data, pos)) if cc else []
-        pos = end_csrc
-        profile = None
-        extension = b""
-        if b0 & 0x10:
-            if pos + 4 > size:
-                raise RtpParseError("RTP extension header truncated")
-            profile, words = struct.unpack_from("!HH", data, pos)
-            pos += 4
-            if pos + 4 * words > size:
-                raise RtpParseError("RTP extension truncated")
-            extension = bytes(data[pos:pos + 4 * words])
-            pos += 4 * words
-        end = size
-        padding = 0
-        if b0 & 0x20:
-            padding = data[-1]
-            if padding == 0 or pos + padding > size:
-                raise RtpParseError(f"RTP padding length {padding} invalid")
-            end -= padding
-        return cls(
-            payload_type=b1 & 0x7F,
-            sequence_number=seq,
-            timestamp=ts,
-            ssrc=ssrc,
-            payload=bytes(data[pos:end]),
-            marker=bool(b1 & 0x80),
-            csrc=csrc,
-            extension_profile=profile,
-            extension=extension,
-            padding_size=padding,
-        )
-
-    def serialize(self) -> bytes:
-        """Wire form; ``extension`` is padded to 32-bit words, ``padding_size`` appended."""
-        b0 = (RTP_VERSION << 6) | len(self.csrc)
-        if self.padding_size:
-            b0 |= 0x20
-        if self.extension_profile is not None:
-            b0 |= 0x10
-        b1 = (0x80 if self.marker else 0) | (self.payload_type & 0x7F)
-        parts = [
-            RTP_HEADER.pack(
-                b0, b1, self.sequence_number & 0xFFFF, self.timestamp & 0xFFFFFFFF,
-                self.ssrc & 0xFFFFFFFF,
-            )
-        ]
-        if self.csrc:
-            parts.append(struct.pack(f"!{len(self.csrc)}I", *self.csrc))
-        if self.extension_profile is not None:
-            ext = self.extension + b"\x00" * (-len(self.extension) % 4)
-            parts.append(struct.pack("!HH", self.extension_profile, len(ext) // 4) + ext)
-        parts.append(self.payload)
-        if self.padding_size:
-            if not 0 < self.padding_size < 256:
-                raise ValueError("padding_size must be 1..255")
-            parts.append(b"\x00" * (self.padding_size - 1) + bytes([self.padding_size]))
-        return b"".join(parts)
-
-
-def is_rtcp(data: bytes) -> bool:
-    """RTCP multiplexed on the RTP port (RFC 5761: second byte 192-223)."""
-    return len(data) >= 2 and 192 <= data[1] <= 223
-
-
-def payload_span(data: bytes) -> tuple[int, int] | None:
-    """Where the payload of an RTP packet (at least its 12-byte header) lies, past the CSRCs,
-    the header extension and before the padding; None if those do not fit."""
-    first = data[0]
-    start = 12 + 4 * (first & 0x0F)
-    if first & 0x10:
-        if len(data) < start + 4:
-            return None
-        start += 4 + 4 * ((data[start + 2] << 8) | data[start + 3])
-    end = len(data)
-    if first & 0x20:
-        padding = data[-1]
-        if padding == 0:
-            return None
-        end -= padding
-    return (start, end) if start <= end else None
-
-
-# -- RFC 4733 telephone-events ------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class TelephoneEvent:
-    """RFC 4733 section 2.3 payload: event code, end bit, volume (-dBm0), duration (ts units)."""
-
-    event: int
-    end: bool = False
-    volume: int = 10
-    duration: int = 0
-
-    @classmethod
-    def parse(cls, payload: bytes) -> TelephoneEvent:
-        if len(payload) < EVENT_PAYLOAD.size:
-            raise RtpParseError("telephone-event payload shorter than 4 bytes")
-        event, flags, duration = EVENT_PAYLOAD.unpack_from(payload)
-        return cls(event, bool(flags & 0x80), flags & 0x3F, duration)
-
-    def serialize(self) -> bytes:
-        flags = (0x80 if self.end else 0) | (self.volume & 0x3F)
-        return EVENT_PAYLOAD.pack(self.event & 0xFF, flags, min(self.duration, 0xFFFF))
-
-    @property
-    def char(self) -> str | None:
-        """'0'-'9', '*', '#', 'A'-'D', '!' (flash); None for other events."""
-        return EVENT_CHARS[self.event] if self.event < len(EVENT_CHARS) else None
-
-
-def event_code(digit: str) -> int:
-    """RFC 4733 event code of a DTMF character ('0'-'9', '*', '#', 'A'-'D', '!' = flash)."""
-    try:
-        return _CHAR_EVENTS[digit.upper()]
-    except KeyError:
-        raise ValueError(f"not a DTMF digit: {digit!r}") from None
-
-
-# -- receive statistics -------------------------------------------------------------------------
-
-
-@dataclass
-class RtpStats:
-    """Counters for metrics. Bytes are RTP payload octets (as in RTCP sender reports)."""
-
-    packets_sent: int = 0
-    bytes_sent: int = 0
-    packets_received: int = 0
-    bytes_received: int = 0
-    lost: int = 0          # RFC 3550 cumulative lost (expected - received), never negative
-    late: int = 0
-    duplicates: int = 0
-    concealed: int = 0
-    dropped: int = 0       # 20 ms frames dropped by the jitter buffer (drift/overflow)
-    inserted: int = 0      # 20 ms frames inserted by the jitter buffer (underrun/drift)
-    malformed: int = 0
-    ignored: int = 0       # unknown payload type, unknown event, RTCP
-    foreign: int = 0       # from a source other than the latched one (or one the policy refuses)
-    srtp_failed: int = 0   # SRTP packets that did not authenticate (or were replays): dropped
-    dtmf_sent: int = 0
-    dtmf_received: int = 0
-    jitter_ms: float = 0.0  # RFC 3550 interarrival jitter
-
-
-class _ReceiveCounter:
-    """RFC 3550 A.3/A.8 loss and interarrival jitter over all packets of one SSRC, written into
-    `stats` (`lost`, `jitter_ms`) as each packet arrives.
-
-    Unlike the RFC's plain count, duplicates (of the newest `WINDOW` sequence numbers) are not
-    counted as received, so they cannot hide losses. Those are one bit each in `_window` (bit k:
-    the newest but k arrived), so a packet in line costs a shift, not a set.
-    """
-
-    WINDOW = 128
-
-    def __init__(self, clock_rate: int, stats: RtpStats) -> None:
-        self.clock_rate = clock_rate
-        self.stats = stats
-        self.ssrc: int | None = None
-        self.lost_before = 0
-        self.jitter = 0.0
-        self._window = 0
-
-    def update(self, seq: int, timestamp: int, ssrc: int, arrival: float) -> None:
-        if ssrc != self.ssrc:
-            if self.ssrc is not None:
-                self.lost_before += self.lost_now
-            self.ssrc = ssrc
-            self.base = self.ext_max = seq
-            self.received = 0
-            self.transit: float | None = None
-            self._window = 1
-        else:
-            ext = self.ext_max + ((seq - self.ext_max + 0x8000) & 0xFFFF) - 0x8000
-            ahead = ext - self.ext_max
-            if ahead > 0:
-                self.ext_max = ext
-                self._window = ((self._window << ahead) | 1) & ((1 << self.WINDOW) - 1)
-            elif -ahead < self.WINDOW:
-                bit = 1 << -ahead
-                if self._window & bit:
-                    return                     # a duplicate
-                self._window |= bit
-        self.received += 1
-        transit = arrival * self.clock_rate - timestamp
-        if self.transit is not None:
-            d = abs(transit - self.transit)
-            if d < self.clock_rate:  # ignore timestamp jumps
-                self.jitter += (d - self.jitter) / 16
-        self.transit = transit
-        stats = self.stats
-        stats.lost = self.lost_before + max(0, self.ext_max - self.base + 1 - self.received)
-        stats.jitter_ms = self.jitter * 1000 / self.clock_rate
-
-    @property
-    def lost_now(self) -> int:
-        if self.ssrc is None:
-            return 0
-        return max(0, self.ext_max - self.base + 1 - self.received)
-
-    @property
-    def lost(self) -> int:
-        return self.lost_before + self.lost_now
-
-
-# -- endpoint -----------------------------------------------------------------------------------
 
 
 class _Protocol(asyncio.DatagramProtocol):
@@ -358,7 +90,7 @@ class RtpEndpoint:
         self._pool: PortPool | None = None
         self._port = 0
         self._local: tuple[str, int] | None = None
-        self._recv = _ReceiveCounter(8000, self.stats)
+        self._recv = ReceiveCounter(8000, self.stats)
         self._loop: asyncio.AbstractEventLoop | None = None
         # sender state (RFC 3550: random initial values)
         self.ssrc = random.getrandbits(32)
