@@ -1,96 +1,40 @@
-"""The call platform: access tokens, cc_param, Notify/Call Event callbacks, signalling, timers.
-
-One WebSocket per call leg (see `protocol`). The platform relays SDP between the two legs
-and owns the call's state: who may do what, when it ends, and why. It hands each leg the
-STUN/TURN servers of `webrtc.ice_servers` (TURN credentials minted for that user, `iceservers`):
-the caller asks first (`ice_servers`, with its access token), the callee gets them in `verified`.
-A client without a valid token (or cc_param) gets none.
-
-Alone (the default), all of it is in this process's memory. On a node of a cluster
-(`cluster:`), `cluster` links the platform nodes (`bridge.cluster.signalling`): each call stays
-on the node its caller reached, and what the others need goes through Redis: who is busy, who
-listens where (pushes), the legs of callees that reached another node, and app servers' REST
-requests (`/v1/calls/{sid}` answered by the call's home node, whichever node they reach).
-
-Callbacks go out through `callbacks.Clients`: per service, one connection pool for call setup
-(Notify callback, push POST) and one for Call Events, so an app server that hangs holds only
-its own pool. Every background task that fails is logged with its call's sid and counted.
-"""
+"""The platform's signalling: one WebSocket per call leg, the call's state and timers (see the package)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import json
 import logging
-import math
 import time
 import uuid
-import zlib
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, AsyncIterator
 
 import aiohttp
 from aiohttp import web
 
-from . import callbacks, ccparam, iceservers, protocol, token
-from .config import PlatformConfig, Service
-from .iceservers import IceServer
-from .logsafe import failure, safe
-from .metrics import Metrics
-from .protocol import ProtocolError
-from .reasons import Disconnected, DisconnectReason as R, Source
+from .. import callbacks, ccparam, iceservers, protocol, token
+from ..config import PlatformConfig
+from ..iceservers import IceServer
+from ..logsafe import failure, safe
+from ..metrics import Metrics
+from ..protocol import ProtocolError
+from ..reasons import Disconnected, DisconnectReason as R, Source
+from .appserver import AppServers
+from .model import PlatformCall, State, User, error, json_error
+from .push import Pushes
 
 if TYPE_CHECKING:
-    from .cluster.signalling import LinkedSocket, Signalling
+    from ..cluster.signalling import LinkedSocket, Signalling
 
 log = logging.getLogger("bridge.platform")
 
 FIRST_MESSAGE_TIMEOUT = 10.0
 
 
-class State(enum.Enum):
-    CALLING = "calling"      # made; the callee is being notified
-    VERIFIED = "verified"    # the callee verified cc_param: ringing
-    CONNECTED = "connected"
-    ENDED = "ended"
-
-
-@dataclass(frozen=True)
-class User:
-    service: str
-    user: str
-
-    def __str__(self) -> str:
-        return f"{self.user}@{self.service}"
-
-
-@dataclass(eq=False)
-class PlatformCall:
-    sid: str
-    caller: User
-    callee: User
-    app_server_data: str | None
-    offer: str
-    cc_param: str = field(repr=False, default="")
-    state: State = State.CALLING
-    caller_ws: web.WebSocketResponse | None = None
-    callee_ws: web.WebSocketResponse | None = None
-    answered: bool = False
-    setup_time: float = field(default_factory=time.time)
-    start_time: float = 0.0
-    end_time: float = 0.0
-    ended: Disconnected | None = None
-    timers: list[asyncio.TimerHandle] = field(default_factory=list)
-    tracked: bool = True  # counts for BUSY (False for calls refused at once)
-
-    def peer_ws(self, ws: web.WebSocketResponse) -> web.WebSocketResponse | None:
-        return self.callee_ws if ws is self.caller_ws else self.caller_ws
-
-
-class Platform:
-    """The platform's state and its aiohttp routes."""
+class Platform(Pushes, AppServers):
+    """The platform's state and its aiohttp routes; how callees are told of calls (`Pushes`) and
+    what app servers get (`AppServers`) are in their own modules."""
 
     def __init__(self, cfg: PlatformConfig, metrics: Metrics | None = None,
                  ice_servers: tuple[IceServer, ...] = ()) -> None:
@@ -166,7 +110,7 @@ class Platform:
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(max_msg_size=self.cfg.max_message_bytes, heartbeat=30.0)
         if not ws.can_prepare(request).ok:
-            raise _json_error(web.HTTPBadRequest, "websocket_required",
+            raise json_error(web.HTTPBadRequest, "websocket_required",
                               "GET /v1/ws takes a WebSocket upgrade (Connection: Upgrade, Upgrade: websocket, "
                               "Sec-WebSocket-Version: 13, a valid Sec-WebSocket-Key)")
         await ws.prepare(request)
@@ -200,7 +144,7 @@ class Platform:
     async def _elsewhere(self, ws: web.WebSocketResponse, first: dict, messages) -> bool:
         """A callee whose call lives on another platform node: carry its leg there (True)."""
         assert self.cluster is not None
-        from .cluster.store import RedisDown
+        from ..cluster.store import RedisDown
         try:
             sid = ccparam.verify(first["cc_param"], self.cfg.cc_param_secret).sid
         except ccparam.CcParamError:
@@ -332,14 +276,14 @@ class Platform:
                 reason = R.NORMAL if call.state is State.CONNECTED else R.CANCEL
                 await self.end(call, Source.CALLER, R(m.get("reason", reason)))
             elif not await self._in_call(call, ws, m):
-                await self._send(ws, _error("unexpected", f"{m['type']} is not a caller's message"))
+                await self._send(ws, error("unexpected", f"{m['type']} is not a caller's message"))
         await self.end(call, Source.CALLER, R.NETWORK_UNSTABLE)
 
     async def _shared_refusal(self, call: PlatformCall) -> R | None:
         """On a node of a cluster: BUSY if the callee is in a call on another node; else the call
         is recorded in Redis (its home, its users). Redis out of reach: SERVICE_INTERNAL_ERROR."""
         assert self.cluster is not None
-        from .cluster.store import RedisDown
+        from ..cluster.store import RedisDown
         try:
             if self.services[call.callee.service].one_call_per_user and await self.cluster.busy(str(call.callee)):
                 return R.BUSY
@@ -359,79 +303,6 @@ class Platform:
         if self.active.get(callee) and self.services[callee.service].one_call_per_user:
             return R.BUSY
         return None
-
-    async def _notify(self, call: PlatformCall) -> None:
-        service = self.services[call.callee.service]
-        try:
-            if service.notify_cb_url:
-                params = {"sid": call.sid, "from_service_id": call.caller.service,
-                          "from_user_id": call.caller.user, "to_service_id": call.callee.service,
-                          "to_user_id": call.callee.user, "type": "A", "param": call.cc_param}
-                if call.app_server_data:
-                    params["app_svr_data"] = call.app_server_data
-                await callbacks.get(self.clients.session(service.id, "setup"), service.notify_cb_url,
-                                    params, service.api_secret, self.cfg.callback_timeout)
-            elif service.push_urls:
-                await self._push_to_nodes(service, call)
-            else:
-                sockets = self.listeners.get(call.callee)
-                push = {"type": "push", **self._push(call)}
-                if not sockets and not await self._push_elsewhere(call, push):
-                    raise callbacks.CallbackError(f"{call.callee} has no connected session")
-                for ws in list(sockets or ()):
-                    await self._send(ws, push)
-        except callbacks.CallbackError as exc:
-            log.info("call %s: push failed: %s", call.sid, safe(exc))
-            self._callback_failed("push")
-            await self.end(call, Source.CLOUD_SERVER, R.PUSH_ERROR)
-            return
-        if call.state is not State.ENDED:
-            await self._send(call.caller_ws, {"type": "wait_connected"})
-
-    async def _push_to_nodes(self, service: Service, call: PlatformCall) -> None:
-        """POST the push to the service's `push_url`s: starting at the one the call's sid hashes
-        to (calls spread over the nodes), then the next ones in turn while a node cannot take it
-        (no connection, no answer in time, 503 with Retry-After). The node that takes it answers
-        202; a node that finds another took it answers 202 `duplicate`."""
-        assert service.push_secret
-        urls = service.push_urls
-        first = zlib.crc32(call.sid.encode()) % len(urls)
-        order = urls[first:] + urls[:first]
-        for n, url in enumerate(order):
-            try:
-                await callbacks.post_json(self.clients.session(service.id, "setup"), url, self._push(call),
-                                          service.push_secret, self.cfg.callback_timeout)
-                return
-            except callbacks.CallbackError as exc:
-                if not exc.elsewhere or n + 1 == len(order) or call.state is State.ENDED:
-                    raise
-                log.info("call %s: push to %s failed (%s); trying %s", call.sid, url, safe(exc), order[n + 1])
-
-    async def _push_elsewhere(self, call: PlatformCall, push: dict) -> bool:
-        """The callee listens on other platform nodes (a cluster): hand them the push."""
-        if self.cluster is None:
-            return False
-        from .cluster.store import RedisDown
-        try:
-            return await self.cluster.push_elsewhere(str(call.callee), push)
-        except RedisDown as exc:
-            log.warning("call %s: %s", call.sid, exc)
-            return False
-
-    async def _pushed_here(self, user: str, push: dict) -> bool:
-        """A push another node handed over for a user listening on this node."""
-        sockets = next((s for u, s in self.listeners.items() if str(u) == user), set())
-        for ws in list(sockets):
-            await self._send(ws, push)
-        return bool(sockets)
-
-    @staticmethod
-    def _push(call: PlatformCall) -> dict:
-        """The push payload: the seed's fields, plus who calls (for display)."""
-        return {"cc_param": call.cc_param, "app_callee_uid": call.callee.user,
-                "app_callee_sid": call.callee.service, "app_call_type": "audio",
-                "app_svr_data": call.app_server_data, "sid": call.sid,
-                "caller_id": call.caller.user, "caller_service_id": call.caller.service}
 
     # --- callee ---------------------------------------------------------------------
 
@@ -471,7 +342,7 @@ class Platform:
                 reason = R.NORMAL if call.state is State.CONNECTED else R.DECLINE
                 await self.end(call, Source.CALLEE, R(m.get("reason", reason)))
             elif not await self._in_call(call, ws, m):
-                await self._send(ws, _error("unexpected", f"{kind} is not allowed now"))
+                await self._send(ws, error("unexpected", f"{kind} is not allowed now"))
         await self.end(call, Source.CALLEE, R.NETWORK_UNSTABLE)
 
     async def _connect(self, call: PlatformCall) -> None:
@@ -515,7 +386,7 @@ class Platform:
         try:
             await self._send(ws, {"type": "listening"})
             async for m in messages:
-                await self._send(ws, _error("unexpected", f"{m['type']} is not allowed on a listen socket"))
+                await self._send(ws, error("unexpected", f"{m['type']} is not allowed on a listen socket"))
         finally:
             sockets = self.listeners.get(me, set())
             sockets.discard(ws)
@@ -527,7 +398,7 @@ class Platform:
         """Tell the other platform nodes (a cluster) where `me` listens for pushes."""
         if self.cluster is None:
             return
-        from .cluster.store import RedisDown
+        from ..cluster.store import RedisDown
         try:
             await self.cluster.listening(str(me), delta)
         except RedisDown as exc:
@@ -563,94 +434,3 @@ class Platform:
                 await self._send(ws, {"type": "disconnected", **call.ended.to_json()})
                 self._spawn(ws.close(), call.sid)
         self._spawn(self._call_event(call), call.sid)
-
-    async def _call_event(self, call: PlatformCall) -> None:
-        assert call.ended is not None
-        duration = call.end_time - call.start_time if call.start_time else 0.0
-        params = {
-            "sid": call.sid, "from_service_id": call.caller.service, "from_user_id": call.caller.user,
-            "to_service_id": call.callee.service, "to_user_id": call.callee.user, "type": "A",
-            "setup_time": str(int(call.setup_time)),
-            "start_time": str(int(call.start_time)) if call.start_time else "0",
-            "end_time": str(int(call.end_time)), "duration": f"{duration:.3f}",
-            "terminate": str(call.ended.reason.q850), "disconnect_reason": str(int(call.ended.reason)),
-            "releaser_type": str(call.ended.source.releaser_type),
-            "rel_code_str": call.ended.reason.str_code, "user_rel_code": "",
-            "app_svr_data": call.app_server_data or "", "billing_sec": str(math.ceil(duration)),
-        }
-        targets = [call.caller.service] if not call.tracked else [call.caller.service, call.callee.service]
-        for service_id in dict.fromkeys(targets):
-            service = self.services.get(service_id)
-            if service is None or not service.call_event_cb_url:
-                continue
-            await self._deliver_call_event(service, params)
-
-    async def _deliver_call_event(self, service: Service, params: dict[str, str], tries: int = 3) -> None:
-        assert service.call_event_cb_url
-        for attempt in range(1, tries + 1):
-            try:
-                await callbacks.get(self.clients.session(service.id, "events"), service.call_event_cb_url,
-                                    params, service.api_secret, self.cfg.callback_timeout)
-                return
-            except callbacks.CallbackError as exc:
-                if attempt == tries or self.clients.closed:
-                    log.error("call %s: Call Event to %s lost after %d tries: %s", params["sid"], service.id,
-                              attempt, safe(exc))
-                    self._callback_failed("call_event")
-                    return
-                log.warning("call %s: Call Event callback to %s failed (try %d): %s",
-                            params["sid"], service.id, attempt, safe(exc))
-                await asyncio.sleep(0.5 * 2 ** (attempt - 1))
-
-    # --- REST for app servers -----------------------------------------------------------
-
-    def _rest_key(self, request: web.Request) -> token.ServiceKey:
-        key = self.keys.get(request.headers.get(callbacks.API_KEY, ""))
-        if key is None:
-            raise _json_error(web.HTTPUnauthorized, "unauthorized", f"unknown or missing {callbacks.API_KEY}")
-        problem = callbacks.check(key.api_secret, request.headers, f"{request.method} {request.raw_path}")
-        if problem:
-            raise _json_error(web.HTTPUnauthorized, "unauthorized", problem)
-        return key
-
-    async def _rest_get(self, request: web.Request) -> web.Response:
-        return await self._rest(request, "get")
-
-    async def _rest_delete(self, request: web.Request) -> web.Response:
-        return await self._rest(request, "delete")
-
-    async def _rest(self, request: web.Request, op: str) -> web.Response:
-        """An app server's request for one of its service's calls, answered by the call's home
-        node: this one, or (a cluster) the one Redis names, over the platform nodes' channel."""
-        key, sid = self._rest_key(request), request.match_info["sid"]
-        if sid not in self.calls and self.cluster is not None:
-            from .cluster.store import RedisDown
-            try:
-                home = await self.cluster.home_of(sid)
-                if home is not None and home != self.cluster.id:
-                    status, body = await self.cluster.ask_home(home, sid, op, key.service_id)
-                    return web.json_response(body, status=status)
-            except (RedisDown, TimeoutError) as exc:
-                log.warning("REST %s of call %s: its home node did not answer: %s", op, safe(sid), exc or "timeout")
-                raise _json_error(web.HTTPServiceUnavailable, "home_unreachable",
-                                  "the platform node of this call does not answer; try again") from None
-        status, body = await self._rest_here(sid, op, key.service_id)
-        return web.json_response(body, status=status)
-
-    async def _rest_here(self, sid: str, op: str, service_id: str) -> tuple[int, dict]:
-        call = self.calls.get(sid)
-        if call is None or service_id not in (call.caller.service, call.callee.service):
-            return 404, {"error": "unknown_call", "message": "no active call with this sid"}
-        if op == "delete":
-            await self.end(call, Source.APP_SERVER, R.NORMAL if call.state is State.CONNECTED else R.CANCEL)
-            return 200, {"sid": call.sid, "state": "ended"}
-        return 200, {"sid": call.sid, "state": call.state.value, "from": str(call.caller), "to": str(call.callee),
-                     "setup_time": call.setup_time, "start_time": call.start_time or None}
-
-
-def _error(code: str, message: str) -> dict:
-    return {"type": "error", "code": code, "message": message}
-
-
-def _json_error(cls: type[web.HTTPException], code: str, message: str) -> web.HTTPException:
-    return cls(text=json.dumps({"error": code, "message": message}), content_type="application/json")
