@@ -16,6 +16,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import RtpPacket
 
 from .. import ccparam, protocol, rtcdirect, rtcjitter
+from ..relay import clock_rate
 from ..audio import GatedTrack, Sink, WavTrack, frame_to_mono
 from ..liveness import Liveness
 from ..reasons import Disconnected, DisconnectReason, Source, StartFailReason
@@ -228,7 +229,7 @@ class Call:
         except Exception as exc:           # an aiortc whose objects changed: no figures, no crash
             log.warning("call %s: no statistics: %s", self.sid, exc)
             return self.stats
-        return AudioStats.of(report, 48000 if self.codec == "opus" else 8000)
+        return AudioStats.of(report, clock_rate(self.codec.lower()))
 
     async def send_dtmf(self, digits: str) -> None:
         """bridge's extension: DTMF digits to the peer, carried in signalling."""
@@ -254,7 +255,7 @@ class Call:
         receivers = [r for r in self._pc.getReceivers() if r.track.kind == "audio"] if self._pc else []
         if not receivers or not self.codec:
             raise RuntimeError("no negotiated audio to relay yet")
-        rtcdirect.receive(receivers[0], sink, clock_rate=48000 if self.codec.lower() == "opus" else 8000)
+        rtcdirect.receive(receivers[0], sink, clock_rate=clock_rate(self.codec.lower()))
 
     async def wait_disconnected(self, timeout: float | None = None) -> Disconnected:
         """How the call ended, once it ended and its media and signalling are closed."""
