@@ -3,7 +3,7 @@
 aiortc's own Opus encoder takes 48 kHz stereo at 96 kbit/s, complexity 10, for a call whose other
 leg is a desk phone at 8 or 16 kHz: ~120-160 us a 20 ms frame here, most of a transcoded call's
 CPU. libopus resamples inside and codes only the band it is given, so this encoder takes the SIP
-leg's own rate (8 kHz: ~58 us a frame on speech; 16 kHz: ~100 us) and follows it when it changes
+leg's own rate (8 kHz: ~50 us a frame on speech; 16 kHz: ~65 us) and follows it when it changes
 (a transfer to a G.722 phone). The decoder gives 48 kHz (FFmpeg's libopus decoder always does),
 mono whatever the stream, ~20 us a frame. The RTP clock of Opus is 48 kHz at every rate (RFC 7587).
 """
@@ -18,8 +18,13 @@ import numpy as np
 OPUS = "opus"
 CLOCK_RATE = 48000
 RATES = (8000, 12000, 16000, 24000, 48000)   # what libopus takes in
-BITRATE = {8000: 24000, 12000: 28000, 16000: 32000}   # narrow, medium and wide band voice
-COMPLEXITY = "5"       # of 10: 58 us a frame at 8 kHz (10: 70 us), no difference a phone can hear
+# Complexity 1 of 10 at a higher bitrate beats complexity 5 at the usual voice bitrates, at half
+# the CPU (offline, the load test's two voices through G.711 or G.722 then Opus, PESQ against the
+# SIP codec alone; docs/performance.md, "Opus: complexity against bitrate"): 8 kHz 45-55 us a frame,
+# PESQ -0.01 (complexity 5 at 24 kbit/s: 81-107 us, -0.03); 16 kHz 63 us, PESQ NB -0.05/-0.08,
+# WB -0.07/-0.03 (complexity 5 at 32 kbit/s: 128-132 us, NB -0.07/-0.06, WB -0.13/-0.04).
+BITRATE = {8000: 32000, 12000: 40000, 16000: 48000}   # narrow, medium and wide band voice
+COMPLEXITY = "1"
 
 # a frame's length in 48 kHz units by the TOC byte's configuration (RFC 6716 3.1): SILK 10-60 ms,
 # hybrid 10-20 ms, CELT 2.5-20 ms

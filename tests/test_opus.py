@@ -13,6 +13,7 @@ import pytest
 
 from bridge import g711, g722, opus
 from bridge.audio import tone
+from bridge.loadtest.opusbench import measure
 from bridge.media import AppToSip, SipToApp
 from bridge.rtp import RtpPacket
 from test_g722 import WIDE, assert_tone, frames, phone_leg
@@ -118,3 +119,16 @@ def test_negotiated_payload_types_skip_what_is_malformed_or_unknown() -> None:
     assert negotiated_codec(sdp) == "opus"
     assert negotiated_payload_types("v=0\r\nm=audio 9 RTP/AVP\r\n") == {}
     assert negotiated_codec("garbage") == ""
+
+
+@pytest.mark.parametrize("rate", [8000, 16000])
+@pytest.mark.parametrize("voice", ["far", "app"])
+def test_the_encoder_settings_keep_speech_within_0_1_pesq_of_the_sip_codec_alone(voice, rate, tmp_path):
+    """The SIP -> app direction's chain (the phone's G.711 or G.722, then bridge's Opus) on the
+    load test's speech: `opus.COMPLEXITY` and `opus.BITRATE` are chosen for CPU, and may not cost
+    the call more than 0.1 of PESQ against the phone's codec alone (issue 14's goal)."""
+    alone, coded = measure(voice, rate, [(opus.COMPLEXITY, opus.BITRATE)], tmp_path)
+    assert coded.nb >= alone.nb - 0.1, (alone, coded)
+    if rate == 16000:
+        assert coded.wb >= alone.wb - 0.1, (alone, coded)
+    assert coded.kbps <= opus.BITRATE[rate] / 1000 * 1.05          # what the app leg carries
