@@ -141,7 +141,7 @@ class DirectSender:
             self._pair, self._sendto, self._address = pair, pair.protocol.transport.sendto, pair.remote_addr
         timestamp = (self._origin + timestamp) & 0xFFFFFFFF
         rtp = RTP_HEADER.pack(self._first, self._pt | (0x80 if marker else 0), self._seq, timestamp,
-                           self._sender._ssrc) + self._extensions + payload
+                              self._sender._ssrc) + self._extensions + payload
         try:
             rtp = srtp.protect(rtp)
         except pylibsrtp.Error:
