@@ -303,12 +303,19 @@ def _narrowband(codec: str) -> Callable[[bytes], np.ndarray]:
     return lambda payload: down(decode(payload))
 
 
-def _codec_alone(codec: str, speech8k: np.ndarray) -> np.ndarray:
-    """8 kHz speech through the SIP leg's codec alone (at the codec's own rate)."""
+def _codec_alone(codec: str, program: Program) -> np.ndarray:
+    """A side's speech through the SIP leg's codec alone, decoded to 8 kHz: what that side sends,
+    at the codec's own rate (an app's wideband speech goes into G.722 wideband; the far end's
+    narrowband speech stays narrowband)."""
     spec = codecs.get(codec)
-    frames = [speech8k[i:i + SIP_FRAME] for i in range(0, len(speech8k) - SIP_FRAME + 1, SIP_FRAME)]
-    up, encode, decode = resampler(SIP_RATE, spec.sample_rate), spec.encoder(), _narrowband(codec)
-    return np.concatenate([decode(encode(up(f))) for f in frames] or [np.zeros(0, np.int16)])
+    encode, decode = spec.encoder(), _narrowband(codec)
+    if program.rate < spec.sample_rate:           # narrowband into G.722, as a SIP endpoint does it
+        up, speech = resampler(SIP_RATE, spec.sample_rate), program.speech8k
+        frames = [up(speech[i:i + SIP_FRAME]) for i in range(0, len(speech) - SIP_FRAME + 1, SIP_FRAME)]
+    else:
+        speech, size = program.speech_at(spec.sample_rate), spec.sample_rate // 50
+        frames = [speech[i:i + size] for i in range(0, len(speech) - size + 1, size)]
+    return np.concatenate([decode(encode(f)) for f in frames] or [np.zeros(0, np.int16)])
 
 
 def _playout(packets: list[tuple[float, int, int, bytes]], codec: str) -> np.ndarray:

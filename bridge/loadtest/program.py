@@ -108,8 +108,12 @@ class Program:
     @property
     def speech8k(self) -> np.ndarray:
         """The speech as it should arrive on the narrow-band side: the PESQ reference."""
+        return self.speech_at(SIP_RATE)
+
+    def speech_at(self, rate: int) -> np.ndarray:
+        """The speech this side sends, at `rate`."""
         s = self.samples[:self.speech_frames * self.frame]
-        return s if self.rate == SIP_RATE else _resample(s, self.rate, SIP_RATE)
+        return s if self.rate == rate else _resample(s, self.rate, rate)
 
     @property
     def burst_window_start(self) -> float:

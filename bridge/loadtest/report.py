@@ -55,7 +55,7 @@ def format_table(report: dict) -> str:
     row("bridge overruns", a["bridge_frames"].get("overruns"), b["bridge_frames"].get("overruns"))
     row("PESQ NB mean", a["pesq_mos_nb"].get("mean"), b["pesq_mos_nb"].get("mean"))
     row("PESQ NB min", a["pesq_mos_nb"].get("min"), b["pesq_mos_nb"].get("min"))
-    row("PESQ NB of G.711 alone", a["pesq_mos_nb"].get("g711_only"), b["pesq_mos_nb"].get("g711_only"))
+    row("PESQ NB of the SIP codec alone", a["pesq_mos_nb"].get("g711_only"), b["pesq_mos_nb"].get("g711_only"))
     lines.append("")
     bp, lt = s["bridge_process"], s["loadtest_process"]
     lines.append(f"{p.get('gateway', 'bridge')} process: CPU mean {_fmt(bp['cpu_pct'].get('mean'))} % max {_fmt(bp['cpu_pct'].get('max'))} %, "

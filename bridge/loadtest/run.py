@@ -285,10 +285,8 @@ class LoadTest(Analysis):
         codec = next((r.codec for r in self.records.values() if r.codec), g711.PCMU)
         if args.pesq_calls > 0:   # the same speech through the SIP leg's codec alone: the best the path can score
             self.pesq_ceiling = {
-                "app_to_sip": _pesq(self.app_program.speech8k,
-                                    _codec_alone(codec, self.app_program.speech8k))["mos"],
-                "sip_to_app": _pesq(self.far_program.speech8k,
-                                    _codec_alone(codec, self.far_program.speech8k))["mos"]}
+                "app_to_sip": _pesq(self.app_program.speech8k, _codec_alone(codec, self.app_program))["mos"],
+                "sip_to_app": _pesq(self.far_program.speech8k, _codec_alone(codec, self.far_program))["mos"]}
         report = self._report(started_at, probe.pid, health, metrics_delta(before, after), analysis)
         if redis_cost is not None:
             calls = max(1, len(self.records))
