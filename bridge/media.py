@@ -151,10 +151,10 @@ class SipToApp(MediaStreamTrack):
             skipped = max(0, now - self._pts)
         rtp = self.rtp
         assert rtp is not None
-        source, target = rtp.codec, self.codec()
-        if source == target or codecs.relayable(source, target):
+        target = self.codec()
+        if codecs.relayable(rtp.codec, target):
             self._pts += skipped
-            self._pass(payload if source == target else codecs.convert(payload, source, target), len(payload))
+            self._pass(codecs.convert(payload, rtp.codec, target), len(payload))
             return
         for skip, frame in self._recoder.frames(rtp, payload, skipped):
             self._pts += skip
@@ -249,20 +249,15 @@ class AppToSip:
         name = self._names.get(payload_type)
         if rtp is None or rtp.closed or name is None or not ours(name):
             return
-        skipped = self._timeline.place(ssrc, seq, timestamp, len(payload) if name in codecs.CODECS
-                                       else payload_units(name, payload))
+        skipped = self._timeline.place(ssrc, seq, timestamp, payload_units(name, payload))
         if skipped is None:
             self.stats.late += 1
             return
         if self.held:                 # placed all the same: the stream goes on without a gap after
             return
         self.stats.frames += 1
-        target = rtp.codec
-        if name == target:
-            rtp.write_payload(payload, skipped)
-            return
-        if codecs.relayable(name, target):
-            rtp.write_payload(codecs.convert(payload, name, target), skipped)
+        if codecs.relayable(name, rtp.codec):
+            rtp.write_payload(codecs.convert(payload, name, rtp.codec), skipped)
             return
         decode, rate = self._decoders.get(name) or self._decoders.setdefault(name, decoder(name))
         pcm = self._resample(decode(payload), rate, rtp.sample_rate)

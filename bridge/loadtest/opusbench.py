@@ -116,5 +116,6 @@ def main() -> None:
                 for result in coded:
                     print(f"  {result}")
 
+
 if __name__ == "__main__":
     main()

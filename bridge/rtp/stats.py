@@ -78,7 +78,7 @@ class ReceiveCounter:
                 self.jitter += (d - self.jitter) / 16
         self.transit = transit
         stats = self.stats
-        stats.lost = self.lost_before + max(0, self.ext_max - self.base + 1 - self.received)
+        stats.lost = self.lost_before + self.lost_now
         stats.jitter_ms = self.jitter * 1000 / self.clock_rate
 
     @property
@@ -86,7 +86,3 @@ class ReceiveCounter:
         if self.ssrc is None:
             return 0
         return max(0, self.ext_max - self.base + 1 - self.received)
-
-    @property
-    def lost(self) -> int:
-        return self.lost_before + self.lost_now
