@@ -231,7 +231,7 @@ class AppToSip:
         self._rtp: RtpEndpoint | None = None
         self._timeline = Timeline()
         self._names = {pt: codec.name for pt, codec in codecs.BY_PAYLOAD_TYPE.items()}
-        self._decoders: dict[str, tuple[Decode, int]] = {}
+        self._decoders: dict[tuple[str, int], tuple[Decode, int]] = {}   # by codec and wanted rate
         self.held = False         # the app user holds the call: play_held sends instead
 
     def relay_to(self, rtp: RtpEndpoint, payload_types: dict[int, str] | None = None
@@ -259,7 +259,8 @@ class AppToSip:
         if codecs.relayable(name, rtp.codec):
             rtp.write_payload(codecs.convert(payload, name, rtp.codec), skipped)
             return
-        decode, rate = self._decoders.get(name) or self._decoders.setdefault(name, decoder(name))
+        key = (name, rtp.sample_rate)        # Opus decodes to the phone's rate itself
+        decode, rate = self._decoders.get(key) or self._decoders.setdefault(key, decoder(*key))
         pcm = self._resample(decode(payload), rate, rtp.sample_rate)
         skipped = skipped * codecs.CLOCK_RATE // clock_rate(name)     # Opus: 48 kHz
         size = rtp.sample_rate // 50

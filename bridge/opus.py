@@ -1,34 +1,75 @@
-"""Opus on the app leg, coded by bridge per packet: libopus through PyAV, mono, tuned for voice.
+"""Opus on the app leg, coded by bridge per packet: libopus itself, mono, tuned for voice.
 
 aiortc's own Opus encoder takes 48 kHz stereo at 96 kbit/s, complexity 10, for a call whose other
 leg is a desk phone at 8 or 16 kHz: ~120-160 us a 20 ms frame here, most of a transcoded call's
 CPU. libopus resamples inside and codes only the band it is given, so this encoder takes the SIP
-leg's own rate (8 kHz: ~50 us a frame on speech; 16 kHz: ~65 us) and follows it when it changes
-(a transfer to a G.722 phone). The decoder gives 48 kHz (FFmpeg's libopus decoder always does),
-mono whatever the stream, ~20 us a frame. The RTP clock of Opus is 48 kHz at every rate (RFC 7587).
+leg's own rate (8 kHz: ~30 us a frame on speech; 16 kHz: ~45 us) and follows it when it changes
+(a transfer to a G.722 phone); the decoder gives the rate it is made for (the phone's), whatever
+the stream's, mono. The RTP clock of Opus is 48 kHz at every rate (RFC 7587).
+
+libopus is called directly (ctypes), the copy PyAV ships if there (else the system's, Debian
+`libopus0`): through PyAV a frame took ~13 us more to encode (its frame and packet objects), and
+FFmpeg's libopus decoder always gives 48 kHz, which the phone's leg then resampled (a 20 ms frame
+of speech decoded to 8 kHz: 56 us through PyAV and the resampler, 30 us here).
 """
 
 from __future__ import annotations
 
-import fractions
+import ctypes
+import weakref
+from pathlib import Path
 
 import av
 import numpy as np
 
 OPUS = "opus"
 CLOCK_RATE = 48000
-RATES = (8000, 12000, 16000, 24000, 48000)   # what libopus takes in
+RATES = (8000, 12000, 16000, 24000, 48000)   # what libopus takes in and gives out
 # Complexity 1 of 10 at a higher bitrate beats complexity 5 at the usual voice bitrates, at half
 # the CPU (offline, the load test's two voices through G.711 or G.722 then Opus, PESQ against the
-# SIP codec alone; docs/performance.md, "Opus: complexity against bitrate"): 8 kHz 45-55 us a frame,
-# PESQ -0.01 (complexity 5 at 24 kbit/s: 81-107 us, -0.03); 16 kHz 63 us, PESQ NB -0.05/-0.08,
-# WB -0.07/-0.03 (complexity 5 at 32 kbit/s: 128-132 us, NB -0.07/-0.06, WB -0.13/-0.04).
+# SIP codec alone; docs/performance.md, "Opus: complexity against bitrate"): 8 kHz 27 us a frame,
+# PESQ -0.01 (complexity 5 at 24 kbit/s: 61 us, -0.03); 16 kHz 47 us, PESQ NB -0.05/-0.08,
+# WB -0.07/-0.03 (complexity 5 at 32 kbit/s: 110 us, NB -0.07/-0.06, WB -0.13/-0.04).
 BITRATE = {8000: 32000, 12000: 40000, 16000: 48000}   # narrow, medium and wide band voice
-COMPLEXITY = "1"
+COMPLEXITY = 1
+MAX_PACKET = 1500
+
+_APPLICATION_VOIP = 2048            # opus_defines.h
+_SET_BITRATE = 4002
+_SET_COMPLEXITY = 4010
 
 # a frame's length in 48 kHz units by the TOC byte's configuration (RFC 6716 3.1): SILK 10-60 ms,
 # hybrid 10-20 ms, CELT 2.5-20 ms
 _FRAME_UNITS = [480, 960, 1920, 2880] * 3 + [480, 960] * 2 + [120, 240, 480, 960] * 4
+
+
+def _library() -> ctypes.CDLL:
+    """PyAV's own libopus (a wheel's `av.libs`), so both code alike; else the system's."""
+    shipped = sorted(Path(av.__file__).parent.parent.glob("av.libs/libopus*.so*"))
+    for name in [*map(str, shipped), "libopus.so.0"]:
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        lib.opus_encoder_create.restype = lib.opus_decoder_create.restype = ctypes.c_void_p
+        lib.opus_encoder_create.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_int))
+        lib.opus_decoder_create.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_int))
+        lib.opus_encode.argtypes = (ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int32)
+        lib.opus_decode.argtypes = (ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int32, ctypes.c_void_p,
+                                    ctypes.c_int, ctypes.c_int)
+        lib.opus_encoder_destroy.argtypes = lib.opus_decoder_destroy.argtypes = (ctypes.c_void_p,)
+        lib.opus_strerror.restype = ctypes.c_char_p
+        return lib
+    raise ImportError("libopus is not installed (Debian: apt-get install libopus0)")
+
+
+_lib = _library()
+
+
+def _check(code: int) -> int:
+    if code < 0:
+        raise ValueError(f"libopus: {_lib.opus_strerror(code).decode()}")
+    return code
 
 
 def packet_units(packet: bytes) -> int:
@@ -45,46 +86,45 @@ class Encoder:
     """int16 mono frames (20 ms at a rate of `RATES`) -> one Opus packet each."""
 
     def __init__(self) -> None:
-        self._codec: av.CodecContext | None = None
+        self._state: int | None = None
         self._rate = 0
-        self._pts = 0
+        self._out = ctypes.create_string_buffer(MAX_PACKET)
+        self._finalizer: weakref.finalize | None = None
 
-    def _open(self, rate: int) -> av.CodecContext:
+    def _open(self, rate: int) -> int:
         if rate not in RATES:
             raise ValueError(f"Opus cannot take {rate} Hz audio")
-        codec = av.CodecContext.create("libopus", "w")
-        codec.sample_rate, codec.layout, codec.format = rate, "mono", "s16"
-        codec.bit_rate = BITRATE.get(rate, 40000)
-        codec.time_base = fractions.Fraction(1, rate)
-        codec.options = {"application": "voip", "compression_level": COMPLEXITY}
-        codec.open()
-        self._codec, self._rate, self._pts = codec, rate, 0
-        return codec
+        if self._finalizer is not None:
+            self._finalizer()
+        error = ctypes.c_int()
+        state = _lib.opus_encoder_create(rate, 1, _APPLICATION_VOIP, ctypes.byref(error))
+        _check(error.value)
+        self._finalizer = weakref.finalize(self, _lib.opus_encoder_destroy, state)
+        _check(_lib.opus_encoder_ctl(ctypes.c_void_p(state), _SET_BITRATE, ctypes.c_int(BITRATE.get(rate, 40000))))
+        _check(_lib.opus_encoder_ctl(ctypes.c_void_p(state), _SET_COMPLEXITY, ctypes.c_int(COMPLEXITY)))
+        self._state, self._rate = state, rate
+        return state
 
     def __call__(self, pcm: np.ndarray, rate: int) -> bytes:
-        codec = self._codec if rate == self._rate else self._open(rate)
-        assert codec is not None
-        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = rate
-        frame.pts = self._pts
-        self._pts += len(pcm)
-        return b"".join(bytes(p) for p in codec.encode(frame))
+        state = self._state if rate == self._rate else self._open(rate)
+        size = _check(_lib.opus_encode(state, pcm.astype(np.int16, copy=False).tobytes(), len(pcm), self._out, MAX_PACKET))
+        return self._out.raw[:size]
 
 
 class Decoder:
-    """Opus packets -> int16 mono samples at 48 kHz (empty for a packet libopus refuses)."""
+    """Opus packets -> int16 mono samples at `rate` (empty for a packet libopus refuses)."""
 
-    rate = CLOCK_RATE
-
-    def __init__(self) -> None:
-        self._codec = av.CodecContext.create("libopus", "r")
-        self._codec.sample_rate, self._codec.layout, self._codec.format = CLOCK_RATE, "mono", "s16"
+    def __init__(self, rate: int = CLOCK_RATE) -> None:
+        if rate not in RATES:
+            raise ValueError(f"Opus cannot give {rate} Hz audio")
+        self.rate = rate
+        error = ctypes.c_int()
+        self._state = _lib.opus_decoder_create(rate, 1, ctypes.byref(error))
+        _check(error.value)
+        weakref.finalize(self, _lib.opus_decoder_destroy, self._state)
+        self._pcm = np.zeros(rate * 120 // 1000, np.int16)       # the longest packet: 120 ms
+        self._address = self._pcm.ctypes.data
 
     def __call__(self, payload: bytes) -> np.ndarray:
-        try:
-            frames = self._codec.decode(av.Packet(payload))
-        except av.FFmpegError:
-            return np.zeros(0, np.int16)
-        if len(frames) == 1:
-            return frames[0].to_ndarray().reshape(-1)
-        return np.concatenate([f.to_ndarray().reshape(-1) for f in frames]) if frames else np.zeros(0, np.int16)
+        samples = _lib.opus_decode(self._state, payload, len(payload), self._address, len(self._pcm), 0)
+        return self._pcm[:samples].copy() if samples > 0 else np.zeros(0, np.int16)

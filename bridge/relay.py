@@ -42,10 +42,10 @@ def encoder(codec: str) -> Encode:
     return lambda pcm, rate: encode(pcm)
 
 
-def decoder(codec: str) -> tuple[Decode, int]:
-    """A new stream's decoder and the rate of what it gives."""
+def decoder(codec: str, rate: int = opus.CLOCK_RATE) -> tuple[Decode, int]:
+    """A new stream's decoder and the rate of what it gives (Opus: `rate`, the one wanted)."""
     if codec == opus.OPUS:
-        return opus.Decoder(), opus.CLOCK_RATE
+        return opus.Decoder(rate), rate
     return codecs.get(codec).decoder(), codecs.get(codec).sample_rate
 
 

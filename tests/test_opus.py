@@ -37,17 +37,23 @@ def test_packet_units_read_the_toc_byte(ms: int) -> None:
     assert opus.packet_units(b"") == 0
 
 
-def test_the_encoder_takes_each_rate_and_the_decoder_gives_48khz() -> None:
-    encode, decode = opus.Encoder(), opus.Decoder()
-    heard = []
+def test_the_encoder_takes_each_rate_and_the_decoder_gives_the_rate_it_is_made_for() -> None:
+    encode = opus.Encoder()
+    decoders = {rate: opus.Decoder(rate) for rate in (48000, 16000, 8000)}
+    heard: dict[int, list[np.ndarray]] = {rate: [] for rate in decoders}
     for rate in (8000, 16000, 8000):                  # a transfer to a G.722 phone and back
         for chunk in frames(tone(1000, 0.4, rate=rate), rate // 50):
-            heard.append(decode(encode(chunk, rate)))
-    assert {len(h) for h in heard} == {960}
-    assert_tone(np.concatenate(heard[-10:]), 1000, 48000)
+            packet = encode(chunk, rate)
+            for out, decode in decoders.items():
+                heard[out].append(decode(packet))
+    for out, pcm in heard.items():
+        assert {len(h) for h in pcm} == {out // 50}
+        assert_tone(np.concatenate(pcm[-10:]), 1000, out)
     with pytest.raises(ValueError):
         encode(np.zeros(441, np.int16), 22050)
-    assert len(decode(b"\xff\xff\xff")) == 0            # libopus refuses it: nothing, no exception
+    with pytest.raises(ValueError):
+        opus.Decoder(44100)
+    assert len(decoders[8000](b"\xff\xff\xff")) == 0     # libopus refuses it: nothing, no exception
 
 
 async def test_opus_follows_the_sip_legs_rate_across_a_transfer() -> None:

@@ -69,7 +69,7 @@ class Result:
         return f"{self.setting}: {cost}PESQ NB {self.nb:.2f}{wb}"
 
 
-def measure(voice: str, rate: int, settings: list[tuple[str, dict[int, int]]], work: Path) -> list[Result]:
+def measure(voice: str, rate: int, settings: list[tuple[int, dict[int, int]]], work: Path) -> list[Result]:
     """The SIP codec alone, then Opus with each setting, on `voice` at `rate` (8 or 16 kHz)."""
     reference = _resample(speech(voice, work), 48000, rate)
     n = rate // 50
@@ -101,13 +101,13 @@ def main() -> None:
                         help="e.g. 1@32/48: complexity 1, 32 kbit/s at 8 kHz, 48 at 16 kHz")
     args = parser.parse_args()
     current = (opus.COMPLEXITY, dict(opus.BITRATE))
-    settings = [current, ("5", {**opus.BITRATE, 8000: 24000, 16000: 32000})]
+    settings = [current, (5, {**opus.BITRATE, 8000: 24000, 16000: 32000})]
     if args.settings:
         settings = []
         for text in args.settings:
             complexity, _, rates = text.partition("@")
             narrow, _, wide = rates.partition("/")
-            settings.append((complexity, {**opus.BITRATE, 8000: int(narrow) * 1000, 16000: int(wide) * 1000}))
+            settings.append((int(complexity), {**opus.BITRATE, 8000: int(narrow) * 1000, 16000: int(wide) * 1000}))
     with tempfile.TemporaryDirectory() as work:
         for voice in ("far", "app"):
             for rate in (16000, 8000):
