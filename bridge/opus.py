@@ -94,15 +94,19 @@ class Encoder:
     def _open(self, rate: int) -> int:
         if rate not in RATES:
             raise ValueError(f"Opus cannot take {rate} Hz audio")
-        if self._finalizer is not None:
-            self._finalizer()
         error = ctypes.c_int()
         state = _lib.opus_encoder_create(rate, 1, _APPLICATION_VOIP, ctypes.byref(error))
         _check(error.value)
-        self._finalizer = weakref.finalize(self, _lib.opus_encoder_destroy, state)
-        _check(_lib.opus_encoder_ctl(ctypes.c_void_p(state), _SET_BITRATE, ctypes.c_int(BITRATE.get(rate, 40000))))
-        _check(_lib.opus_encoder_ctl(ctypes.c_void_p(state), _SET_COMPLEXITY, ctypes.c_int(COMPLEXITY)))
-        self._state, self._rate = state, rate
+        finalizer = weakref.finalize(self, _lib.opus_encoder_destroy, state)
+        try:
+            _check(_lib.opus_encoder_ctl(ctypes.c_void_p(state), _SET_BITRATE, ctypes.c_int(BITRATE.get(rate, 40000))))
+            _check(_lib.opus_encoder_ctl(ctypes.c_void_p(state), _SET_COMPLEXITY, ctypes.c_int(COMPLEXITY)))
+        except ValueError:
+            finalizer()
+            raise
+        if self._finalizer is not None:       # the stream's encoder at the rate before
+            self._finalizer()
+        self._state, self._rate, self._finalizer = state, rate, finalizer
         return state
 
     def __call__(self, pcm: np.ndarray, rate: int) -> bytes:
@@ -126,5 +130,7 @@ class Decoder:
         self._address = self._pcm.ctypes.data
 
     def __call__(self, payload: bytes) -> np.ndarray:
+        if not payload:                 # libopus would conceal a loss of the buffer's length
+            return np.zeros(0, np.int16)
         samples = _lib.opus_decode(self._state, payload, len(payload), self._address, len(self._pcm), 0)
         return self._pcm[:samples].copy() if samples > 0 else np.zeros(0, np.int16)

@@ -54,6 +54,7 @@ def test_the_encoder_takes_each_rate_and_the_decoder_gives_the_rate_it_is_made_f
     with pytest.raises(ValueError):
         opus.Decoder(44100)
     assert len(decoders[8000](b"\xff\xff\xff")) == 0     # libopus refuses it: nothing, no exception
+    assert len(decoders[8000](b"")) == 0                  # no payload: nothing (not a concealed loss)
 
 
 async def test_opus_follows_the_sip_legs_rate_across_a_transfer() -> None:
