@@ -6,8 +6,8 @@
   G.722 (`codecs`) and Opus (`opus`), so both directions pick them the same way.
 - `Recoder` turns the phone's packets into the app leg's codec when the two differ (Opus on the
   app leg, or G.711 against G.722): each decoded, resampled and cut into 20 ms frames, encoded
-  again (a part frame waits for the next packet; a gap pads it with silence). Opus is encoded at
-  the SIP leg's rate (libopus resamples inside, at half the cost of a 48 kHz input).
+  again (a part frame waits for the next packet; a gap pads it with silence). Opus is coded at
+  the SIP leg's rate both ways (libopus resamples inside, at half the cost of 48 kHz audio).
 """
 
 from __future__ import annotations
