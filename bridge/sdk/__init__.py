@@ -29,7 +29,8 @@ A peer that stops sending and stops answering ICE consent checks for `liveness_t
 the call with NETWORK_UNSTABLE: the platform tells the peer, and `evt_disconnected` follows here
 (within a second even if the platform cannot be reached).
 
-Modules: `call` (the Call), `params` (parameters, delegate, errors), `negotiation` (ICE
+Modules: `call` (the Call), `signalling` (its WebSocket to the platform), `media` (its peer
+connection and audio), `params` (parameters, delegate, errors), `negotiation` (ICE
 configuration, what the SDP negotiated), `push` (the embedded push listener).
 """
 
