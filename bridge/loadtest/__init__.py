@@ -41,9 +41,12 @@ What it needs beyond bridge itself: PESQ (the default, `--pesq-calls 10`) needs 
 `pip install 'bridge[loadtest]'`. With `--pesq-calls 0` and no `--chart` it needs neither (the
 programs then send silence where the speech would be) and imports neither.
 
-Modules: `program` (what each call plays, and its senders), `run` (the calls, the far end, the
-samples), `probe` (the process under test), `analysis` (per call and direction, the summary and
-its targets), `report` (table and chart); here the command line.
+Modules: `program` (what each call plays, and its senders), `run` (the run: the calls placed from
+the app side), `record` (what one call recorded), `farend` (the far end answering the calls),
+`sampler` (the samples every second, the progress line), `probe` (the process under test),
+`analysis` (per call and direction), `measures` (one direction's loss, lateness, latency, PESQ),
+`summary` (the JSON report: the summary over the calls, its targets, the machine), `report`
+(table and chart); here the command line.
 """
 
 from __future__ import annotations

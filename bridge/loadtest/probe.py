@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 
 from ..config import Config
-from .analysis import _r
+from .summary import _r
 from .program import LoadTestError
 
 log = logging.getLogger("bridge.loadtest")

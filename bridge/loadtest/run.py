@@ -1,25 +1,19 @@
-"""The run: N calls placed on a ramp, the far end answering them, samples taken; analysed by
-`analysis`."""
+"""The run: N calls placed on a ramp from the app side, answered by the `farend`, sampled by the
+`sampler`; analysed by `analysis` and `summary`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import datetime
 import gc
 import logging
 import math
-import os
-import re
 import shutil
 import sys
 import tempfile
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import aiohttp
 import av
@@ -27,83 +21,31 @@ import numpy as np
 
 from .. import g711, ice, token
 from ..audio import RATE, frame_to_mono
-from ..clock import FrameClock
 from ..cpuhog import CpuHog
 from ..janusgw import JanusCall, JanusError, JanusProbe, JanusServer
-from ..resample import resampler
-from ..config import Config, SipConfig
-from ..sdk import CallDelegate, MakeCallParams, StartFailError
+from ..config import Config
+from ..sdk import MakeCallParams, StartFailError
 from ..routing import Denied
-from ..sip import CallFailed, IncomingCall, UserAgent
-from .analysis import Analysis, _codec_alone, _pesq
-from .probe import BridgeProbe, metrics_delta, proc_sample, procs_sample
+from .analysis import Analysis
+from .farend import FarEnd
+from .measures import _codec_alone, _pesq
+from .probe import BridgeProbe, metrics_delta
 from .program import (
-    APP_TONE_HZ, FAR_TONE_HZ, LEAD_S, LoadCall, LoadTestError, NO_SPEECH_S, PTIME, ProgramTrack,
+    APP_TONE_HZ, FAR_TONE_HZ, LEAD_S, LoadCall, LoadTestError, NO_SPEECH_S, ProgramTrack,
     SIP_RATE, Sender, build_program, speech,
 )
+from .record import CallRecord, _Delegate
+from .sampler import Sampler
+from .summary import Summary
 
 log = logging.getLogger("bridge.loadtest")
 
-# --- one call ---------------------------------------------------------------------------------
-
-@dataclass
-class CallRecord:
-    index: int
-    user: str
-    app_sender: Sender
-    far_sender: Sender
-    t_start: float = 0.0                  # makeCall issued
-    t_made: float | None = None           # makeCall returned
-    t_wait_connected: float | None = None
-    t_connected: float | None = None
-    t_invite: float | None = None         # INVITE at the far end
-    t_far_answered: float | None = None   # far end's 200 OK acknowledged
-    t_end: float | None = None
-    state: str = "waiting"                # waiting, calling, connected, done, failed
-    failure: str | None = None
-    disconnect: str | None = None
-    codec: str = ""                       # the SIP leg's (at the far end)
-    app_codec: str = ""                   # the app leg's
-    app_rate: int = RATE                  # sample rate of the app leg's decoded frames (Opus 48k, G.711 8k)
-    # received at the far end (app -> SIP): per RTP packet (arrival, seq, ts, payload)
-    far_packets: list = field(default_factory=list)
-    far_stats: dict = field(default_factory=dict)
-    # received at the app side (SIP -> app): per RTP packet (arrival, seq, ts) and decoded frames
-    app_packets: list = field(default_factory=list)
-    app_frames: list = field(default_factory=list)     # (pts, samples48)
-    app_raw: list = field(default_factory=list)        # G.711: (arrival, seq, ts, payload), not decoded
-    app_stats: dict = field(default_factory=dict)
-    hooked: bool = False
-    sip: IncomingCall | None = None
-    far_answered: asyncio.Event = field(default_factory=asyncio.Event)
-    connected: asyncio.Event = field(default_factory=asyncio.Event)
-    ended: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def t0(self) -> float | None:
-        return self.app_sender.t0
-
-
-class _Delegate(CallDelegate):
-    def __init__(self, rec: CallRecord, loop: asyncio.AbstractEventLoop) -> None:
-        self.rec, self.loop = rec, loop
-
-    def evt_wait_connected(self) -> None:
-        if self.rec.t_wait_connected is None:
-            self.rec.t_wait_connected = self.loop.time()
-
-    def evt_connected(self) -> None:
-        self.rec.t_connected = self.loop.time()
-        self.rec.connected.set()
-
-    def evt_disconnected(self, param) -> None:
-        self.rec.disconnect = f"{param.reason.name} ({int(param.reason)}) by {param.source.value}"
-        self.rec.ended.set()
-
-
 # --- the run ----------------------------------------------------------------------------------
 
-class LoadTest(Analysis):
+class LoadTest(Analysis, Summary):
+    """The load test: its calls placed from the app side, the far end and the samples; its
+    analysis (`Analysis`) and report (`Summary`)."""
+
     def __init__(self, args: argparse.Namespace, cfg: Config) -> None:
         self.args = args
         self.cfg = cfg
@@ -148,13 +90,8 @@ class LoadTest(Analysis):
         self.events: list[tuple[float, str]] = []
         self.loop: asyncio.AbstractEventLoop | None = None
         self.t_zero = 0.0
-        self.ua: UserAgent | None = None
-        self._tasks: set[asyncio.Task] = set()
-        self._far_calls: dict[int, tuple[CallRecord, IncomingCall]] = {}
-        self._far_up: dict[int, Callable[[np.ndarray], np.ndarray]] = {}   # G.722 far ends: 8 -> 16 kHz
-        self._far_clock: asyncio.Task | None = None
-        self._lag_max = 0.0
-        self._stop_sampling = asyncio.Event()
+        self.far_end = FarEnd(args, cfg, self.records)
+        self.sampler = Sampler(self.samples, self.records, args.calls, args.quiet, self._hog_cpu)
         self.pesq_ceiling: dict = {}
         self.hog: CpuHog | None = None
         self.janus: JanusServer | None = None
@@ -165,36 +102,6 @@ class LoadTest(Analysis):
             return self.args.callee.format(ext=self.args.far_end, i=i)
         except (KeyError, IndexError, ValueError) as exc:
             raise LoadTestError(f"--callee {self.args.callee!r}: {exc!r} (use {{ext}} and {{i}})") from None
-
-    # --- set up ----------------------------------------------------------------------------
-    def far_end_config(self) -> SipConfig:
-        sip = self.cfg.sip
-        assert sip is not None
-        lo, _, hi = self.args.far_end_rtp_ports.partition("-")
-        try:
-            low, high = int(lo), int(hi)
-        except ValueError:
-            raise LoadTestError("--far-end-rtp-ports must be LOW-HIGH") from None
-        return SipConfig(registrar_host=sip.registrar_host, registrar_port=sip.registrar_port, domain=sip.domain,
-                         username=self.args.far_end, auth_username=self.args.far_end,
-                         password=self.args.far_end_password, bind_host=sip.contact_host, bind_port=0,
-                         contact_host=sip.contact_host, register=True, register_expires=300, keepalive=30.0,
-                         rtp_host=sip.contact_host, rtp_low=low, rtp_high=high, codecs=sip.codecs,
-                         ring_timeout=30.0, transport=sip.transport, tls=dataclasses.replace(sip.tls, cert=None, key=None),
-                         srtp="optional" if sip.srtp != "off" else "off")
-
-    async def _register_far_end(self) -> UserAgent:
-        ua = UserAgent(self.far_end_config(), self._on_incoming)
-        await ua.start()
-        deadline = time.monotonic() + 10
-        while ua.registration.state != "registered":
-            if time.monotonic() > deadline:
-                await ua.stop()
-                raise LoadTestError(f"the far end {self.args.far_end} did not register at "
-                                    f"{ua.proxy[0]}:{ua.proxy[1]}: {ua.registration.state} "
-                                    f"{ua.registration.detail} (is `bridge demo` running? right password?)")
-            await asyncio.sleep(0.05)
-        return ua
 
     async def run(self) -> dict:
         if self.args.gateway != "janus":
@@ -239,9 +146,9 @@ class LoadTest(Analysis):
             probe.pid = int(health["pid"])
             probe.pids = [int(p) for p in health.get("pids", [probe.pid])]
             before = await probe.metrics()
-            self.ua = await self._register_far_end()
+            await self.far_end.start()
             self.t_zero = loop.time()
-            sampler = asyncio.ensure_future(self._sample(probe))
+            sampler = asyncio.ensure_future(self.sampler.run(probe, self.t_zero))
             try:
                 await asyncio.sleep(2.0)                  # baseline RSS/CPU before any call
                 await probe.redis_idle()
@@ -271,11 +178,9 @@ class LoadTest(Analysis):
             finally:
                 if self.hog is not None and self.hog_report is None:
                     self.hog_report = self.hog.stop()
-                self._stop_sampling.set()
+                self.sampler.stop()
                 await sampler
-                await self.ua.stop()
-                for t in list(self._tasks):
-                    t.cancel()
+                await self.far_end.stop()
             after = await probe.metrics()
             redis_cost = await probe.redis_delta()
         if not args.quiet:
@@ -295,66 +200,6 @@ class LoadTest(Analysis):
                                  "redis_usec_per_call": round(own["usec"] / calls, 1),
                                  "redis_cpu_ms_per_call": round(1000 * own["cpu_s"] / calls, 2)}
         return report
-
-    # --- the far end -------------------------------------------------------------------------
-    def _index_of(self, call: IncomingCall) -> int | None:
-        pai = call.invite.first("P-Asserted-Identity") or ""
-        for text in (call.caller.display_name or "", pai, call.caller.number or ""):
-            m = re.search(r"load-(\d+)\b", text)
-            if m and int(m.group(1)) in self.records:
-                return int(m.group(1))
-        return None
-
-    async def _on_incoming(self, call: IncomingCall) -> None:
-        assert self.loop is not None
-        now = self.loop.time()
-        index = self._index_of(call)
-        rec = self.records.get(index) if index is not None else None
-        if rec is None or rec.sip is not None:
-            log.warning("far end: a call not from this load test (%s); busy", call.caller)
-            await call.reject(486)
-            return
-        rec.t_invite = now
-        rec.sip = call
-        loop = self.loop
-        packets = rec.far_packets
-        call.media.on_audio = lambda pt, seq, ts, ssrc, payload: packets.append((loop.time(), seq, ts, payload))
-        try:
-            await call.answer()
-        except CallFailed as exc:
-            rec.failure = rec.failure or f"far end: answer not acknowledged ({exc})"
-            return
-        rec.t_far_answered = self.loop.time()
-        rec.codec = call.codec
-        rec.far_answered.set()
-        self._far_calls[rec.index] = (rec, call)
-        if self._far_clock is None:
-            self._far_clock = asyncio.ensure_future(self._far_media())
-            self._tasks.add(self._far_clock)
-
-    async def _far_media(self) -> None:
-        """The far end's sending, one 20 ms clock for all its calls (what it receives is kept
-        by packet, as it arrives)."""
-        async for tick in FrameClock(PTIME):
-            for index, (rec, call) in list(self._far_calls.items()):
-                media = call.media
-                if call.ended.done() or media.closed:
-                    st = media.stats
-                    rec.far_stats = {"packets_received": st.packets_received, "lost": st.lost,
-                                     "jitter_ms": round(st.jitter_ms, 3), "packets_sent": st.packets_sent}
-                    del self._far_calls[index]
-                    continue
-                frame = rec.far_sender.next(tick.now, tick.skipped, tick.lateness)
-                if media.sample_rate != SIP_RATE:          # G.722: the 8 kHz program, upsampled
-                    if index not in self._far_up:
-                        self._far_up[index] = resampler(SIP_RATE, media.sample_rate)
-                    frame = self._far_up[index](frame)
-                media.write_frame(frame)
-
-    def _spawn(self, coro) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     # --- the app side ------------------------------------------------------------------------
     async def _call(self, i: int, at: float) -> None:
@@ -456,58 +301,6 @@ class LoadTest(Analysis):
         rec.failure = rec.failure or reason
         log.info("call %d failed: %s", rec.index, rec.failure)
 
-    # --- sampling and progress ---------------------------------------------------------------
-    async def _sample(self, probe: BridgeProbe) -> None:
-        loop = self.loop
-        assert loop is not None and probe.pid is not None
-        lag = asyncio.ensure_future(self._lag_monitor())
-        tty = sys.stderr.isatty()
-        pids = probe.pids or [probe.pid]
-        prev = procs_sample(pids)
-        me_prev = proc_sample(os.getpid())
-        t_prev = loop.time()
-        hog_prev: float | None = None
-        last_line = 0.0
-        while not self._stop_sampling.is_set():
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stop_sampling.wait(), 1.0)
-            now = loop.time()
-            cur, me = procs_sample(pids), proc_sample(os.getpid())
-            dt = now - t_prev
-            if cur is None or prev is None or me is None or me_prev is None or dt <= 0:
-                break
-            recs = list(self.records.values())
-            sample = {
-                "t": round(now - self.t_zero, 3),
-                "active": sum(r.state == "connected" for r in recs),
-                "calling": sum(r.state == "calling" for r in recs),
-                "bridge_cpu_pct": round(100 * (cur[0] - prev[0]) / dt, 1),
-                "bridge_rss_mb": round(cur[1], 1),
-                "bridge_threads": cur[2],
-                "loadtest_cpu_pct": round(100 * (me[0] - me_prev[0]) / dt, 1),
-                "loadtest_loop_lag_ms": round(1000 * self._lag_max, 1),
-            }
-            self._lag_max = 0.0
-            hog = self.hog.cpu() if self.hog is not None and self.hog_report is None else None
-            if hog is not None and hog_prev is not None:
-                sample["hog_cpu_pct"] = round(100 * (hog - hog_prev) / dt, 1)
-            hog_prev = hog
-            self.samples.append(sample)
-            prev, me_prev, t_prev = cur, me, now
-            if not self.args.quiet and (tty or now - last_line >= 5):
-                last_line = now
-                done = sum(r.state == "done" for r in recs)
-                failed = sum(r.state == "failed" for r in recs)
-                line = (f"{sample['t']:6.1f}s calls {len(recs)}/{self.args.calls} started, "
-                        f"{sample['active']} talking, {sample['calling']} setting up, {done} done, "
-                        f"{failed} failed | bridge CPU {sample['bridge_cpu_pct']:5.1f}% "
-                        f"RSS {sample['bridge_rss_mb']:6.1f} MB | loadtest CPU "
-                        f"{sample['loadtest_cpu_pct']:5.1f}% lag {sample['loadtest_loop_lag_ms']:5.1f} ms")
-                print(("\r" + line + "  ") if tty else line, end="" if tty else "\n",
-                      file=sys.stderr, flush=True)
-        lag.cancel()
-
-    async def _lag_monitor(self) -> None:
-        """How late this process's event loop runs a 10 ms timer (the load test's own health)."""
-        async for tick in FrameClock(0.010, max_catchup=1_000_000):
-            self._lag_max = max(self._lag_max, tick.lateness)
+    def _hog_cpu(self) -> float | None:
+        """The CPU hog's CPU seconds so far, while it runs (for the samples)."""
+        return self.hog.cpu() if self.hog is not None and self.hog_report is None else None
