@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections import deque
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -16,9 +14,9 @@ from ..jitter import JitterBuffer
 from ..ports import PortPool
 from ..srtp import Srtp, SrtpKey
 
-from .events import DEFAULT_DTMF_PT, TelephoneEvent, event_code
-from .packet import (PT_CN, RTP_FIELDS, RTP_HEADER, RTP_VERSION, PacketSink, RtpPacket, RtpParseError,
-                     is_rtcp, payload_span)
+from .dtmf import Dtmf
+from .events import DEFAULT_DTMF_PT
+from .packet import PT_CN, RTP_FIELDS, RTP_HEADER, RTP_VERSION, PacketSink, RtpPacket, is_rtcp, payload_span
 from .stats import ReceiveCounter, RtpStats
 
 logger = logging.getLogger(__name__)
@@ -34,14 +32,7 @@ class _Protocol(asyncio.DatagramProtocol):
         logger.debug("RTP socket error: %s", exc)
 
 
-@dataclass
-class _OutEvent:
-    code: int
-    duration: int  # timestamp units
-    volume: int
-
-
-class RtpEndpoint:
+class RtpEndpoint(Dtmf):
     """One call's RTP media: G.711 or G.722 audio + RFC 4733 events over one UDP socket.
 
     Create with ``await RtpEndpoint.create(...)``.  ``remote`` is the address from the
@@ -50,7 +41,7 @@ class RtpEndpoint:
     and then sends there (NAT). Packets from any other source are dropped and counted in
     ``stats.foreign``: a third party cannot take the stream over mid-call. Only signalling
     moves it: :meth:`set_remote` with a new address (a re-INVITE) latches anew, and packets
-    from the SDP address itself are always taken.
+    from the SDP address itself are always taken. Telephone-events (DTMF) are in `Dtmf`.
     """
 
     def __init__(
@@ -69,12 +60,9 @@ class RtpEndpoint:
         self.symmetric = symmetric
         self.source_allowed = source_allowed
         self.jitter = jitter or JitterBuffer()
-        self.on_dtmf = on_dtmf
+        super().__init__(on_dtmf, dtmf_gap_frames)
         # Relay: audio packets go here as they arrive instead of into the jitter buffer.
         self.on_audio: PacketSink | None = None
-        # Received digits when no callback is set; bounded, oldest dropped.
-        self.dtmf_queue: asyncio.Queue[str] = asyncio.Queue(maxsize=64)
-        self.dtmf_gap_frames = dtmf_gap_frames
         self.stats = RtpStats()
         self.direction = "sendrecv"
         self.codec = ""
@@ -97,14 +85,6 @@ class RtpEndpoint:
         self._seq = random.getrandbits(16)
         self._ts = random.getrandbits(32)
         self._marker = True
-        self._dtmf_out: deque[_OutEvent] = deque()
-        self._event: _OutEvent | None = None
-        self._event_ts = 0
-        self._event_elapsed = 0
-        self._gap = 0
-        # received-event de-duplication: (ssrc, timestamp, event) of recent events
-        self._events_seen: set[tuple[int, int, int]] = set()
-        self._events_order: deque[tuple[int, int, int]] = deque()
 
     @classmethod
     async def create(
@@ -253,41 +233,6 @@ class RtpEndpoint:
             self._gap -= 1
         return ts
 
-    def send_dtmf(self, digits: str, duration_ms: int = 100, volume: int = 10) -> None:
-        """Queue RFC 4733 events; they replace audio on the following write_frame ticks."""
-        if self.dtmf_payload_type is None:
-            raise RuntimeError("telephone-event was not negotiated")
-        if not 40 <= duration_ms <= 8000:
-            raise ValueError("duration_ms must be 40..8000")
-        codes = [event_code(d) for d in digits]
-        for code in codes:
-            self._dtmf_out.append(_OutEvent(code, duration_ms * 8, volume))
-
-    @property
-    def dtmf_pending(self) -> bool:
-        return self._event is not None or bool(self._dtmf_out)
-
-    def _send_event_tick(self, ts: int, units: int) -> None:
-        assert self.dtmf_payload_type is not None
-        marker = False
-        if self._event is None:
-            self._event = self._dtmf_out.popleft()
-            self._event_ts = ts
-            self._event_elapsed = 0
-            marker = True
-        ev = self._event
-        self._event_elapsed += units
-        done = self._event_elapsed >= ev.duration
-        payload = TelephoneEvent(ev.code, done, ev.volume, self._event_elapsed).serialize()
-        for _ in range(3 if done else 1):  # the end packet is sent three times
-            self._send(self.dtmf_payload_type, self._event_ts, payload, marker)
-            marker = False
-        if done:
-            self._event = None
-            self._gap = self.dtmf_gap_frames
-            self._marker = True
-            self.stats.dtmf_sent += 1
-
     def _send(self, pt: int, ts: int, payload: bytes, marker: bool) -> None:
         addr = self._latched or self._sdp_remote
         if addr is None or self._transport is None:
@@ -379,38 +324,6 @@ class RtpEndpoint:
             return True
         self.stats.foreign += 1
         return False
-
-    def _event_received(self, ssrc: int, timestamp: int, payload: bytes) -> None:
-        try:
-            event = TelephoneEvent.parse(payload)
-        except RtpParseError:
-            self.stats.malformed += 1
-            return
-        char = event.char
-        if char is None:
-            self.stats.ignored += 1
-            return
-        key = (ssrc, timestamp, event.event)
-        if key in self._events_seen:
-            return  # update or end retransmission of an event already reported
-        self._events_seen.add(key)
-        self._events_order.append(key)
-        if len(self._events_order) > 32:
-            self._events_seen.discard(self._events_order.popleft())
-        self.stats.dtmf_received += 1
-        self.deliver_dtmf(char)
-
-    def deliver_dtmf(self, char: str) -> None:
-        """A received digit (from RFC 4733 here, or SIP INFO) to `on_dtmf` or `dtmf_queue`."""
-        if self.on_dtmf is not None:
-            try:
-                self.on_dtmf(char)
-            except Exception:
-                logger.exception("on_dtmf callback failed")
-            return
-        if self.dtmf_queue.full():
-            self.dtmf_queue.get_nowait()
-        self.dtmf_queue.put_nowait(char)
 
     # -- lifetime -------------------------------------------------------------------------------
 
