@@ -180,3 +180,17 @@ def test_cpu_hog_takes_its_share_and_no_more():
     run = subprocess.run([sys.executable, "-m", "bridge", "loadtest", "-c", str(ROOT / "config.yaml"),
                           "--cpu-hog", "2"], capture_output=True, text=True, cwd=ROOT)
     assert run.returncode == 2 and "--cpu-hog must be in (0, 1]" in run.stderr, run.stderr
+
+
+@pytest.mark.parametrize("plain", [False, True])
+def test_relayfloor_relays_every_packet_and_reports_its_cost(plain):
+    """`python -m bridge.loadtest.relayfloor`, the floor docs/performance.md sets the bridge against:
+    2 calls for 1 s, every packet back through the relay process, its CPU a packet printed."""
+    out = subprocess.run([sys.executable, "-m", "bridge.loadtest.relayfloor", "--calls", "2", "--seconds", "1",
+                          *(["--plain"] if plain else [])], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    words = out.stdout.split()
+    sent, back = int(words[words.index("packets") - 1]), int(words[words.index("relayed") - 1])
+    assert 190 <= sent <= 210 and back == sent, out.stdout          # 4 streams x 50 a second
+    assert ("plain datagrams" in out.stdout) == plain
+    float(words[words.index("us") - 1])                          # its cost a packet, a number

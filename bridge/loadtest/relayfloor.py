@@ -4,9 +4,10 @@ per-packet cost against (docs/performance.md, "The floor of a Python relay").
 A relay process with two UDP sockets a call and direction does the least a relay of the bridge's
 kind must: an "app" packet (SRTP, AES-GCM) is unprotected, its header rewritten and sent on as
 plain RTP; a "phone" packet (plain RTP) gets a new header and is protected on the way to the app
-(`--plain`: neither, each datagram only passed on). This process sends every stream 50 packets a
-second, the streams' clocks spread over the 20 ms as calls' are, counts what comes back, and
-prints the relay process's CPU (utime + stime over the measured seconds) a relayed packet.
+(`--plain`: neither, each datagram only passed on), from another socket back to where it came
+from. This process sends every stream 50 packets a second, the streams' clocks spread over the
+20 ms as calls' are, counts what comes back, and prints the relay process's CPU (utime + stime over
+the measured seconds) a relayed packet. Every socket is on 127.0.0.1, on a port the system picks.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -37,8 +37,8 @@ def _session(direction: int) -> pylibsrtp.Session:
 class _FromApp(asyncio.DatagramProtocol):
     """SRTP in, plain RTP out, a header of the other leg's."""
 
-    def __init__(self, out: asyncio.DatagramTransport, to: tuple[str, int]) -> None:
-        self.out, self.to, self.seq = out, to, 0
+    def __init__(self, out: asyncio.DatagramTransport) -> None:
+        self.out, self.seq = out, 0
         self.srtp = _session(pylibsrtp.Policy.SSRC_ANY_INBOUND)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
@@ -48,38 +48,39 @@ class _FromApp(asyncio.DatagramProtocol):
             return
         _, _, _, timestamp, _ = HEADER.unpack_from(rtp)
         self.seq = (self.seq + 1) & 0xFFFF
-        self.out.sendto(HEADER.pack(0x80, 0, self.seq, timestamp, 0x1234) + rtp[12:], self.to)
+        self.out.sendto(HEADER.pack(0x80, 0, self.seq, timestamp, 0x1234) + rtp[12:], addr)
 
 
 class _FromPhone(asyncio.DatagramProtocol):
     """Plain RTP in, SRTP out."""
 
-    def __init__(self, out: asyncio.DatagramTransport, to: tuple[str, int]) -> None:
-        self.out, self.to, self.seq = out, to, 0
+    def __init__(self, out: asyncio.DatagramTransport) -> None:
+        self.out, self.seq = out, 0
         self.srtp = _session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         _, _, _, timestamp, _ = HEADER.unpack_from(data)
         self.seq = (self.seq + 1) & 0xFFFF
-        self.out.sendto(self.srtp.protect(HEADER.pack(0x80, 0, self.seq, timestamp, 0x5678) + data[12:]), self.to)
+        self.out.sendto(self.srtp.protect(HEADER.pack(0x80, 0, self.seq, timestamp, 0x5678) + data[12:]), addr)
 
 
 class _Pass(asyncio.DatagramProtocol):
-    def __init__(self, out: asyncio.DatagramTransport, to: tuple[str, int]) -> None:
-        self.out, self.to = out, to
+    def __init__(self, out: asyncio.DatagramTransport) -> None:
+        self.out = out
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.out.sendto(data, self.to)
+        self.out.sendto(data, addr)
 
 
-async def _relay(calls: int, port: int, plain: bool) -> None:
+async def _relay(calls: int, plain: bool) -> None:
     loop = asyncio.get_running_loop()
+    ports = []
     for i in range(2 * calls):
         out, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
         kind = _Pass if plain else _FromApp if i % 2 == 0 else _FromPhone
-        to = ("127.0.0.1", port + 2 * calls + i)
-        await loop.create_datagram_endpoint(lambda: kind(out, to), local_addr=("127.0.0.1", port + i))
-    print("ready", flush=True)
+        into, _ = await loop.create_datagram_endpoint(lambda: kind(out), local_addr=("127.0.0.1", 0))
+        ports.append(into.get_extra_info("sockname")[1])
+    print("ready", *ports, flush=True)
     await asyncio.Event().wait()
 
 
@@ -89,19 +90,16 @@ def _cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-async def _send(calls: int, port: int, plain: bool, seconds: float, pid: int) -> tuple[int, int, float]:
+async def _send(ports: list[int], plain: bool, seconds: float, pid: int) -> tuple[int, int, float]:
     loop = asyncio.get_running_loop()
     received = [0]
 
-    class Sink(asyncio.DatagramProtocol):
+    class Stream(asyncio.DatagramProtocol):
         def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
             received[0] += 1
 
-    streams = 2 * calls
-    for i in range(streams):
-        await loop.create_datagram_endpoint(Sink, local_addr=("127.0.0.1", port + streams + i))
-    out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    out.setblocking(False)
+    streams = len(ports)
+    sockets = [(await loop.create_datagram_endpoint(Stream, local_addr=("127.0.0.1", 0)))[0] for _ in ports]
     srtp = [None if plain or i % 2 else _session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND) for i in range(streams)]
     start = time.monotonic()
     sent = k = 0
@@ -113,7 +111,7 @@ async def _send(calls: int, port: int, plain: bool, seconds: float, pid: int) ->
             i, n = k % streams, k // streams + 1
             packet = HEADER.pack(0x80, 0, n & 0xFFFF, n * 160, 0x1000 + i) + PAYLOAD
             session = srtp[i]
-            out.sendto(packet if session is None else session.protect(packet), ("127.0.0.1", port + i))
+            sockets[i].sendto(packet if session is None else session.protect(packet), ("127.0.0.1", ports[i]))
             sent += 1
             k += 1
         await asyncio.sleep(0.0005)
@@ -127,20 +125,19 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=40)
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--port", type=int, default=30000, help="first of 4 x CALLS UDP ports on 127.0.0.1")
     parser.add_argument("--plain", action="store_true", help="no SRTP, no header rewrite: datagrams passed on")
     parser.add_argument("--relay", action="store_true", help=argparse.SUPPRESS)   # the relay process itself
     args = parser.parse_args()
     if args.relay:
-        uvloop.run(_relay(args.calls, args.port, args.plain))
+        uvloop.run(_relay(args.calls, args.plain))
         return
-    command = [sys.executable, "-m", "bridge.loadtest.relayfloor", "--relay", "--calls", str(args.calls),
-               "--port", str(args.port)] + (["--plain"] if args.plain else [])
-    relay = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    command = [sys.executable, "-m", "bridge.loadtest.relayfloor", "--relay", "--calls", str(args.calls)]
+    relay = subprocess.Popen(command + (["--plain"] if args.plain else []), stdout=subprocess.PIPE, text=True)
     try:
-        if relay.stdout is None or relay.stdout.readline().strip() != "ready":
+        ready, *ports = relay.stdout.readline().split() if relay.stdout is not None else [""]
+        if ready != "ready" or len(ports) != 2 * args.calls:
             sys.exit("relayfloor: the relay process did not start")
-        sent, received, cpu = uvloop.run(_send(args.calls, args.port, args.plain, args.seconds, relay.pid))
+        sent, received, cpu = uvloop.run(_send([int(p) for p in ports], args.plain, args.seconds, relay.pid))
     finally:
         relay.kill()
         relay.wait()
