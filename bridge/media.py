@@ -204,9 +204,9 @@ class SipToApp(MediaStreamTrack):
         if self.mode == "sip" and self.rtp is not None and not self.rtp.closed:
             pcm = self._resample(self.rtp.read_frame(), self.rtp.sample_rate, rate)
         elif self.mode == "ringback":
-            tone = self.ringback(rate)
+            tone = self.ringback(rate)         # looped: a frame may wrap past its end
             start = (self._ring_pos * size) % len(tone)
-            pcm = tone[start:start + size]
+            pcm = np.take(tone, range(start, start + size), mode="wrap")
             self._ring_pos += 1
         else:
             pcm = np.zeros(size, np.int16)

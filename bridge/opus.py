@@ -112,7 +112,7 @@ class Encoder:
     def __call__(self, pcm: np.ndarray, rate: int) -> bytes:
         state = self._state if rate == self._rate else self._open(rate)
         size = _check(_lib.opus_encode(state, pcm.astype(np.int16, copy=False).tobytes(), len(pcm), self._out, MAX_PACKET))
-        return self._out.raw[:size]
+        return ctypes.string_at(self._out, size)
 
 
 class Decoder:

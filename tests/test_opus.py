@@ -139,3 +139,16 @@ def test_the_encoder_settings_keep_speech_within_0_1_pesq_of_the_sip_codec_alone
     if rate == 16000:
         assert coded.wb >= alone.wb - 0.1, (alone, coded)
     assert coded.kbps <= opus.BITRATE[rate] / 1000 * 1.05          # what the app leg carries
+
+
+async def test_a_ringback_of_any_length_reaches_an_opus_app_leg_in_whole_20_ms_frames() -> None:
+    """A WAV ringback need not be a whole number of 20 ms frames (here 125 ms): the loop wraps
+    inside a frame, never handing the encoder a short one (libopus takes whole frames only)."""
+    cycle = tone(1000, 0.125, rate=8000, dbfs=-12)
+    track = SipToApp(lambda: "opus", relay=True, ringback=lambda rate: cycle)
+    track.play_ringback()
+    decode = opus.Decoder(8000)
+    got = [decode(bytes(await asyncio.wait_for(track.recv(), 1))) for _ in range(20)]
+    assert {len(pcm) for pcm in got} == {160}
+    assert_tone(np.concatenate(got[5:]), 1000, 8000)
+    track.stop()
