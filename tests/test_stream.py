@@ -20,9 +20,10 @@ import uuid
 import pytest
 
 from bridge.config import SipConnections, SipTls
-from bridge.sip import UserAgent, stream
+from bridge.sip import UserAgent, connection
 from bridge.sip.message import MAX_MESSAGE, Request, SipMessage, new_branch, response as respond
-from bridge.sip.stream import PING, PONG, Framer, FramingError, StreamTransport, response_target
+from bridge.sip.framing import PING, PONG, Framer, FramingError
+from bridge.sip.stream import StreamTransport, response_target
 from bridge.sip.transaction import Timers, TransactionLayer
 from sipagent import sip_config
 from testbed.certs import make_ca_and_server
@@ -370,7 +371,7 @@ async def test_a_dropped_connection_to_the_pbx_is_reopened_at_once(tmp_path, kam
 
 
 async def test_a_flow_whose_pongs_stop_is_closed(tmp_path, monkeypatch):
-    monkeypatch.setattr(stream, "PONG_TIMEOUT", 1.0)
+    monkeypatch.setattr(connection, "PONG_TIMEOUT", 1.0)
     pongs = {"left": 2}
     pings = []
 

@@ -1,11 +1,12 @@
 """The SIP leg: bridge's own user agent (RFC 3261 and friends), pyVoIP's parser mended.
 
 Modules, one per concept: `uri` and `message` (parsing, building), `sdp`, `sdes` (SRTP keys in
-SDP, RFC 4568), `transport` (UDP, and the trace), `stream` (TCP and TLS), `resolver` (RFC 3263),
-`transaction` (RFC 3261 section 17), `dialog`, `trust` (who may talk to us, where media may
-go), `call`, `outgoing`, `incoming`, `transfer` (REFER, Replaces), `sessiontimer` (RFC 4028),
-`dtmf` (SIP INFO), `registration`, `journal` (crash recovery), `hep` (HEPv3 copies for Homer)
-and `useragent`, which ties them together. The bridge sees only the names exported here.
+SDP, RFC 4568), `transport` (UDP, and the trace), `stream` (TCP and TLS), `connection` (one TCP
+or TLS connection), `framing` (SIP on a stream), `resolver` (RFC 3263), `transaction` (RFC 3261
+section 17), `dialog`, `trust` (who may talk to us, where media may go), `call`, `outgoing`,
+`incoming`, `transfer` (REFER, Replaces), `sessiontimer` (RFC 4028), `dtmf` (SIP INFO),
+`registration`, `journal` (crash recovery), `hep` (HEPv3 copies for Homer) and `useragent`,
+which ties them together. The bridge sees only the names exported here.
 """
 
 from .call import CallEnd, CallFailed, SipCall, SipResult

@@ -1,9 +1,8 @@
 """SIP over TCP and TLS (RFC 3261 section 18, RFC 5626 keep-alive): connections, framing, limits.
 
-Framing (18.3): a message is its head, up to the empty line, then exactly Content-Length bytes.
-On a stream the framing is all there is, so a message without a Content-Length, with a bad one,
-with a start line that is not SIP (what follows a lying Content-Length), or larger than
-`message.MAX_MESSAGE` closes the connection (counted `stream_malformed`); nothing more is read.
+Here: the listener, the connections by peer address and their reuse, the limits, TLS. One
+connection (its framing, keep-alive pings and timeouts) is `connection.Connection`; the framing
+(RFC 3261 18.3) is `framing.Framer`'s, and a connection that breaks it is closed.
 
 Keep-alive (RFC 5626 3.5.1, 4.4.1): a double CRLF from the peer (a ping) gets a single CRLF (a
 pong). On each connection the bridge opened, it pings every `sip.connections.keepalive`; once
@@ -54,86 +53,15 @@ from typing import Callable
 from .. import inet, tls
 from ..config import HepConfig, SipConnections, SipTls
 from ..logsafe import safe
-from .message import MAX_MESSAGE
+from .connection import MAX_WRITE_BUFFER, Connection
 from .transport import Tap
 from .uri import hostport
 
 log = logging.getLogger("bridge.sip")
 
 Addr = tuple[str, int]
-PING, PONG = b"\r\n\r\n", b"\r\n"
-PONG_TIMEOUT = 10.0
-MAX_WRITE_BUFFER = 256 * 1024
 BACKLOG = 128
-_START = re.compile(rb"SIP/2\.0 [1-6]\d\d(?: [^\r\n]*)?|[A-Za-z0-9!%*_+`'~.-]+ [^\s]+ SIP/2\.0")
-_LENGTH = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*([^\r\n]*?)[ \t]*\r?$", re.IGNORECASE | re.MULTILINE)
 _VIA = re.compile(rb"^(?:via|v)[ \t]*:[ \t]*SIP/2\.0/[A-Za-z]+[ \t]+([^;,\s]+)", re.IGNORECASE | re.MULTILINE)
-
-
-class FramingError(ValueError):
-    """The stream no longer holds SIP messages where they should be: the connection is closed."""
-
-
-class Framer:
-    """The bytes of one stream in; whole messages, pings (PING) and pongs (PONG) out, in order."""
-
-    def __init__(self, max_message: int = MAX_MESSAGE) -> None:
-        self.max_message = max_message
-        self.buffer = bytearray()
-        self.awaiting_pong = False      # a lone CRLF is then our pong, not half of a ping
-
-    @property
-    def partial(self) -> bool:
-        """Part of a message has arrived and the rest has not (a lone CRLF is no message)."""
-        return bool(self.buffer) and self.buffer != b"\r\n"
-
-    def feed(self, data: bytes) -> list[bytes]:
-        self.buffer += data
-        frames: list[bytes] = []
-        while self.buffer:
-            frame = self._next()
-            if frame is None:
-                break
-            frames.append(frame)
-        return frames
-
-    def _next(self) -> bytes | None:
-        buf = self.buffer
-        if buf.startswith(b"\r\n"):
-            if buf.startswith(PING) and not self.awaiting_pong:
-                del buf[:4]
-                return PING
-            if len(buf) == 2 and not self.awaiting_pong:
-                return None                         # perhaps the first half of a ping
-            del buf[:2]
-            self.awaiting_pong = False
-            return PONG
-        line_end = buf.find(b"\r\n")
-        if line_end < 0:
-            if len(buf) > 1024:
-                raise FramingError("no start line within 1024 bytes")
-            return None
-        if not _START.fullmatch(bytes(buf[:line_end])):
-            raise FramingError("not a SIP start line")
-        head_end = buf.find(b"\r\n\r\n")
-        if head_end < 0:
-            if len(buf) > self.max_message:
-                raise FramingError(f"a message head longer than {self.max_message} bytes")
-            return None
-        head = bytes(buf[:head_end + 2])
-        lengths = _LENGTH.findall(head)
-        if len(lengths) != 1:
-            raise FramingError("no Content-Length" if not lengths else "more than one Content-Length")
-        if not lengths[0].isdigit() or len(lengths[0]) > 9:
-            raise FramingError("a bad Content-Length")
-        size = head_end + 4 + int(lengths[0])
-        if size > self.max_message:
-            raise FramingError(f"a message longer than {self.max_message} bytes")
-        if len(buf) < size:
-            return None
-        message = bytes(buf[:size])
-        del buf[:size]
-        return message
 
 
 def response_target(data: bytes, addr: Addr, default_port: int = 5060) -> Addr | None:
@@ -164,151 +92,6 @@ def tls_contexts(settings: SipTls, registrar_host: str) -> TlsContexts:
         client.load_cert_chain(settings.cert, settings.key)
         server = tls.server_context(settings.cert, settings.key)
     return TlsContexts(client, server, settings.server_name or registrar_host)
-
-
-class Connection(asyncio.Protocol):
-    """One TCP or TLS connection: framing, keep-alive, and its place in the limits."""
-
-    def __init__(self, owner: "StreamTransport", outbound: bool) -> None:
-        self.owner = owner
-        self.outbound = outbound
-        self.framer = Framer()
-        self.transport: asyncio.Transport | None = None
-        self.addr: Addr = ("", 0)
-        self.local: Addr = ("", 0)
-        self.ready = False                  # TLS handshake done (or plain TCP): messages may go
-        self.untrusted = False              # counted in the limits of untrusted sources
-        now = time.monotonic()
-        self.opened = self.last_message = self.last_ping = now
-        self.started: float | None = None   # when the message being read began
-        self.messages = 0
-        self.ping_sent: float | None = None
-        self.pongs = 0
-        self._handshake: asyncio.Task | None = None
-
-    # asyncio.Protocol ------------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.addr = inet.peer(transport.get_extra_info("peername"))
-        self.local = inet.peer(transport.get_extra_info("sockname"))
-        if self.outbound:
-            self.ready = True
-            self.owner.register(self)
-            return
-        if not self.owner.admit(self):
-            transport.abort()  # type: ignore[attr-defined]
-            return
-        self.owner.register(self)
-        if self.owner.tls is not None and self.owner.tls.server is not None:
-            transport.pause_reading()  # type: ignore[attr-defined]   # the handshake reads first
-            self._handshake = asyncio.ensure_future(self._start_tls(self.owner.tls.server))
-        else:
-            self.ready = True
-
-    async def _start_tls(self, context: ssl.SSLContext) -> None:
-        raw = self.transport
-        assert raw is not None
-        try:
-            secure = await asyncio.get_running_loop().start_tls(
-                raw, self, context, server_side=True, ssl_handshake_timeout=self.owner.limits.message_timeout)
-        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
-            self.owner.counters["tls_handshake"] += 1
-            self.owner.refused(self.addr[0], f"TLS handshake failed: {type(exc).__name__}")
-            raw.abort()
-            self.owner.forget(self)       # the TLS layer tells no connection_lost before its handshake
-            return
-        if secure is None:
-            raw.abort()
-            self.owner.forget(self)
-            return
-        self.transport = secure  # type: ignore[assignment]
-        self.ready = True
-
-    def data_received(self, data: bytes) -> None:
-        if self.transport is None or self.transport.is_closing():
-            return
-        try:
-            frames = self.framer.feed(data)
-        except FramingError as exc:
-            self.owner.counters["stream_malformed"] += 1
-            self.owner.refused(self.addr[0], f"closed: {exc}")
-            self.close()
-            return
-        now = time.monotonic()
-        for frame in frames:
-            if frame == PING:
-                self.write(PONG)
-            elif frame == PONG:
-                self.pongs += 1
-                self.ping_sent = None
-            else:
-                self.messages += 1
-                self.last_message = now
-                self.owner.deliver(frame, self.addr, self)
-                if self.transport is None or self.transport.is_closing():
-                    return
-        self.started = (self.started or now) if self.framer.partial else None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._handshake is not None and not self._handshake.done():
-            self._handshake.cancel()
-        self.owner.forget(self)
-
-    # ours ------------------------------------------------------------------------------
-
-    @property
-    def open(self) -> bool:
-        return self.ready and self.transport is not None and not self.transport.is_closing()
-
-    def write(self, data: bytes) -> bool:
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return False
-        transport.write(data)
-        if transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
-            self.owner.counters["stream_write_stalled"] += 1
-            self.owner.refused(self.addr[0], "closed: it does not read what is sent to it")
-            transport.abort()
-        return True
-
-    def ping(self, now: float) -> None:
-        self.last_ping = now
-        if self.ping_sent is None:
-            self.ping_sent = now
-        self.framer.awaiting_pong = True
-        self.write(PING)
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
-
-    def check(self, now: float) -> None:
-        """The limits and the keep-alive, once a second (see the module docstring)."""
-        limits = self.owner.limits
-        if not self.ready and now - self.opened > limits.message_timeout:
-            self._timed_out("the TLS handshake")
-        elif self.started is not None and now - self.started > limits.message_timeout:
-            self._timed_out("a message")
-        elif not self.outbound and self.messages == 0 and now - self.opened > limits.message_timeout:
-            self._timed_out("the first message")
-        elif not self.outbound and now - self.last_message > limits.idle_timeout:
-            self.owner.counters["idle_closed"] += 1
-            self.close()
-        elif self.outbound and limits.keepalive:
-            if self.ping_sent is not None and self.pongs and now - self.ping_sent > PONG_TIMEOUT:
-                self.owner.counters["flow_failed"] += 1
-                log.warning("SIP: no pong from %s within %.0f s: the %s connection is dead, closing it",
-                            hostport(*self.addr), PONG_TIMEOUT, self.owner.name)
-                self.close()
-            elif now - self.last_ping >= limits.keepalive:
-                self.ping(now)
-
-    def _timed_out(self, what: str) -> None:
-        self.owner.counters["message_timeout"] += 1
-        self.owner.refused(self.addr[0], f"closed: {what} did not arrive within "
-                                         f"{self.owner.limits.message_timeout:g} s")
-        self.close()
 
 
 class StreamTransport:
