@@ -6,7 +6,8 @@ or TLS connection), `framing` (SIP on a stream), `resolver` (RFC 3263), `transac
 section 17), `dialog`, `trust` (who may talk to us, where media may go), `call`, `outgoing`,
 `incoming`, `transfer` (REFER, Replaces), `sessiontimer` (RFC 4028), `dtmf` (SIP INFO),
 `registration`, `journal` (crash recovery), `hep` (HEPv3 copies for Homer) and `useragent`,
-which ties them together. The bridge sees only the names exported here.
+which ties them together (with its parts `receiving`, what arrives, and `sending`, where
+requests go). The bridge sees only the names exported here.
 """
 
 from .call import CallEnd, CallFailed, SipCall, SipResult
