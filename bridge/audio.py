@@ -50,6 +50,11 @@ def tone(freq: float, seconds: float, rate: int = RATE, dbfs: float = -10.0) -> 
     return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.int16)
 
 
+def looped(samples: np.ndarray, start: int, size: int) -> np.ndarray:
+    """`size` of `samples` from `start`, the sound looped (a frame may wrap past its end)."""
+    return np.take(samples, np.arange(start, start + size), mode="wrap")
+
+
 def read_wav(path: str, rate: int = RATE) -> np.ndarray:
     """A 16-bit PCM WAV file as int16 mono at `rate` (mixed down and resampled)."""
     with wave.open(path, "rb") as w:

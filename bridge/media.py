@@ -39,7 +39,7 @@ import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from . import codecs
-from .audio import PTIME, RATE, make_frame
+from .audio import PTIME, RATE, looped, make_frame
 from .clock import FrameClock
 from .relay import FRAME_UNITS, Decode, Recoder, Timeline, clock_rate, decoder, ours
 from .relay import units as payload_units
@@ -204,9 +204,8 @@ class SipToApp(MediaStreamTrack):
         if self.mode == "sip" and self.rtp is not None and not self.rtp.closed:
             pcm = self._resample(self.rtp.read_frame(), self.rtp.sample_rate, rate)
         elif self.mode == "ringback":
-            tone = self.ringback(rate)         # looped: a frame may wrap past its end
-            start = (self._ring_pos * size) % len(tone)
-            pcm = np.take(tone, range(start, start + size), mode="wrap")
+            tone = self.ringback(rate)
+            pcm = looped(tone, (self._ring_pos * size) % len(tone), size)
             self._ring_pos += 1
         else:
             pcm = np.zeros(size, np.int16)
@@ -340,7 +339,7 @@ class AppToSip:
                 rtp.write_frame(np.zeros(size, np.int16))
                 continue
             position = (position + size * tick.skipped) % len(samples)
-            rtp.write_frame(np.take(samples, np.arange(position, position + size), mode="wrap"))
+            rtp.write_frame(looped(samples, position, size))
             position = (position + size) % len(samples)
 
 

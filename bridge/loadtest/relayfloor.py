@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import struct
 import subprocess
 import sys
 import time
@@ -23,10 +21,11 @@ import time
 import pylibsrtp
 import uvloop
 
-HEADER = struct.Struct("!BBHII")
+from ..rtp import RTP_HEADER as HEADER
+from .probe import proc_sample
+
 KEY = bytes(range(28))                     # AES-128-GCM: 16 bytes of key, 12 of salt
 PAYLOAD = b"\xd5" * 160                    # 20 ms of G.711
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 def _session(direction: int) -> pylibsrtp.Session:
@@ -85,9 +84,10 @@ async def _relay(calls: int, plain: bool) -> None:
 
 
 def _cpu(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+    sample = proc_sample(pid)             # the load test's own reading of /proc
+    if sample is None:
+        raise SystemExit("relayfloor: the relay process is gone")
+    return sample[0]
 
 
 async def _send(ports: list[int], plain: bool, seconds: float, pid: int) -> tuple[int, int, float]:
