@@ -85,6 +85,11 @@ class Timeline:
         self.restarted = False
 
     def place(self, ssrc: int, seq: int, ts: int, samples: int) -> int | None:
+        if ts == self._next and ssrc == self._ssrc and seq == (self._seq + 1) & 0xFFFF:   # next in line
+            self._seq = seq
+            self._next = (ts + samples) & 0xFFFFFFFF
+            self.restarted = False
+            return 0
         skipped = 0
         if ssrc == self._ssrc:
             step = _signed(seq - self._seq, 16)

@@ -41,7 +41,6 @@ import traceback
 from typing import Callable
 
 import av
-import pylibsrtp
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 from aiortc.codecs import get_encoder
 from aiortc.mediastreams import MediaStreamError
@@ -51,10 +50,12 @@ from aiortc.rtcrtpreceiver import StreamStatistics
 from aiortc.rtp import RtpPacket
 
 from .rtp import RTP_FIELDS, RTP_HEADER, PacketSink, payload_span
+from .srtp import Transform, protector, unprotector
 
 log = logging.getLogger(__name__)
 
 NTP_OFFSET = 2208988800            # seconds from 1900 (NTP) to 1970 (Unix)
+CONNECTED = State.CONNECTED
 
 
 def _private(obj: object, name: str) -> object:
@@ -86,6 +87,8 @@ class DirectSender:
         self._pair: object = None      # the nominated ICE pair `_sendto` and `_address` are of
         self._sendto: Callable[[bytes, tuple], None] | None = None
         self._address: tuple | None = None
+        self._session: object = None   # the DTLS transport's SRTP session `_protect` is of
+        self._protect: Transform | None = None
         sender._run_rtp = self._run   # type: ignore[method-assign]
 
     async def _run(self, codec: RTCRtpCodecParameters) -> None:
@@ -122,7 +125,7 @@ class DirectSender:
             log.warning("direct RTP sender failed:\n%s", traceback.format_exc())
         finally:
             self.running = False
-            self._pair = self._sendto = self._address = None
+            self._pair = self._sendto = self._address = self._session = self._protect = None
             track = sender.track
             if track is not None:
                 track.stop()
@@ -133,18 +136,17 @@ class DirectSender:
         """One packet of `payload` at `timestamp` (the codec's clock, from the stream's start);
         False when the leg cannot carry it (not connected, or no longer)."""
         dtls = self._dtls
-        srtp = dtls._tx_srtp
         pair = dtls.transport._connection._nominated.get(1)
-        if srtp is None or pair is None or not self.running or dtls._state is not State.CONNECTED:
+        if pair is not self._pair or dtls._tx_srtp is not self._session:
+            if not self._route(pair):
+                return False
+        if not self.running or dtls._state is not CONNECTED:
             return False
-        if pair is not self._pair:          # the pair's socket (or TURN relay) and address, once
-            self._pair, self._sendto, self._address = pair, pair.protocol.transport.sendto, pair.remote_addr
         timestamp = (self._origin + timestamp) & 0xFFFFFFFF
-        rtp = RTP_HEADER.pack(self._first, self._pt | (0x80 if marker else 0), self._seq, timestamp,
-                              self._sender._ssrc) + self._extensions + payload
-        try:
-            rtp = srtp.protect(rtp)
-        except pylibsrtp.Error:
+        seq = self._seq
+        rtp = self._protect(RTP_HEADER.pack(self._first, self._pt | (0x80 if marker else 0), seq, timestamp,
+                                            self._sender._ssrc) + self._extensions + payload)
+        if rtp is None:
             return False
         try:
             self._sendto(rtp, self._address)   # a socket's, or aioice's TURN relay
@@ -152,7 +154,7 @@ class DirectSender:
             return False
         dtls._RTCDtlsTransport__tx_packets += 1
         dtls._RTCDtlsTransport__tx_bytes += len(rtp)
-        self._seq = (self._seq + 1) & 0xFFFF
+        self._seq = (seq + 1) & 0xFFFF
         self._sent_packets += 1
         self._sent_octets += len(payload)
         sender = self._sender
@@ -160,6 +162,16 @@ class DirectSender:
         sender._RTCRtpSender__rtp_timestamp = timestamp             # type: ignore[attr-defined]
         sender._RTCRtpSender__packet_count = self._sent_packets     # type: ignore[attr-defined]
         sender._RTCRtpSender__octet_count = self._sent_octets       # type: ignore[attr-defined]
+        return True
+
+    def _route(self, pair) -> bool:
+        """Take the nominated pair's socket (or TURN relay) and address, and the DTLS
+        transport's SRTP session, when either is new; False while there is none."""
+        session = self._dtls._tx_srtp
+        if pair is None or session is None:
+            return False
+        self._pair, self._sendto, self._address = pair, pair.protocol.transport.sendto, pair.remote_addr
+        self._session, self._protect = session, protector(session)
         return True
 
 
@@ -198,31 +210,33 @@ def receive(receiver: RTCRtpReceiver, sink: PacketSink, clock_rate: int = 8000) 
     connection._rtcdirect_usual = usual
 
     decoding = True                      # the receiver's decoder thread may (yet) run
+    session: object = None               # the DTLS transport's SRTP session `unprotect` is of
+    unprotect: Transform | None = None
 
     def data_received(data: bytes, component: int) -> None:
-        nonlocal decoding
-        srtp = dtls._rx_srtp
-        if srtp is None or len(data) < 12 or not 127 < data[0] < 192 or 191 < data[1] < 224:
+        nonlocal decoding, session, unprotect
+        if len(data) < 12 or not 127 < data[0] < 192 or 191 < data[1] < 224 or dtls._rx_srtp is None:
             return usual(data, component)        # DTLS, STUN, RTCP (and RTP before the keys)
-        try:
-            clear = srtp.unprotect(data)
-        except pylibsrtp.Error:
+        if dtls._rx_srtp is not session:
+            session = dtls._rx_srtp
+            unprotect = unprotector(session)
+        clear = unprotect(data)                  # type: ignore[misc]
+        if clear is None:
             return                               # not the peer's, or a replay
         if decoding:
             decoding = not _stop_decoder(receiver)
         dtls._RTCDtlsTransport__rx_packets += 1  # the transport's statistics (liveness reads them)
         dtls._RTCDtlsTransport__rx_bytes += len(data)
-        data = clear
-        span = payload_span(data)
+        span = payload_span(clear)
         if span is None:
             return
-        second, seq, timestamp, ssrc = RTP_FIELDS.unpack_from(data, 1)
+        second, seq, timestamp, ssrc = RTP_FIELDS.unpack_from(clear, 1)
         stream = streams.get(ssrc)
         if stream is None:
             stream = streams[ssrc] = _Statistics(clock_rate)
         if isinstance(stream, _Statistics):
             stream.note(seq, timestamp)
-        sink(second & 0x7F, seq, timestamp, ssrc, data[span[0]:span[1]])
+        sink(second & 0x7F, seq, timestamp, ssrc, clear[span[0]:span[1]])
 
     connection.data_received = data_received
     if again:

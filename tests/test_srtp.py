@@ -20,7 +20,7 @@ from bridge.clock import FrameClock
 from bridge.rtp import RTP_HEADER, RtpEndpoint, RtpPacket
 from bridge.sip import sdes, sdp
 from bridge.sip.transport import trace
-from bridge.srtp import KEY_LENGTH, SUITES, Srtp, SrtpKey, new_key
+from bridge.srtp import KEY_LENGTH, SUITES, Srtp, SrtpKey, new_key, protector, unprotector
 from test_rtp import raw_socket, wait_until
 
 HOST = "127.0.0.1"
@@ -64,6 +64,42 @@ def test_new_keys_are_random_and_never_shown():
         SrtpKey("AEAD_AES_256_GCM", new_key())
     with pytest.raises(ValueError):
         SrtpKey(SUITE80, b"short")
+
+
+@pytest.mark.parametrize("suite", sorted(SUITES))
+def test_the_lean_transforms_are_pylibsrtps_bit_for_bit(suite):
+    """protector/unprotector give what pylibsrtp's protect/unprotect give, on the same session
+    state; what pylibsrtp refuses with an exception they refuse with None; a packet too long
+    for the session's buffer is refused, not written past it."""
+    import pylibsrtp
+
+    key = new_key()
+
+    def session(direction: int) -> pylibsrtp.Session:
+        return pylibsrtp.Session(pylibsrtp.Policy(key=key, ssrc_type=direction, srtp_profile=SUITES[suite]))
+
+    theirs, ours = session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND), session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
+    protect = protector(ours)
+    wires = []
+    for seq in range(1, 40):
+        clear = packet(seq, bytes(range(seq, seq + N)))
+        wire = protect(clear)
+        assert wire == theirs.protect(clear) and wire != clear
+        wires.append((wire, clear))
+    assert protect(packet(99, bytes(1500))) is None              # no room for the tag
+    theirs_rx, ours_rx = session(pylibsrtp.Policy.SSRC_ANY_INBOUND), session(pylibsrtp.Policy.SSRC_ANY_INBOUND)
+    unprotect = unprotector(ours_rx)
+    for wire, clear in wires:
+        assert unprotect(wire) == theirs_rx.unprotect(wire) == clear
+        assert unprotect(wire) is None                             # a replay
+        with pytest.raises(pylibsrtp.Error):
+            theirs_rx.unprotect(wire)
+    assert unprotect(b"\x80\x00") is None and unprotect(packet(50)) is None
+    assert unprotect(bytes(1600)) is None
+    lone = protector(session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND))   # its session referenced by it only
+    import gc
+    gc.collect()
+    assert lone(packet(1)) == session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND).protect(packet(1))
 
 
 def test_a_renegotiation_with_the_same_keys_keeps_the_replay_window():

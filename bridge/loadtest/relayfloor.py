@@ -22,6 +22,7 @@ import pylibsrtp
 import uvloop
 
 from ..rtp import RTP_HEADER as HEADER
+from ..srtp import protector, unprotector
 from .probe import proc_sample
 
 KEY = bytes(range(28))                     # AES-128-GCM: 16 bytes of key, 12 of salt
@@ -38,12 +39,11 @@ class _FromApp(asyncio.DatagramProtocol):
 
     def __init__(self, out: asyncio.DatagramTransport) -> None:
         self.out, self.seq = out, 0
-        self.srtp = _session(pylibsrtp.Policy.SSRC_ANY_INBOUND)
+        self.unprotect = unprotector(_session(pylibsrtp.Policy.SSRC_ANY_INBOUND))
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        try:
-            rtp = self.srtp.unprotect(data)
-        except pylibsrtp.Error:
+        rtp = self.unprotect(data)
+        if rtp is None:
             return
         _, _, _, timestamp, _ = HEADER.unpack_from(rtp)
         self.seq = (self.seq + 1) & 0xFFFF
@@ -55,12 +55,12 @@ class _FromPhone(asyncio.DatagramProtocol):
 
     def __init__(self, out: asyncio.DatagramTransport) -> None:
         self.out, self.seq = out, 0
-        self.srtp = _session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
+        self.protect = protector(_session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         _, _, _, timestamp, _ = HEADER.unpack_from(data)
         self.seq = (self.seq + 1) & 0xFFFF
-        self.out.sendto(self.srtp.protect(HEADER.pack(0x80, 0, self.seq, timestamp, 0x5678) + data[12:]), addr)
+        self.out.sendto(self.protect(HEADER.pack(0x80, 0, self.seq, timestamp, 0x5678) + data[12:]), addr)
 
 
 class _Pass(asyncio.DatagramProtocol):

@@ -246,6 +246,8 @@ class RtpEndpoint(Dtmf):
         packet = header + payload
         if self.srtp is not None:
             packet = self.srtp.protect(packet)
+            if packet is None:
+                return
         self._transport.sendto(packet, destination)
         self.stats.packets_sent += 1
         self.stats.bytes_sent += len(payload)

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
-
-
-
 @dataclass
 class RtpStats:
     """Counters for metrics. Bytes are RTP payload octets (as in RTCP sender reports)."""
@@ -41,6 +37,7 @@ class ReceiveCounter:
     """
 
     WINDOW = 128
+    _MASK = (1 << WINDOW) - 1
 
     def __init__(self, clock_rate: int, stats: RtpStats) -> None:
         self.clock_rate = clock_rate
@@ -49,8 +46,16 @@ class ReceiveCounter:
         self.lost_before = 0
         self.jitter = 0.0
         self._window = 0
+        self._next = -1           # the sequence number of the next packet in line
 
     def update(self, seq: int, timestamp: int, ssrc: int, arrival: float) -> None:
+        if seq == self._next and ssrc == self.ssrc:     # the next in line: no loss changes
+            self._next = (seq + 1) & 0xFFFF
+            self.ext_max += 1
+            self._window = ((self._window << 1) | 1) & self._MASK
+            self.received += 1
+            self._jitter(arrival * self.clock_rate - timestamp)
+            return
         if ssrc != self.ssrc:
             if self.ssrc is not None:
                 self.lost_before += self.lost_now
@@ -64,22 +69,24 @@ class ReceiveCounter:
             ahead = ext - self.ext_max
             if ahead > 0:
                 self.ext_max = ext
-                self._window = ((self._window << ahead) | 1) & ((1 << self.WINDOW) - 1)
+                self._window = ((self._window << ahead) | 1) & self._MASK
             elif -ahead < self.WINDOW:
                 bit = 1 << -ahead
                 if self._window & bit:
                     return                     # a duplicate
                 self._window |= bit
+        self._next = (self.ext_max + 1) & 0xFFFF
         self.received += 1
-        transit = arrival * self.clock_rate - timestamp
+        self._jitter(arrival * self.clock_rate - timestamp)
+        self.stats.lost = self.lost_before + self.lost_now
+
+    def _jitter(self, transit: float) -> None:
         if self.transit is not None:
             d = abs(transit - self.transit)
             if d < self.clock_rate:  # ignore timestamp jumps
                 self.jitter += (d - self.jitter) / 16
+                self.stats.jitter_ms = self.jitter * 1000 / self.clock_rate
         self.transit = transit
-        stats = self.stats
-        stats.lost = self.lost_before + self.lost_now
-        stats.jitter_ms = self.jitter * 1000 / self.clock_rate
 
     @property
     def lost_now(self) -> int:
