@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING
 from ..rtp import RtpEndpoint
 from ..srtp import SrtpKey
 from . import sdp
-from .call import CallEnd, CallFailed, SipCall, SipResult, result_of
+from .call import SipCall
 from .dialog import Dialog
 from .message import Party, SipMessage, new_tag
+from .result import CallEnd, CallFailed, SipResult, result_of
 from .transaction import InviteServerTransaction, ServerTransaction
 
 if TYPE_CHECKING:

@@ -31,7 +31,7 @@ from ..logsafe import safe
 from ..ports import PortPool
 from ..rtp import RtpEndpoint
 from . import sdp
-from .call import CallEnd, SipCall, SipResult
+from .call import SipCall
 from .incoming import IncomingCall
 from .journal import Journal, down_entry, end_left_open, invite_entry, ringing_entry, up_entry
 from .message import Request, SipMessage, SipParseError, digest, new_branch, new_tag, response
@@ -39,6 +39,7 @@ from .outgoing import OutgoingCall
 from .receiving import Receiving
 from .registration import Registration, RegistrationState
 from .resolver import ResolveError, Resolver
+from .result import CallEnd, SipResult
 from .sending import Sending
 from .sdes import redact
 from .stream import StreamTransport, tls_contexts
