@@ -29,7 +29,7 @@ from .call import SipCall
 from .dialog import Dialog
 from .message import Party, SipMessage, new_tag
 from .result import CallEnd, CallFailed, SipResult, result_of
-from .transaction import InviteServerTransaction, ServerTransaction
+from .servertransaction import InviteServerTransaction, ServerTransaction
 
 if TYPE_CHECKING:
     from .useragent import UserAgent

@@ -10,7 +10,7 @@ from ..logsafe import safe
 from . import dtmf, sdp
 from .message import METHODS, SipMessage
 from .result import CallEnd, SipResult
-from .transaction import ServerTransaction
+from .servertransaction import ServerTransaction
 from .transfer import Referral
 from .uri import SipParseError
 

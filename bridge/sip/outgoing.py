@@ -26,11 +26,11 @@ from ..logsafe import safe
 from ..rtp import RtpEndpoint
 from . import sdp
 from .call import SipCall
+from .clienttransaction import InviteClientTransaction
 from .dialog import Dialog
 from .message import Request, SipMessage, new_call_id, new_tag
 from .resolver import ResolveError
 from .result import CallEnd, SipResult, result_of
-from .transaction import InviteClientTransaction
 from .uri import NameAddr, SipParseError, SipUri, quote
 
 if TYPE_CHECKING:

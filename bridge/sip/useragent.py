@@ -42,8 +42,10 @@ from .resolver import ResolveError, Resolver
 from .result import CallEnd, SipResult
 from .sending import Sending
 from .sdes import redact
+from .servertransaction import ServerTransaction
 from .stream import StreamTransport, tls_contexts
-from .transaction import ServerTransaction, Timers, TransactionLayer
+from .timers import Timers
+from .transaction import TransactionLayer
 from .transport import UdpTransport
 from .trust import TrustPolicy, networks
 from .uri import SipUri, hostport, is_ip
