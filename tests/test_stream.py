@@ -24,7 +24,8 @@ from bridge.sip import UserAgent, connection
 from bridge.sip.message import MAX_MESSAGE, Request, SipMessage, new_branch, response as respond
 from bridge.sip.framing import PING, PONG, Framer, FramingError
 from bridge.sip.stream import StreamTransport, response_target
-from bridge.sip.transaction import Timers, TransactionLayer
+from bridge.sip.timers import Timers
+from bridge.sip.transaction import TransactionLayer
 from sipagent import sip_config
 from testbed.certs import make_ca_and_server
 from testbed.fixtures import kamailio_factory  # noqa: F401

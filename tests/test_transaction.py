@@ -10,7 +10,8 @@ import weakref
 import pytest
 
 from bridge.sip.message import Request, SipMessage, new_branch, response
-from bridge.sip.transaction import Timers, TransactionLayer
+from bridge.sip.timers import Timers
+from bridge.sip.transaction import TransactionLayer
 from bridge.sip.transport import UdpTransport
 from sippeer import SipPeer, parse
 

@@ -25,10 +25,11 @@ from typing import TYPE_CHECKING
 from ..rtp import RtpEndpoint
 from ..srtp import SrtpKey
 from . import sdp
-from .call import CallEnd, CallFailed, SipCall, SipResult, result_of
+from .call import SipCall
 from .dialog import Dialog
 from .message import Party, SipMessage, new_tag
-from .transaction import InviteServerTransaction, ServerTransaction
+from .result import CallEnd, CallFailed, SipResult, result_of
+from .servertransaction import InviteServerTransaction, ServerTransaction
 
 if TYPE_CHECKING:
     from .useragent import UserAgent

@@ -25,11 +25,12 @@ from typing import TYPE_CHECKING
 from ..logsafe import safe
 from ..rtp import RtpEndpoint
 from . import sdp
-from .call import CallEnd, SipCall, SipResult, result_of
+from .call import SipCall
+from .clienttransaction import InviteClientTransaction
 from .dialog import Dialog
 from .message import Request, SipMessage, new_call_id, new_tag
 from .resolver import ResolveError
-from .transaction import InviteClientTransaction
+from .result import CallEnd, SipResult, result_of
 from .uri import NameAddr, SipParseError, SipUri, quote
 
 if TYPE_CHECKING:

@@ -25,7 +25,7 @@ from .call import SipCall
 from .incoming import IncomingCall
 from .message import METHODS, SipMessage, SipParseError, bad_request, new_tag, response
 from .sessiontimer import parse_expires
-from .transaction import ServerTransaction
+from .servertransaction import ServerTransaction
 from .transfer import Replaces
 from .uri import hostport
 

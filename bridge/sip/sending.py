@@ -9,10 +9,10 @@ import logging
 
 from ..inet import Addr
 from ..logsafe import safe
+from .clienttransaction import ClientTransaction
 from .dialog import Dialog
 from .message import Request, SipParseError
 from .resolver import ResolveError
-from .transaction import ClientTransaction
 from .uri import SipUri, hostport, is_ip
 
 log = logging.getLogger("bridge.sip")       # the user agent's, as its log lines always said

@@ -113,7 +113,7 @@ class SessionTimer:
         return self.response_headers() if given is not None else []
 
     def _expired(self) -> None:
-        from .call import SipResult
+        from .result import SipResult
         log.warning("call %s: the session was not refreshed within %d s", self.call.call_id, self.interval)
         self.call.end_locally(SipResult.SESSION_EXPIRED)
 
@@ -121,7 +121,7 @@ class SessionTimer:
         self._task = self.call.ua.spawn(self._send_refresh())
 
     async def _send_refresh(self, attempts: int = 3) -> None:
-        from .call import SipResult
+        from .result import SipResult
         call = self.call
         for _ in range(attempts):
             if call.state != "answered" or call.dialog is None:

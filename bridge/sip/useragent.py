@@ -31,7 +31,7 @@ from ..logsafe import safe
 from ..ports import PortPool
 from ..rtp import RtpEndpoint
 from . import sdp
-from .call import CallEnd, SipCall, SipResult
+from .call import SipCall
 from .incoming import IncomingCall
 from .journal import Journal, down_entry, end_left_open, invite_entry, ringing_entry, up_entry
 from .message import Request, SipMessage, SipParseError, digest, new_branch, new_tag, response
@@ -39,10 +39,13 @@ from .outgoing import OutgoingCall
 from .receiving import Receiving
 from .registration import Registration, RegistrationState
 from .resolver import ResolveError, Resolver
+from .result import CallEnd, SipResult
 from .sending import Sending
 from .sdes import redact
+from .servertransaction import ServerTransaction
 from .stream import StreamTransport, tls_contexts
-from .transaction import ServerTransaction, Timers, TransactionLayer
+from .timers import Timers
+from .transaction import TransactionLayer
 from .transport import UdpTransport
 from .trust import TrustPolicy, networks
 from .uri import SipUri, hostport, is_ip
