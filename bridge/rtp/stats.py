@@ -54,7 +54,13 @@ class ReceiveCounter:
             self.ext_max += 1
             self._window = ((self._window << 1) | 1) & self._MASK
             self.received += 1
-            self._jitter(arrival * self.clock_rate - timestamp)
+            transit = arrival * self.clock_rate - timestamp
+            if self.transit is not None:        # as _jitter, inline: this runs for every packet
+                d = abs(transit - self.transit)
+                if d < self.clock_rate:
+                    self.jitter += (d - self.jitter) / 16
+                    self.stats.jitter_ms = self.jitter * 1000 / self.clock_rate
+            self.transit = transit
             return
         if ssrc != self.ssrc:
             if self.ssrc is not None:
