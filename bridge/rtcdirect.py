@@ -49,6 +49,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtcrtpreceiver import StreamStatistics
 from aiortc.rtp import RtpPacket
 
+from . import rtcreports
 from .rtp import RTP_FIELDS, RTP_HEADER, PacketSink, payload_span
 from .srtp import Transform, protector, unprotector
 
@@ -276,6 +277,7 @@ def release(pc: RTCPeerConnection) -> None:
     transports: set = set()
     for transceiver in pc.getTransceivers():
         vars(transceiver.sender).pop("_run_rtp", None)          # the class's own again
+        rtcreports.release(transceiver.sender, transceiver.receiver)
         transports.update(t for t in (transceiver.sender.transport, transceiver.receiver.transport) if t)
     for dtls in transports:
         ice = dtls.transport

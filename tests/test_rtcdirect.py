@@ -7,14 +7,16 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 from fractions import Fraction
 
 import av
 import numpy as np
 from aiortc import RTCPeerConnection, RTCRtpSender
 from aiortc.mediastreams import MediaStreamTrack
+from aiortc.rtp import RtcpPacket, RtcpSrPacket
 
-from bridge import g711, rtcdirect, rtcprobe
+from bridge import g711, rtcdirect, rtcprobe, rtcreports
 from bridge.audio import GatedTrack, ToneTrack, frame_to_mono, tone, tone_analysis
 from bridge.clock import FrameClock
 from bridge.sdk import negotiated_codec
@@ -181,3 +183,49 @@ async def test_an_opus_leg_is_encoded_by_aiortc_and_sent_on_the_short_path() -> 
     pcm = np.concatenate([frame_to_mono(f) for f in frames[25:]])
     freq, snr = tone_analysis(pcm, frames[-1].sample_rate)
     assert abs(freq - 1000) < 10 and snr > 20, (freq, snr)
+
+
+async def test_one_compound_report_carries_the_sender_and_receiver_reports() -> None:
+    """`rtcreports.take_over`: a's transceiver sends one compound RTCP packet per interval (SR
+    with a report block on what it receives, then SDES), no RR of its own, and a BYE as it stops.
+    The far end (plain aiortc) reads from it what it read from aiortc's two reports: a's sent
+    packets, and its own stream's loss and round-trip time."""
+    a, b = RTCPeerConnection(), RTCPeerConnection()
+    gate = GatedTrack(ToneTrack(1000))
+    transceiver = a.addTransceiver(gate, direction="sendrecv")
+    transceiver.setCodecPreferences(PCMU)
+    gate.direct = rtcdirect.DirectSender(transceiver.sender)
+    rtcreports.take_over(transceiver.sender, transceiver.receiver, interval=1.0)
+    gate.open = True
+    a.on("track", lambda track: None)
+    b.on("track", lambda track: None)
+    b.addTrack(ToneTrack(700))
+    arrived: list[tuple[float, list]] = []
+    await connect(a, b)
+    dtls = b.getTransceivers()[0].receiver.transport
+    usual = dtls._handle_rtcp_data
+
+    async def handle(data: bytes) -> None:
+        arrived.append((time.monotonic(), RtcpPacket.parse(data)))
+        await usual(data)
+    dtls._handle_rtcp_data = handle
+    start = time.monotonic()
+    await asyncio.sleep(5.2)
+    outbound = await stats_of(b, "remote-outbound-rtp")        # from a's SR
+    inbound = await stats_of(b, "remote-inbound-rtp")          # from the report block in it
+    sent = transceiver.sender._RTCRtpSender__packet_count
+    await a.close()
+    await asyncio.sleep(0.3)
+    await b.close()
+
+    kinds = [[type(p).__name__ for p in packets] for _, packets in arrived]
+    assert kinds[-1] == ["RtcpByePacket"], kinds
+    reports = [(t, packets) for t, packets in arrived[:-1]]
+    assert all(k == ["RtcpSrPacket", "RtcpSdesPacket"] for k in kinds[:-1]), kinds
+    assert 3 <= len(reports) <= 9, kinds                      # every 0.5-1.5 s, the first sooner
+    assert reports[0][0] - start < 0.8
+    blocks = [p.reports for _, packets in reports[1:] for p in packets if isinstance(p, RtcpSrPacket)]
+    assert all(len(r) == 1 and r[0].ssrc == b.getTransceivers()[0].sender._ssrc for r in blocks), blocks
+    assert blocks[-1][0].packets_lost == 0 and blocks[-1][0].highest_sequence > 0
+    assert sent - 100 <= outbound.packetsSent <= sent and outbound.packetsSent > 150, (outbound, sent)
+    assert inbound.packetsLost == 0 and inbound.roundTripTime is not None and 0 <= inbound.roundTripTime < 0.2

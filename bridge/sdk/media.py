@@ -11,7 +11,7 @@ from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import RtpPacket
 
-from .. import rtcdirect, rtcjitter
+from .. import rtcdirect, rtcjitter, rtcreports
 from ..relay import clock_rate
 from ..audio import WavTrack, frame_to_mono
 from ..liveness import Liveness
@@ -58,10 +58,13 @@ class CallMedia:
 
     def _send_directly(self, sender: RTCRtpSender) -> None:
         """The gate's audio to `sender` on rtcdirect's short path, with no retransmission
-        history (nobody NACKs audio)."""
+        history (nobody NACKs audio), and its transceiver's RTCP as one report every ~5 s
+        (`rtcreports`)."""
         rtcjitter.no_send_history(sender)
-        assert self._gate is not None
+        assert self._gate is not None and self._pc is not None
         self._gate.direct = rtcdirect.DirectSender(sender)
+        receiver = next(t.receiver for t in self._pc.getTransceivers() if t.sender is sender)
+        rtcreports.take_over(sender, receiver)
 
     @staticmethod
     def _audio_source(audio: AudioSource) -> MediaStreamTrack | None:
