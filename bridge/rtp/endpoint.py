@@ -282,12 +282,13 @@ class RtpEndpoint(Dtmf):
                 return
             data = clear
         if data[0] == 0x80:              # no CSRC, extension or padding: the usual packet
-            span: tuple[int, int] | None = (12, len(data))
+            start, end = 12, len(data)
         else:
             span = payload_span(data)
             if span is None:
                 st.malformed += 1
                 return
+            start, end = span
         if addr != self._source and not self._accept_source(addr):
             return
         second, seq, timestamp, ssrc = RTP_FIELDS.unpack_from(data, 1)
@@ -300,7 +301,6 @@ class RtpEndpoint(Dtmf):
         if pt != self.payload_type and pt != self.dtmf_payload_type and pt != PT_CN:
             st.ignored += 1
             return
-        start, end = span        # type: ignore[misc]
         st.packets_received += 1
         st.bytes_received += end - start
         if not self.receiving:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+
 @dataclass
 class RtpStats:
     """Counters for metrics. Bytes are RTP payload octets (as in RTCP sender reports)."""
@@ -54,13 +55,7 @@ class ReceiveCounter:
             self.ext_max += 1
             self._window = ((self._window << 1) | 1) & self._MASK
             self.received += 1
-            transit = arrival * self.clock_rate - timestamp
-            if self.transit is not None:        # as _jitter, inline: this runs for every packet
-                d = abs(transit - self.transit)
-                if d < self.clock_rate:
-                    self.jitter += (d - self.jitter) / 16
-                    self.stats.jitter_ms = self.jitter * 1000 / self.clock_rate
-            self.transit = transit
+            self._jitter(arrival * self.clock_rate - timestamp)
             return
         if ssrc != self.ssrc:
             if self.ssrc is not None:
