@@ -1,13 +1,19 @@
 """The load test's comparison runs: through Janus's SIP plugin, and under call churn.
 
-Bounded runs (always): 2 calls through Janus (Debian `janus`), measured like the bridge; and a
-short churn (calls starting every 0.2 s while others end), whose report times the bridge's
-collections and each call's longest stall. Behind opt-in markers, the runs whose numbers are in
+Bounded runs (always): 2 calls through Janus (Debian `janus`), measured like the bridge; the
+before/after harness with this tree against itself (2 calls each); and a short churn (calls
+starting every 0.2 s while others end), whose report times the bridge's collections and each
+call's longest stall. Behind opt-in markers, the runs whose numbers are in
 docs/performance.md (each prints one PERF line per run):
 
 - `janus_perf`: bridge and Janus side by side, interleaved, at BRIDGE_PERF_CALLS (default
   "10,40,90") calls of BRIDGE_PERF_SECONDS (30) s, with BRIDGE_CPU_HOG (e.g. 0.7) a CPU hog
   beside them: `pytest -m janus_perf tests/test_loadtest_perf.py -s`
+- `ab_perf`: before and after a change: the bridge from each source tree of BRIDGE_AB_TREES (two
+  or more, comma-separated: e.g. a `git worktree` of the commit before, and this one) in turn,
+  interleaved BRIDGE_AB_ROUNDS (2) times, BRIDGE_AB_CALLS (40) calls of BRIDGE_PERF_SECONDS (20) s;
+  BRIDGE_AB_CODECS="opus,G722" for app legs on Opus and the SIP leg on G.722 (recoded):
+  `BRIDGE_AB_TREES=/tmp/before,$PWD pytest -m ab_perf tests/test_loadtest_perf.py -s`
 - `churn_perf`: 5 new calls a second for BRIDGE_CHURN_SECONDS (300) s, 12 s each (60 up):
   `pytest -m churn_perf tests/test_loadtest_perf.py -s` (BRIDGE_CHURN_GATEWAY=janus: through Janus)
 
@@ -140,6 +146,55 @@ async def test_side_by_side_with_janus(bridge_stack, tmp_path):
             per_call[gateway] = float(line.split("cpu_per_call_pct=")[1].split()[0])
         print(f"PERF ratio calls={calls} bridge/janus cpu per call = "
               f"{per_call['bridge'] / per_call['janus']:.2f}")
+
+
+async def before_and_after(tmp_path, kamailio, trees: list[str], calls: str, seconds: str, rounds: int,
+                           codecs: str = "") -> list[dict]:
+    """The bridge from each source tree in turn (interleaved `rounds` times), the same load test
+    each time; the reports, in the order run."""
+    app, _, sip = codecs.partition(",")
+
+    def edit(data: dict) -> None:
+        data["log_level"] = "warning"
+        for route in data["routes"]["to_sip"]:
+            route["max_calls"] = 200
+        if app:
+            data["webrtc"]["codecs"] = [app]
+        if sip:
+            data["sip"]["codecs"] = [sip]
+    cfg = stack_config(tmp_path, kamailio.port, edit)
+    reports = []
+    for r in range(rounds):
+        for tree in trees if r % 2 == 0 else trees[::-1]:
+            daemon = Daemon(cfg).start(wrapper=["env", f"PYTHONPATH={os.path.abspath(tree)}"])
+            try:
+                await daemon.ready()
+                report = await loadtest(daemon, tmp_path, "--calls", calls, "--duration", seconds,
+                                        "--ramp", "5", "--pesq-calls", "4")
+                print(perf_line(f"ab-{tree}", report), flush=True)
+                reports.append(report)
+            finally:
+                daemon.stop()
+    return reports
+
+
+async def test_before_and_after_runs_each_tree_in_turn(tmp_path, kamailio_factory):  # noqa: F811
+    # the bounded form of -m ab_perf: this tree against itself, 2 calls each
+    kamailio = kamailio_factory(DEMO_USERS, invite_auth=False)
+    reports = await before_and_after(tmp_path, kamailio, [str(ROOT), str(ROOT)], "2", "8", 1)
+    assert [r["summary"]["calls"]["completed"] for r in reports] == [2, 2], [r["failures"] for r in reports]
+    assert all(r["summary"]["bridge_process"]["cpu_pct"].get("mean") for r in reports)
+
+
+@pytest.mark.ab_perf
+@pytest.mark.timeout(7200)
+async def test_before_and_after(tmp_path, kamailio_factory):  # noqa: F811
+    trees = [t for t in os.environ.get("BRIDGE_AB_TREES", "").split(",") if t]
+    if len(trees) < 2:
+        pytest.fail("BRIDGE_AB_TREES names two or more source trees to compare (comma-separated)")
+    await before_and_after(tmp_path, kamailio_factory(DEMO_USERS, invite_auth=False), trees,
+                           os.environ.get("BRIDGE_AB_CALLS", "40"), os.environ.get("BRIDGE_PERF_SECONDS", "20"),
+                           int(os.environ.get("BRIDGE_AB_ROUNDS", "2")), os.environ.get("BRIDGE_AB_CODECS", ""))
 
 
 @pytest.mark.churn_perf
