@@ -9,7 +9,8 @@ Signs of life:
 - any datagram the peer's transports received past ICE (SRTP, SRTCP, DTLS): the transports'
   `packetsReceived` (RTCTransportStats, read from the receivers' public getStats()). aiortc and
   browsers send RTP every 20 ms even when muted (silence), and RTCP reports every 0.5-1.5 s
-  (aiortc) or every few seconds (browsers) even when they send no audio;
+  (plain aiortc) or every few seconds (browsers; this SDK every ~5 s: `rtcreports`) even when
+  they send no audio;
 - an answer to an ICE consent check (RFC 7675): once the peer has been quiet for `probe_after`
   seconds, this watcher sends consent checks itself (a STUN Binding request on the selected
   candidate pair, signed with the peer's ICE password: the request aioice sends for consent),
