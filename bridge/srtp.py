@@ -30,7 +30,6 @@ SUITES = {
     "AES_CM_128_HMAC_SHA1_32": pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_32,
 }
 KEY_LENGTH = 30
-_BUFFER = 1500            # pylibsrtp's buffer per session
 _MAX_TRAILER = 16 + 128   # what protecting may add to a packet (pylibsrtp's SRTP_MAX_TRAILER_LEN)
 
 Transform = Callable[[bytes], "bytes | None"]   # a packet -> protected (or unprotected), None: refused
