@@ -4,11 +4,12 @@ aiortc (1.16) runs two RTCP tasks for each audio transceiver: the sender's (an S
 and the receiver's (an RR), each every 0.5-1.5 s. RFC 3550 (6.2) sets 5 s as the least interval
 for a session this small, randomised over [0.5, 1.5] of it, the first one at half of it, and
 libwebrtc reports audio every 5 s. With many calls those tasks and their packets were ~3 % of the
-bridge's CPU (docs/performance.md). `take_over` gives one transceiver one task: each report is
+bridge's CPU (docs/performance.md). `take_over` makes one transceiver's RTCP one report: it is
 one compound packet, the SR with the receiver's reception report blocks in it (RFC 3550 6.4.1:
 a sender reports what it receives in its SR), then SDES with the CNAME; a BYE when the sender
-stops. It reads and writes the fields aiortc's own tasks do (the sender's last packet's NTP and
-RTP timestamps and counts, the receiver's per-source statistics and last SR times, the sender's
+stops. A transceiver whose sender does not send (it only receives) sends its RR alone, as often.
+It reads and writes the fields aiortc's own tasks do (the sender's last packet's NTP and RTP
+timestamps and counts, the receiver's per-source statistics and last SR times, the sender's
 last SR for round-trip times), so aiortc's statistics and getStats stay as they were.
 
 These are aiortc's private attributes (as `rtcdirect`'s): `take_over` fails loudly when they are
@@ -26,6 +27,7 @@ from aiortc.rtp import (
     AnyRtcpPacket,
     RtcpByePacket,
     RtcpReceiverInfo,
+    RtcpRrPacket,
     RtcpSdesPacket,
     RtcpSenderInfo,
     RtcpSourceInfo,
@@ -37,7 +39,7 @@ SDES_CNAME = 1
 
 _SENDER = ("rtcp_started", "rtcp_exited", "ntp_timestamp", "rtp_timestamp", "packet_count", "octet_count",
            "cname", "lsr", "lsr_time")
-_RECEIVER = ("rtcp_started", "rtcp_exited", "remote_streams", "lsr", "lsr_time")
+_RECEIVER = ("rtcp_started", "rtcp_exited", "remote_streams", "lsr", "lsr_time", "rtcp_ssrc")
 
 
 def take_over(sender: RTCRtpSender, receiver: RTCRtpReceiver, interval: float = INTERVAL) -> None:
@@ -48,7 +50,7 @@ def take_over(sender: RTCRtpSender, receiver: RTCRtpReceiver, interval: float = 
             if not hasattr(obj, prefix + name):
                 raise RuntimeError(f"this aiortc has no {type(obj).__name__}.{prefix}{name}")
     sender._run_rtcp = lambda: _report(sender, receiver, interval)   # type: ignore[method-assign]
-    receiver._run_rtcp = lambda: _idle(receiver)                       # type: ignore[method-assign]
+    receiver._run_rtcp = lambda: _receiver_reports(sender, receiver, interval)   # type: ignore[method-assign]
 
 
 def release(sender: RTCRtpSender, receiver: RTCRtpReceiver) -> None:
@@ -57,11 +59,17 @@ def release(sender: RTCRtpSender, receiver: RTCRtpReceiver) -> None:
     vars(receiver).pop("_run_rtcp", None)
 
 
-async def _idle(receiver: RTCRtpReceiver) -> None:
-    """The receiver's RTCP task: nothing to do (its reports go with the sender's), until stopped."""
+async def _receiver_reports(sender: RTCRtpSender, receiver: RTCRtpReceiver, interval: float) -> None:
+    """The receiver's RTCP task: its report blocks go in the sender's SRs; only while the sender
+    sends none (a transceiver that only receives) does it send them itself, as an RR."""
     receiver._RTCRtpReceiver__rtcp_started.set()                      # type: ignore[attr-defined]
     try:
-        await asyncio.get_running_loop().create_future()
+        while True:
+            await asyncio.sleep(interval * (0.5 + random.random()))
+            ssrc = receiver._RTCRtpReceiver__rtcp_ssrc                # type: ignore[attr-defined]
+            reports = _reception(receiver)
+            if not sender._RTCRtpSender__rtcp_started.is_set() and ssrc is not None and reports:   # type: ignore[attr-defined]
+                await receiver._send_rtcp(RtcpRrPacket(ssrc=ssrc, reports=reports))
     except asyncio.CancelledError:
         pass
     finally:

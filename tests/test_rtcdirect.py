@@ -229,3 +229,35 @@ async def test_one_compound_report_carries_the_sender_and_receiver_reports() -> 
     assert blocks[-1][0].packets_lost == 0 and blocks[-1][0].highest_sequence > 0
     assert sent - 100 <= outbound.packetsSent <= sent and outbound.packetsSent > 150, (outbound, sent)
     assert inbound.packetsLost == 0 and inbound.roundTripTime is not None and 0 <= inbound.roundTripTime < 0.2
+
+
+async def test_a_transceiver_that_only_receives_sends_its_receiver_reports_alone() -> None:
+    """With `rtcreports.take_over` and no sending (recvonly), the receiver's report blocks go out
+    as an RR every interval, and the far end's sender reads its loss from them."""
+    a, b = RTCPeerConnection(), RTCPeerConnection()
+    transceiver = a.addTransceiver("audio", direction="recvonly")
+    transceiver.setCodecPreferences(PCMU)
+    rtcreports.take_over(transceiver.sender, transceiver.receiver, interval=1.0)
+    a.on("track", lambda track: None)
+    b.on("track", lambda track: None)
+    await a.setLocalDescription(await a.createOffer())
+    await b.setRemoteDescription(a.localDescription)
+    b.addTrack(ToneTrack(1000))
+    await b.setLocalDescription(await b.createAnswer())
+    await a.setRemoteDescription(b.localDescription)
+    arrived: list[list] = []
+    dtls = b.getTransceivers()[0].sender.transport
+    usual = dtls._handle_rtcp_data
+
+    async def handle(data: bytes) -> None:
+        arrived.append(RtcpPacket.parse(data))
+        await usual(data)
+    dtls._handle_rtcp_data = handle
+    await asyncio.sleep(3.6)
+    inbound = await stats_of(b, "remote-inbound-rtp")
+    await a.close()
+    await b.close()
+
+    kinds = [[type(p).__name__ for p in packets] for packets in arrived]
+    assert 2 <= len(kinds) <= 8 and all(k == ["RtcpRrPacket"] for k in kinds), kinds
+    assert inbound.packetsLost == 0
