@@ -67,8 +67,10 @@ async def _receiver_reports(sender: RTCRtpSender, receiver: RTCRtpReceiver, inte
         while True:
             await asyncio.sleep(interval * (0.5 + random.random()))
             ssrc = receiver._RTCRtpReceiver__rtcp_ssrc                # type: ignore[attr-defined]
+            if sender._RTCRtpSender__rtcp_started.is_set() or ssrc is None:   # type: ignore[attr-defined]
+                continue               # (the loss fraction is since the last report: not read here)
             reports = _reception(receiver)
-            if not sender._RTCRtpSender__rtcp_started.is_set() and ssrc is not None and reports:   # type: ignore[attr-defined]
+            if reports:
                 await receiver._send_rtcp(RtcpRrPacket(ssrc=ssrc, reports=reports))
     except asyncio.CancelledError:
         pass

@@ -185,7 +185,7 @@ async def test_an_opus_leg_is_encoded_by_aiortc_and_sent_on_the_short_path() -> 
     assert abs(freq - 1000) < 10 and snr > 20, (freq, snr)
 
 
-async def test_one_compound_report_carries_the_sender_and_receiver_reports() -> None:
+async def test_one_compound_report_carries_the_sender_and_receiver_reports(monkeypatch) -> None:
     """`rtcreports.take_over`: a's transceiver sends one compound RTCP packet per interval (SR
     with a report block on what it receives, then SDES), no RR of its own, and a BYE as it stops.
     The far end (plain aiortc) reads from it what it read from aiortc's two reports: a's sent
@@ -196,6 +196,9 @@ async def test_one_compound_report_carries_the_sender_and_receiver_reports() -> 
     transceiver.setCodecPreferences(PCMU)
     gate.direct = rtcdirect.DirectSender(transceiver.sender)
     rtcreports.take_over(transceiver.sender, transceiver.receiver, interval=1.0)
+    reads = []                   # the loss fraction counts from the last read: read once a report
+    reception = rtcreports._reception
+    monkeypatch.setattr(rtcreports, "_reception", lambda receiver: reads.append(1) or reception(receiver))
     gate.open = True
     a.on("track", lambda track: None)
     b.on("track", lambda track: None)
@@ -224,6 +227,7 @@ async def test_one_compound_report_carries_the_sender_and_receiver_reports() -> 
     assert all(k == ["RtcpSrPacket", "RtcpSdesPacket"] for k in kinds[:-1]), kinds
     assert 3 <= len(reports) <= 9, kinds                      # every 0.5-1.5 s, the first sooner
     assert reports[0][0] - start < 0.8
+    assert len(reads) == len(reports), (len(reads), len(reports))
     blocks = [p.reports for _, packets in reports[1:] for p in packets if isinstance(p, RtcpSrPacket)]
     assert all(len(r) == 1 and r[0].ssrc == b.getTransceivers()[0].sender._ssrc for r in blocks), blocks
     assert blocks[-1][0].packets_lost == 0 and blocks[-1][0].highest_sequence > 0
