@@ -71,6 +71,36 @@ async def stats_of(pc: RTCPeerConnection, kind: str):
     raise AssertionError(f"no {kind} statistics within 6 s")
 
 
+async def receiving_a_tone(reports_every: float | None = None):
+    """a receives only (PCMU, its RTCP by `rtcreports` every `reports_every` s if given), b sends
+    a 1 kHz tone the usual aiortc way; both connected. (a, b, a's transceiver)"""
+    a, b = RTCPeerConnection(), RTCPeerConnection()
+    transceiver = a.addTransceiver("audio", direction="recvonly")
+    transceiver.setCodecPreferences(PCMU)
+    if reports_every is not None:
+        rtcreports.take_over(transceiver.sender, transceiver.receiver, interval=reports_every)
+    b.on("track", lambda track: None)
+    a.on("track", lambda track: None)
+    await a.setLocalDescription(await a.createOffer())
+    await b.setRemoteDescription(a.localDescription)
+    b.addTrack(ToneTrack(1000))
+    await b.setLocalDescription(await b.createAnswer())
+    await a.setRemoteDescription(b.localDescription)
+    return a, b, transceiver
+
+
+def tap_rtcp(dtls) -> list[tuple[float, list]]:
+    """Each RTCP datagram `dtls` hands on from now: (when, its packets)."""
+    arrived: list[tuple[float, list]] = []
+    usual = dtls._handle_rtcp_data
+
+    async def handle(data: bytes) -> None:
+        arrived.append((time.monotonic(), RtcpPacket.parse(data)))
+        await usual(data)
+    dtls._handle_rtcp_data = handle
+    return arrived
+
+
 def steps(values: list[int], modulo: int) -> set[int]:
     return {(b - a) % modulo for a, b in zip(values, values[1:])}
 
@@ -126,16 +156,7 @@ async def test_direct_receive_hands_each_packet_over_and_keeps_receiver_reports(
     """The far end sends a 1 kHz tone the usual aiortc way; the short path takes every packet
     (decoded here: the tone), drops a forged one quietly, and aiortc's receiver reports to the
     sender as before."""
-    a, b = RTCPeerConnection(), RTCPeerConnection()
-    transceiver = a.addTransceiver("audio", direction="recvonly")
-    transceiver.setCodecPreferences(PCMU)
-    b.on("track", lambda track: None)
-    a.on("track", lambda track: None)
-    await a.setLocalDescription(await a.createOffer())
-    await b.setRemoteDescription(a.localDescription)
-    b.addTrack(ToneTrack(1000))
-    await b.setLocalDescription(await b.createAnswer())
-    await a.setRemoteDescription(b.localDescription)
+    a, b, transceiver = await receiving_a_tone()
     got: list[tuple[int, int, int, int, bytes]] = []
     rtcdirect.receive(transceiver.receiver, lambda *fields: got.append(fields))
     await asyncio.sleep(1.0)
@@ -203,15 +224,8 @@ async def test_one_compound_report_carries_the_sender_and_receiver_reports(monke
     a.on("track", lambda track: None)
     b.on("track", lambda track: None)
     b.addTrack(ToneTrack(700))
-    arrived: list[tuple[float, list]] = []
     await connect(a, b)
-    dtls = b.getTransceivers()[0].receiver.transport
-    usual = dtls._handle_rtcp_data
-
-    async def handle(data: bytes) -> None:
-        arrived.append((time.monotonic(), RtcpPacket.parse(data)))
-        await usual(data)
-    dtls._handle_rtcp_data = handle
+    arrived = tap_rtcp(b.getTransceivers()[0].receiver.transport)
     start = time.monotonic()
     await asyncio.sleep(5.2)
     outbound = await stats_of(b, "remote-outbound-rtp")        # from a's SR
@@ -238,30 +252,13 @@ async def test_one_compound_report_carries_the_sender_and_receiver_reports(monke
 async def test_a_transceiver_that_only_receives_sends_its_receiver_reports_alone() -> None:
     """With `rtcreports.take_over` and no sending (recvonly), the receiver's report blocks go out
     as an RR every interval, and the far end's sender reads its loss from them."""
-    a, b = RTCPeerConnection(), RTCPeerConnection()
-    transceiver = a.addTransceiver("audio", direction="recvonly")
-    transceiver.setCodecPreferences(PCMU)
-    rtcreports.take_over(transceiver.sender, transceiver.receiver, interval=1.0)
-    a.on("track", lambda track: None)
-    b.on("track", lambda track: None)
-    await a.setLocalDescription(await a.createOffer())
-    await b.setRemoteDescription(a.localDescription)
-    b.addTrack(ToneTrack(1000))
-    await b.setLocalDescription(await b.createAnswer())
-    await a.setRemoteDescription(b.localDescription)
-    arrived: list[list] = []
-    dtls = b.getTransceivers()[0].sender.transport
-    usual = dtls._handle_rtcp_data
-
-    async def handle(data: bytes) -> None:
-        arrived.append(RtcpPacket.parse(data))
-        await usual(data)
-    dtls._handle_rtcp_data = handle
+    a, b, _ = await receiving_a_tone(reports_every=1.0)
+    arrived = tap_rtcp(b.getTransceivers()[0].sender.transport)
     await asyncio.sleep(3.6)
     inbound = await stats_of(b, "remote-inbound-rtp")
     await a.close()
     await b.close()
 
-    kinds = [[type(p).__name__ for p in packets] for packets in arrived]
+    kinds = [[type(p).__name__ for p in packets] for _, packets in arrived]
     assert 2 <= len(kinds) <= 8 and all(k == ["RtcpRrPacket"] for k in kinds), kinds
     assert inbound.packetsLost == 0
