@@ -151,10 +151,10 @@ class SipToApp(MediaStreamTrack):
             skipped = max(0, now - self._pts)
         rtp = self.rtp
         assert rtp is not None
-        source, target = rtp.codec, self.codec()
-        if source == target or codecs.relayable(source, target):
+        target = self.codec()
+        if codecs.relayable(rtp.codec, target):
             self._pts += skipped
-            self._pass(payload if source == target else codecs.convert(payload, source, target), len(payload))
+            self._pass(codecs.convert(payload, rtp.codec, target), len(payload))
             return
         for skip, frame in self._recoder.frames(rtp, payload, skipped):
             self._pts += skip
@@ -246,20 +246,17 @@ class AppToSip:
         """Relay (or recode) one of the app leg's RTP packets (its header's fields and payload)."""
         rtp = self._rtp
         name = self._names.get(payload_type)
-        if rtp is None or rtp.closed or name is None:
+        if rtp is None or rtp.closed or name is None or not ours(name):
             return
-        same = name == rtp.codec                # as it is: the common case, first
-        if not same and not ours(name):
-            return
-        skipped = self._timeline.place(ssrc, seq, timestamp, len(payload) if same else payload_units(name, payload))
+        skipped = self._timeline.place(ssrc, seq, timestamp, payload_units(name, payload))
         if skipped is None:
             self.stats.late += 1
             return
         if self.held:                 # placed all the same: the stream goes on without a gap after
             return
         self.stats.frames += 1
-        if same or codecs.relayable(name, rtp.codec):
-            rtp.write_payload(payload if same else codecs.convert(payload, name, rtp.codec), skipped)
+        if codecs.relayable(name, rtp.codec):
+            rtp.write_payload(codecs.convert(payload, name, rtp.codec), skipped)
             return
         key = (name, rtp.sample_rate)        # Opus decodes to the phone's rate itself
         decode, rate = self._decoders.get(key) or self._decoders.setdefault(key, decoder(*key))
