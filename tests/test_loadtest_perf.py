@@ -33,18 +33,24 @@ from stack import BRIDGE_PW, BRIDGE_USER, ROOT, Daemon, stack_config
 from testbed.fixtures import kamailio_factory  # noqa: F401
 
 DEMO_USERS = {BRIDGE_USER: BRIDGE_PW, "2001": "2001-demo", "2002": "2002-demo"}
-needs_janus = pytest.mark.skipif(shutil.which("janus") is None, reason="Debian janus is not installed (tests/run)")
+
+
+def require_janus() -> None:
+    if shutil.which("janus") is None:
+        pytest.fail("Debian janus is not installed: run tests/run")
+
+
+def for_load(data: dict) -> None:
+    """The stack's config edited for many calls."""
+    data["log_level"] = "warning"     # logs of many calls cost CPU
+    for route in data["routes"]["to_sip"]:
+        route["max_calls"] = 200
 
 
 @pytest.fixture
 async def bridge_stack(tmp_path, kamailio_factory):  # noqa: F811
     kamailio = kamailio_factory(DEMO_USERS, invite_auth=False)   # as bridge demo: Janus calls as guests
-
-    def edit(data: dict) -> None:
-        data["log_level"] = "warning"     # logs of many calls cost CPU
-        for route in data["routes"]["to_sip"]:
-            route["max_calls"] = 200
-    daemon = Daemon(stack_config(tmp_path, kamailio.port, edit)).start()
+    daemon = Daemon(stack_config(tmp_path, kamailio.port, for_load)).start()
     try:
         await daemon.ready()
         yield daemon
@@ -88,8 +94,8 @@ def perf_line(name: str, report: dict) -> str:
             f"hog={(report.get('cpu_hog') or {}).get('cpu_pct')}")
 
 
-@needs_janus
 async def test_loadtest_through_janus_measures_it_like_the_bridge(bridge_stack, tmp_path):
+    require_janus()
     # the same callers and far end through Janus's SIP plugin: both directions carry the
     # programs (tone bursts found by content), and Janus's own process is what is measured
     report = await loadtest(bridge_stack, tmp_path, "--gateway", "janus", "--calls", "2", "--duration", "8",
@@ -129,8 +135,8 @@ async def test_short_churn_reports_collections_and_stalls(bridge_stack, tmp_path
 
 @pytest.mark.janus_perf
 @pytest.mark.timeout(3600)
-@needs_janus
 async def test_side_by_side_with_janus(bridge_stack, tmp_path):
+    require_janus()
     seconds = os.environ.get("BRIDGE_PERF_SECONDS", "30")
     hog = os.environ.get("BRIDGE_CPU_HOG")           # e.g. 0.7: the contention run
     for calls in os.environ.get("BRIDGE_PERF_CALLS", "10,40,90").split(","):
@@ -155,9 +161,7 @@ async def before_and_after(tmp_path, kamailio, trees: list[str], calls: str, sec
     app, _, sip = codecs.partition(",")
 
     def edit(data: dict) -> None:
-        data["log_level"] = "warning"
-        for route in data["routes"]["to_sip"]:
-            route["max_calls"] = 200
+        for_load(data)
         if app:
             data["webrtc"]["codecs"] = [app]
         if sip:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import logging
 
 import numpy as np
@@ -97,7 +98,6 @@ def test_the_lean_transforms_are_pylibsrtps_bit_for_bit(suite):
     assert unprotect(b"\x80\x00") is None and unprotect(packet(50)) is None
     assert unprotect(bytes(1600)) is None
     lone = protector(session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND))   # its session referenced by it only
-    import gc
     gc.collect()
     assert lone(packet(1)) == session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND).protect(packet(1))
 
