@@ -1,4 +1,4 @@
-"""Wideband G.722 on the SIP leg: the codec (FFmpeg's, through PyAV), the 8000 Hz RTP clock with
+"""Wideband G.722 on the SIP leg: the codec (spandsp's, and FFmpeg's where there is no spandsp), the 8000 Hz RTP clock with
 16 kHz audio in the RTP endpoint and the jitter buffer, the 48 <-> 16 kHz resampler, and the media
 paths between the legs (relay G.722 <-> G.722, transcode Opus or G.711 <-> G.722), over real UDP
 sockets on 127.0.0.1. End to end with real phones: tests/test_wideband.py.
@@ -69,6 +69,33 @@ def test_g722_carries_5khz_where_g711_cannot() -> None:
     wide48 = tone(WIDE, 1.0, rate=48000, dbfs=-12)
     narrow = np.concatenate([up(down(f)) for f in frames(wide48, 960)])
     assert np.std(narrow[4800:]) < np.std(wide48) * 10 ** (-30 / 20)
+
+
+def speech_like(seconds: float) -> np.ndarray:
+    """Two tones inside and above G.711's band with noise: both of G.722's sub-bands busy."""
+    rng = np.random.default_rng(7)
+    t = np.arange(int(seconds * 16000)) / 16000
+    mix = 8000 * np.sin(2 * np.pi * 440 * t) + 3000 * np.sin(2 * np.pi * 5100 * t) + rng.normal(0, 600, len(t))
+    return mix.astype(np.int16)
+
+
+def test_spandsp_encodes_as_ffmpeg_does() -> None:
+    # spandsp's encoder is the one used (tests/run installs libspandsp2); FFmpeg's is what a system
+    # without spandsp gets: both ITU's algorithm, the same bytes, on speech-like and full-scale input
+    assert g722.Encoder is g722.SpandspEncoder
+    square = np.where(np.sin(np.arange(16000) * 2 * np.pi * 300 / 16000) >= 0, 32767, -32768).astype(np.int16)
+    for signal in (speech_like(2.0), square):
+        ours, ffmpeg = g722.SpandspEncoder(), g722.FFmpegEncoder()
+        assert [ours(f) for f in frames(signal, 320)] == [ffmpeg(f) for f in frames(signal, 320)]
+
+
+def test_spandsp_encoder_holds_an_odd_sample_for_the_next_frame() -> None:
+    # G.722 codes samples in pairs: 321 samples make 160 bytes now, the odd one leads the next frame
+    signal = speech_like(0.5)
+    encode, whole = g722.SpandspEncoder(), g722.SpandspEncoder()
+    parts = [encode(signal[i:i + 321]) for i in range(0, 321 * 20, 321)]
+    assert [len(p) for p in parts[:3]] == [160, 161, 160]
+    assert b"".join(parts) == whole(signal[:321 * 20])
 
 
 @pytest.mark.parametrize("freq,flat_db", [(300, 0.5), (1000, 0.5), (5000, 0.5), (6000, 2.0)])
