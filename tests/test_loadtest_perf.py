@@ -91,7 +91,9 @@ def perf_line(name: str, report: dict) -> str:
             f"calls_stalled_20ms={d['app_to_sip']['calls_stalled_over_20ms']}/"
             f"{d['sip_to_app']['calls_stalled_over_20ms']} gc2={gc2.get('count')}x{gc2.get('mean_ms')}ms "
             f"rss={bp['rss_mb']['baseline']}->{bp['rss_mb']['peak']}->{bp['rss_mb']['after_calls']} "
-            f"hog={(report.get('cpu_hog') or {}).get('cpu_pct')}")
+            f"hog={(report.get('cpu_hog') or {}).get('cpu_pct')} "
+            f"pesq_min={d['app_to_sip']['pesq_mos_nb'].get('min')}/{d['sip_to_app']['pesq_mos_nb'].get('min')} "
+            f"codec_alone={d['app_to_sip']['pesq_mos_nb'].get('g711_only')}/{d['sip_to_app']['pesq_mos_nb'].get('g711_only')}")
 
 
 async def test_loadtest_through_janus_measures_it_like_the_bridge(bridge_stack, tmp_path):
