@@ -13,7 +13,8 @@ The checks, in order (a check that needs an earlier one is SKIPped when that one
   than `bridge.max_calls` warns;
 - platform: embedded, `platform.listen` bindable (or served by a running bridge); remote, its
   public URL answers HTTP; the notification listener likewise;
-- ICE addresses: each of `webrtc.ice_addresses` is an address of this host.
+- ICE addresses: each of `webrtc.ice_addresses` is an address of this host;
+- codecs (when G.722 is listed): its encoder is spandsp's; FFmpeg's instead (no `libspandsp2`) warns.
 Nothing here changes the setup: sockets are bound and closed, the registration is removed.
 """
 
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from . import production
+from . import g722, production
 from .config import Config, SipConfig
 from .logsafe import safe
 from .sip import UserAgent
@@ -72,6 +73,7 @@ class Doctor:
             self.add("SIP", "SKIP", "no sip section: the platform alone")
         await self.platform()
         self.ice()
+        self.codecs()
         failed = [c for c in self.checks if c.status == "FAIL"]
         print(f"{len(failed)} problem(s): " + ", ".join(c.name for c in failed) if failed else
               "every check passed", flush=True)
@@ -244,6 +246,17 @@ class Doctor:
                      "webrtc.ice_addresses (`ip -brief address` lists this host's addresses)")
         else:
             self.add("ICE addresses", "OK", f"{', '.join(addresses)} assigned to this host")
+
+
+    def codecs(self) -> None:
+        cfg = self.cfg
+        if g722.G722 not in (cfg.sip.codecs if cfg.sip else ()) + cfg.webrtc.codecs:
+            return
+        if g722.Encoder is g722.SpandspEncoder:
+            self.add("codecs", "OK", "G.722 encoded by spandsp")
+        else:
+            self.add("codecs", "WARN", "G.722 encoded by FFmpeg through PyAV, ~3x the CPU a frame: "
+                     "apt-get install libspandsp2")
 
 
 def _bind(kind: int, host: str, port: int) -> int | None:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from bridge import config, g722
+from bridge.doctor import Doctor
 from conftest import free_port
 from stack import BRIDGE_PW, BRIDGE_USER, stack_config
 from testbed import DEFAULT_USERS
@@ -140,3 +142,22 @@ def test_every_command_takes_a_log_level():
     assert len(sub.choices) == 12               # `bridge cluster` (status) made them 12
     for name, parser in sub.choices.items():
         assert "--log-level {debug,info,warning,error}" in parser.format_usage().replace("\n", " "), name
+
+
+def test_g722_names_its_encoder(tmp_path, pbx):
+    # this host has spandsp (tests/run installs libspandsp2): OK, and every other check as before
+    code, checks = doctor(stack_config(tmp_path, pbx.port, lambda d: d["sip"].update(codecs=["G722", "PCMU"])))
+    assert code == 0 and checks["codecs"] == ("OK", "G.722 encoded by spandsp")
+
+
+def test_g722_without_spandsp_warns(tmp_path, monkeypatch):
+    # a host without libspandsp2 gets FFmpeg's encoder (bridge/g722.py): the doctor says what to install
+    monkeypatch.setattr(g722, "Encoder", g722.FFmpegEncoder)
+    cfg = config.load(stack_config(tmp_path, 5060, lambda d: d["webrtc"].update(codecs=["G722", "opus"])))
+    check = Doctor(cfg)
+    check.codecs()
+    assert [(c.name, c.status) for c in check.checks] == [("codecs", "WARN")]
+    assert "apt-get install libspandsp2" in check.checks[0].text
+    plain = Doctor(config.load(stack_config(tmp_path, 5060)))       # no G.722 listed: no check
+    plain.codecs()
+    assert plain.checks == []
