@@ -247,7 +247,6 @@ class Doctor:
         else:
             self.add("ICE addresses", "OK", f"{', '.join(addresses)} assigned to this host")
 
-
     def codecs(self) -> None:
         cfg = self.cfg
         if g722.G722 not in (cfg.sip.codecs if cfg.sip else ()) + cfg.webrtc.codecs:

@@ -1,7 +1,8 @@
-"""Wideband G.722 on the SIP leg: the codec (spandsp's, and FFmpeg's where there is no spandsp), the 8000 Hz RTP clock with
-16 kHz audio in the RTP endpoint and the jitter buffer, the 48 <-> 16 kHz resampler, and the media
-paths between the legs (relay G.722 <-> G.722, transcode Opus or G.711 <-> G.722), over real UDP
-sockets on 127.0.0.1. End to end with real phones: tests/test_wideband.py.
+"""Wideband G.722 on the SIP leg: the codec (spandsp's encoder, FFmpeg's where there is no spandsp,
+FFmpeg's decoder), the 8000 Hz RTP clock with 16 kHz audio in the RTP endpoint and the jitter
+buffer, the 48 <-> 16 kHz resampler, and the media paths between the legs (relay G.722 <-> G.722,
+transcode Opus or G.711 <-> G.722), over real UDP sockets on 127.0.0.1. End to end with real
+phones: tests/test_wideband.py.
 """
 
 from __future__ import annotations

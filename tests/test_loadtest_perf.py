@@ -80,20 +80,21 @@ async def loadtest(stack, tmp_path, *args: str, timeout: float = 200) -> dict:
 def perf_line(name: str, report: dict) -> str:
     s = report["summary"]
     bp, d = s["bridge_process"], s["directions"]
+    a, b = d["app_to_sip"], d["sip_to_app"]
     peak = max(1, s["calls"]["peak_concurrent"])
     cpu = bp["cpu_pct_at_peak_concurrency"].get("mean") or bp["cpu_pct"].get("mean") or 0
     gc2 = bp["gc_pauses"].get("2", {})
     return (f"PERF {name} gateway={report['params']['gateway']} calls={report['params']['calls']} "
             f"completed={s['calls']['completed']} peak={peak} cpu_pct={cpu} cpu_per_call_pct={cpu / peak:.3f} "
-            f"late_or_lost_pct={d['app_to_sip']['late_or_lost_40ms_pct']}/{d['sip_to_app']['late_or_lost_40ms_pct']} "
-            f"p99_ms={d['app_to_sip']['latency_ms'].get('p99')}/{d['sip_to_app']['latency_ms'].get('p99')} "
-            f"stall_max_ms={d['app_to_sip']['stall_ms'].get('max')}/{d['sip_to_app']['stall_ms'].get('max')} "
-            f"calls_stalled_20ms={d['app_to_sip']['calls_stalled_over_20ms']}/"
-            f"{d['sip_to_app']['calls_stalled_over_20ms']} gc2={gc2.get('count')}x{gc2.get('mean_ms')}ms "
+            f"late_or_lost_pct={a['late_or_lost_40ms_pct']}/{b['late_or_lost_40ms_pct']} "
+            f"p99_ms={a['latency_ms'].get('p99')}/{b['latency_ms'].get('p99')} "
+            f"stall_max_ms={a['stall_ms'].get('max')}/{b['stall_ms'].get('max')} "
+            f"calls_stalled_20ms={a['calls_stalled_over_20ms']}/"
+            f"{b['calls_stalled_over_20ms']} gc2={gc2.get('count')}x{gc2.get('mean_ms')}ms "
             f"rss={bp['rss_mb']['baseline']}->{bp['rss_mb']['peak']}->{bp['rss_mb']['after_calls']} "
             f"hog={(report.get('cpu_hog') or {}).get('cpu_pct')} "
-            f"pesq_min={d['app_to_sip']['pesq_mos_nb'].get('min')}/{d['sip_to_app']['pesq_mos_nb'].get('min')} "
-            f"codec_alone={d['app_to_sip']['pesq_mos_nb'].get('g711_only')}/{d['sip_to_app']['pesq_mos_nb'].get('g711_only')}")
+            f"pesq_min={a['pesq_mos_nb'].get('min')}/{b['pesq_mos_nb'].get('min')} "
+            f"codec_alone={a['pesq_mos_nb'].get('g711_only')}/{b['pesq_mos_nb'].get('g711_only')}")
 
 
 async def test_loadtest_through_janus_measures_it_like_the_bridge(bridge_stack, tmp_path):
