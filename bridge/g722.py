@@ -73,7 +73,7 @@ class SpandspEncoder:
         if len(data) > 4 * len(self._out):
             self._out = ctypes.create_string_buffer(len(data) // 4)
         size = _spandsp_lib.g722_encode(self._state, self._out, data, len(data) // 2)
-        return self._out.raw[:size]
+        return ctypes.string_at(self._out, size)
 
 
 def _context(mode: str) -> av.AudioCodecContext:
